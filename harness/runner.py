@@ -1,0 +1,150 @@
+"""The parent side: prepares the model and runs one worker process per job.
+
+It never imports torch or torch_npu and never holds a model. Each worker gets
+os.environ plus its profile's variables, so flags are in place before any
+device library starts. A worker that crashes, is killed or times out is
+recorded with its exit status and stderr tail; the other jobs still run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import harness
+
+from .errors import INFRA, USAGE, HarnessError
+from .plan import Batch, Job
+from .suite import Profile, Suite
+
+PACKAGE_ROOT = str(Path(harness.__file__).resolve().parent.parent)
+POLL_S = 0.5
+
+
+@dataclass
+class JobOutcome:
+    name: str
+    profile: str
+    status: str                 # "ok" | "crashed" | "timeout" | "load-failed"
+    returncode: int | None
+    wall_s: float
+    expected: int               # sequences planned
+    completed: int              # sequences on disk
+    records: str
+    log: str
+    stderr_tail: list[str] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def describe(self) -> str:
+        if self.ok:
+            return f"worker {self.name!r} finished {self.completed}/{self.expected} sequences"
+        rc = self.returncode
+        how = {"timeout": f"timed out after {self.wall_s:.0f}s and was killed",
+               "load-failed": "could not load the model or device"}.get(self.status)
+        if how is None:
+            how = f"was killed by {signal.Signals(-rc).name}" if rc is not None and rc < 0 else f"exited with status {rc}"
+        tail = " | ".join(self.stderr_tail[-3:])
+        return f"worker {self.name!r} {how} after {self.completed}/{self.expected} sequences" + (f"; stderr: {tail}" if tail else "")
+
+
+def child_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {**os.environ, **extra}
+    # The worker must import this harness even when it runs from a checkout (nox --no-venv).
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def prepare_model(ref: str, timeout_s: float = 1800) -> Path:
+    """Resolve (and convert once, in a child process) the model; exit 2 for a bad reference, 3 if it will not load."""
+    try:
+        p = subprocess.run([sys.executable, "-m", "harness.models", ref], env=child_env({}), capture_output=True,
+                           text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise HarnessError(f"model {ref!r}: preparation timed out after {timeout_s:.0f}s", INFRA) from None
+    if p.returncode != 0:
+        lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+        msg = next((ln for ln in reversed(lines) if ln.startswith("error:")), lines[-1] if lines else "no output")
+        raise HarnessError(msg.removeprefix("error: "), USAGE if p.returncode == 2 else INFRA)
+    return Path(p.stdout.strip().splitlines()[-1])
+
+
+def make_job(suite: Suite, profile: Profile, batches: list[Batch], model_dir: Path, run_dir: Path) -> Job:
+    for sub in ("jobs", "records", "logs"):
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    name = profile.name
+    return Job(name=name, profile=profile.name, adapter=suite.model.adapter, model_ref=suite.model.ref,
+               model_dir=str(model_dir), dtype=suite.model.dtype, device=suite.model.device,
+               torch_deterministic=profile.torch_deterministic, max_new_tokens=suite.generation.max_new_tokens,
+               top_logprobs=suite.generation.top_logprobs, prompts=[dataclasses.asdict(p) for p in suite.prompts],
+               batches=[dataclasses.asdict(b) for b in batches], records=str(run_dir / "records" / f"{name}.jsonl"),
+               meta=str(run_dir / "records" / f"{name}.meta.json"))
+
+
+class _LineCounter:
+    """Counts complete lines appended to a file since the last call, reading only the new bytes."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset, self.lines = path, 0, 0
+
+    def poll(self) -> int:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return self.lines
+        self.offset += len(chunk)
+        self.lines += chunk.count(b"\n")
+        return self.lines
+
+
+def run_job(job: Job, env: dict[str, str], timeout_s: float, run_dir: Path,
+            progress: Callable[[int], None] = lambda n: None) -> JobOutcome:
+    job_path = run_dir / "jobs" / f"{job.name}.json"
+    job_path.write_text(json.dumps(dataclasses.asdict(job), indent=1), encoding="utf-8")
+    log = run_dir / "logs" / f"{job.name}.log"
+    expected = sum(len(b["prompt_ids"]) for b in job.batches)
+    counter = _LineCounter(Path(job.records))
+    start = time.monotonic()
+    status = "ok"
+    with open(log, "wb") as logf:
+        # Own session: a timeout kills the worker and anything it started (torchrun ranks, servers).
+        proc = subprocess.Popen([sys.executable, "-m", "harness.worker", str(job_path)], env=child_env(env),
+                                stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            while proc.poll() is None:
+                progress(counter.poll())
+                if time.monotonic() - start > timeout_s:
+                    status = "timeout"
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    break
+                time.sleep(POLL_S)
+        except BaseException:  # Ctrl-C: take the worker down with us, keep what it wrote
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+    completed = counter.poll()
+    progress(completed)
+    rc = proc.returncode
+    tail = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()][-20:]
+    meta = {}
+    if Path(job.meta).is_file():
+        meta = json.loads(Path(job.meta).read_text(encoding="utf-8"))
+    if status == "ok" and rc != 0:
+        status = "load-failed" if rc == INFRA and not meta else "crashed"
+    if status == "ok" and completed < expected:
+        status = "crashed"
+    return JobOutcome(name=job.name, profile=job.profile, status=status, returncode=rc, wall_s=time.monotonic() - start,
+                      expected=expected, completed=completed, records=job.records, log=str(log), stderr_tail=tail, meta=meta)

