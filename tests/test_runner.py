@@ -1,0 +1,104 @@
+"""Crash isolation with real worker processes on a tiny real model: a worker killed, timed out,
+or unable to load leaves the other profiles' results and its own finished batches on disk."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .helpers import ROOT, load_report, only_run_dir, run_cli, write_suite
+
+PROMPTS = ", ".join(f'{{id = "p{i}", text = "Tell me fact number {i} about the sea.", chat = true}}' for i in range(40))
+SUITE = f"""
+[suite]
+name = "crash"
+version = 1
+[model]
+ref = "tiny"
+[generation]
+max_new_tokens = 48
+[prompts]
+items = [{PROMPTS}]
+[[schedules]]
+kind = "solo"
+[[schedules]]
+kind = "batch-sizes"
+sizes = [4]
+[profiles.first]
+[profiles.second]
+"""
+
+
+def _suite(tmp_path: Path, model: Path) -> Path:
+    return write_suite(tmp_path / "crash.toml", SUITE.replace('ref = "tiny"', f'ref = "{model}"'))
+
+
+def _lines(path: Path) -> int:
+    return path.read_text().count("\n") if path.exists() else 0
+
+
+def test_killed_worker_mid_run(tmp_path: Path, tiny_model: Path):
+    out = tmp_path / "reports"
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(_suite(tmp_path, tiny_model)), "--out", str(out)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        dirs = list(out.glob("*/records")) if out.exists() else []
+        if dirs and _lines(dirs[0] / "first.jsonl") >= 3 and (dirs[0] / "first.meta.json").exists():
+            pid = json.loads((dirs[0] / "first.meta.json").read_text())["pid"]
+            os.kill(pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        raise AssertionError("the first worker never produced records")
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 3, stderr
+    rep = load_report(out)
+    first, second = rep["jobs"]
+    assert first["status"] == "crashed" and first["returncode"] == -signal.SIGKILL
+    assert "killed by SIGKILL" in first["description"]
+    assert 3 <= first["completed"] < first["expected"] == 80
+    run = only_run_dir(out)
+    assert _lines(run / "records" / "first.jsonl") == first["completed"]  # finished batches stay on disk, whole
+    assert second["status"] == "ok" and second["completed"] == second["expected"] == 80
+    assert rep["result"] == "error" and "killed by SIGKILL" in stdout
+    summary = (run / "summary.md").read_text()
+    assert "## Crashes" in summary and "killed by SIGKILL" in summary
+    assert any(v["profile"] == "second" and v["sequences"] == 40 for v in rep["verdicts"])
+
+
+def test_worker_timeout_is_killed_and_reported(tmp_path: Path, tiny_model: Path):
+    out = tmp_path / "r"
+    p = run_cli("run", str(_suite(tmp_path, tiny_model)), "--out", str(out), "--profile", "first", "--worker-timeout", "4")
+    assert p.returncode == 3
+    job = load_report(out)["jobs"][0]
+    assert job["status"] == "timeout" and "timed out after 4s" in job["description"]
+    assert job["completed"] < job["expected"]
+
+
+def test_model_that_will_not_load_exit_3(tmp_path: Path):
+    bad = tmp_path / "bad-model"
+    bad.mkdir()
+    (bad / "config.json").write_text('{"model_type": "llama", "hidden_size": "wide"}')
+    out = tmp_path / "r"
+    p = run_cli("run", str(_suite(tmp_path, bad)), "--out", str(out), "--profile", "first")
+    assert p.returncode == 3
+    assert "Traceback" not in p.stdout + p.stderr
+    job = load_report(out)["jobs"][0]
+    assert job["status"] == "load-failed" and job["completed"] == 0
+    assert "would not load on cpu" in job["description"]
+
+
+def test_corrupt_gguf_exit_3_one_line(tmp_path: Path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + os.urandom(256))
+    p = run_cli("run", str(_suite(tmp_path, bad)), "--out", str(tmp_path / "r"),
+                env={"HARNESS_CACHE": str(tmp_path / "cache")})
+    assert p.returncode == 3
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot prepare model" in lines[0] and "broken.gguf" in lines[0]

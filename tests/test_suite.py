@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from harness import suite as S
+
+from .helpers import ROOT, run_cli, write_suite
+
+GOOD = """
+[suite]
+name = "t"
+version = 1
+[prompts]
+items = [{id = "a", text = "x"}, {id = "b", text = "y"}, {id = "c", text = "z"}]
+[[schedules]]
+kind = "solo"
+[[schedules]]
+kind = "needle"
+trials = 2
+[profiles.default]
+expect = { cpu = "vary" }
+"""
+
+
+def parse(text: str) -> S.Suite:
+    return S.parse(S.tomllib.loads(text), "t.toml")
+
+
+def test_good_suite_defaults():
+    s = parse(GOOD)
+    assert [p.id for p in s.prompts] == ["a", "b", "c"]
+    assert s.generation.max_new_tokens == 64 and s.model.ref == "smollm2-135m"
+    assert s.profile("default").expectation("cpu", "batch-invariance") == "vary"
+    assert s.profile("default").expectation("npu", "batch-invariance") == "report"
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda t: t.replace('version = 1', 'version = 1\ncolour = "red"'), "t.toml: suite.colour: unknown key"),
+    (lambda t: t.replace('version = 1', 'version = "1"'), "t.toml: suite.version: expected the suite format version"),
+    (lambda t: t.replace('version = 1', 'version = 7'), "t.toml: suite.version: unsupported suite format 7"),
+    (lambda t: t.replace('items = [{id = "a", text = "x"}, {id = "b", text = "y"}, {id = "c", text = "z"}]', 'items = []'),
+     "t.toml: prompts.items: no prompts"),
+    (lambda t: t.replace('{id = "b", text = "y"}', '{id = "a", text = "y"}'), "prompt id 'a' appears twice"),
+    (lambda t: t.replace('{id = "b", text = "y"}', '{id = "b", txt = "y"}'), "prompts.items[1].txt: unknown key"),
+    (lambda t: t.replace('trials = 2', 'trials = 0'), "t.toml: schedules[1].trials: expected a positive integer, got 0"),
+    (lambda t: t.replace('trials = 2', 'trials = true'), "schedules[1].trials: expected a positive integer, got True"),
+    (lambda t: t.replace('trials = 2', 'min_size = 9'), "schedules[1].min_size: expected an integer in [2, 3]"),
+    (lambda t: t.replace('trials = 2', 'prompt = "zz"'), "schedules[1].prompt: expected the id of a prompt"),
+    (lambda t: t.replace('kind = "needle"', 'kind = "needel"'), "unknown schedule 'needel'; did you mean 'needle'?"),
+    (lambda t: t.replace('kind = "needle"\ntrials = 2', 'kind = "batch-sizes"\nsizes = []'),
+     "schedules[1].sizes: expected a non-empty list of positive integers"),
+    (lambda t: t.replace('[[schedules]]\nkind = "solo"\n', ''), "batch-invariance schedules need a kind = \"solo\""),
+    (lambda t: t.replace('expect = { cpu = "vary" }', 'expect = { cpu = "varies" }'), "profiles.default.expect.cpu: expected one of bitwise"),
+    (lambda t: t.replace('expect = { cpu = "vary" }', 'expect = { tpu = "vary" }'), "profiles.default.expect.tpu: unknown device"),
+    (lambda t: t.replace('expect = { cpu = "vary" }', 'expect = { cpu = { batch-invariant = "vary" } }'),
+     "unknown property; did you mean 'batch-invariance'?"),
+    (lambda t: t.replace('expect = { cpu = "vary" }', 'env = { HCCL_DETERMINISTIC = true }'),
+     "profiles.default.env.HCCL_DETERMINISTIC: expected a string"),
+    (lambda t: t.replace('[profiles.default]\nexpect = { cpu = "vary" }', ''), "profiles: missing table"),
+    (lambda t: t + '\n[model]\ndtype = "fp8"\n', "model.dtype: expected one of float32, bfloat16, float16, got 'fp8'"),
+    (lambda t: t + '\n[generation]\ngreedy = false\n', "generation.greedy: expected true"),
+])
+def test_bad_suites_name_file_and_key(edit, expected):
+    with pytest.raises(S.SuiteError) as e:
+        parse(edit(GOOD))
+    msg = str(e.value)
+    assert expected in msg
+    assert "\n" not in msg
+
+
+def test_unknown_profile_did_you_mean():
+    with pytest.raises(S.SuiteError, match="no profile 'defualt'; did you mean 'default'"):
+        parse(GOOD).with_overrides(profiles=["defualt"])
+
+
+def test_case_hash_covers_outputs_not_profiles():
+    s = parse(GOOD)
+    assert s.case_hash == parse(GOOD).case_hash
+    assert parse(GOOD.replace('text = "x"', 'text = "x2"')).case_hash != s.case_hash
+    assert parse(GOOD.replace("trials = 2", "trials = 3")).case_hash != s.case_hash
+    assert s.with_overrides(model="/m").case_hash != s.case_hash
+    assert s.with_overrides(device="npu").case_hash == s.case_hash  # device is in the baseline's device key
+    extra = parse(GOOD + '\n[profiles.det]\nenv = { HCCL_DETERMINISTIC = "true" }\n')
+    assert extra.case_hash == s.case_hash
+    assert extra.profile_hash(extra.profile("det")) != extra.profile_hash(extra.profile("default"))
+
+
+def test_dict_round_trip():
+    s = parse(GOOD + '\n[profiles.det]\nenv = { A = "1" }\nexpect = { cpu = { repeatability = "bitwise" } }\n')
+    assert S.from_dict(S.to_dict(s)) == s
+
+
+@pytest.mark.parametrize("name", ["determinism.toml", "determinism-bf16.toml"])
+def test_shipped_suites_load(name):
+    s = S.load(ROOT / "suites" / name)
+    assert len(s.prompts) >= 16
+    assert s.generation.max_new_tokens == 64
+    assert {p.name for p in s.profiles} == {"default", "deterministic"}
+    assert s.profile("deterministic").torch_deterministic
+    assert dict(s.profile("deterministic").env)["ATB_MATMUL_SHUFFLE_K_ENABLE"] == "0"
+
+
+def test_prompt_file_errors(tmp_path: Path):
+    (tmp_path / "p.jsonl").write_text('{"id": "a", "text": "x"}\n{"id": "b", "text": \n')
+    f = write_suite(tmp_path / "s.toml", GOOD.replace(
+        'items = [{id = "a", text = "x"}, {id = "b", text = "y"}, {id = "c", text = "z"}]', 'file = "p.jsonl"'))
+    with pytest.raises(S.SuiteError, match=r"p.jsonl:2: not valid JSON"):
+        S.load(f)
+
+
+def test_cli_malformed_suite_exit_2_one_line(tmp_path: Path):
+    f = write_suite(tmp_path / "bad.toml", GOOD.replace("trials = 2", "trails = 2"))
+    p = run_cli("run", str(f), "--out", str(tmp_path / "r"))
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bad.toml: schedules[1].trails: unknown key; did you mean 'trials'?" in lines[0]
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "r").exists()  # nothing runs before every suite is valid
+
+
+def test_cli_usage_errors_exit_2(tmp_path: Path):
+    assert run_cli("run", str(tmp_path / "missing.toml")).returncode == 2
+    p = run_cli("run", str(ROOT / "suites" / "determinism.toml"), "--profile", "nope")
+    assert p.returncode == 2 and "no profile 'nope'" in p.stderr and "Traceback" not in p.stderr
+    p = run_cli("run", str(ROOT / "suites" / "determinism.toml"), "--device", "tpu")
+    assert p.returncode == 2 and "invalid choice" in p.stderr
+    f = write_suite(tmp_path / "s.toml", GOOD)
+    p = run_cli("run", str(f), "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "r"))
+    assert p.returncode == 2 and "no such file or directory" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_frozen():
+    s = parse(GOOD)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.name = "x"  # type: ignore[misc]
