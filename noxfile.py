@@ -1,4 +1,4 @@
-"""Sessions: determinism (the nightly job), tests. Torch is pinned to a CPU-friendly build by default;
+"""Sessions: determinism (the nightly job), perf (latency gate), bench (the harness's own speed), tests. Torch is pinned to a CPU-friendly build by default;
 on an Ascend runner use `nox --no-venv` so the CANN image's torch and torch_npu are used."""
 from __future__ import annotations
 
@@ -42,7 +42,23 @@ def determinism(session: nox.Session) -> None:
 
 
 @nox.session
+def perf(session: nox.Session) -> None:
+    """Latency (TTFT, TPOT, end to end, tokens/s) against the stored baselines, and the determinism cost.
+    Exit 1 on a regression. Options after `--` as for determinism, plus --update-baselines --reason TEXT."""
+    _install(session, "gguf")
+    _pytest_suites(session, ["suites/perf.toml"], "reports/junit-perf.xml")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """pytest-benchmark: analysis throughput and the per-step capture overhead."""
+    _install(session, "dev")
+    session.run("python", "-m", "pytest", "tests/bench", "--benchmark-only", "--benchmark-columns=min,median,max,rounds",
+                *session.posargs)
+
+
+@nox.session
 def tests(session: nox.Session) -> None:
     """The harness's own tests, including a run of the real embedded model."""
     _install(session, "dev")
-    session.run("python", "-m", "pytest", "tests", *session.posargs)
+    session.run("python", "-m", "pytest", "tests", "--benchmark-skip", *session.posargs)

@@ -37,12 +37,24 @@ def add_run_options(add, prefix: str = "") -> None:
         help="run only this profile (repeatable); default: all profiles of the suite")
     add("--out", type=Path, default=Path("reports"), help="report directory (default: reports/)")
     add("--worker-timeout", type=float, default=None, help="per-worker timeout in seconds (default: the suite's run.timeout_s)")
+    add(f"--{prefix}adapter", default=None, help="adapter name from the harness.adapters registry (overrides the suite)")
+    add("--baselines", type=Path, default=Path("baselines"), help="baseline store (default: baselines/)")
+    add("--update-baselines", action="store_true", default=False,
+        help="write this run's outputs and latency samples as the new baselines (needs --reason)")
+    add("--reason", default="", help="why the baselines change (stored as provenance)")
+
+
+def options(ns) -> pipeline.Options:
+    """Options from parsed CLI arguments, or from pytest's config (same names)."""
+    get = ns.getoption if hasattr(ns, "getoption") else lambda k: getattr(ns, k)
+    return pipeline.Options(device=get("device"), model=get("model"), profiles=get("profile"), out=get("out"),
+                            timeout_s=get("worker_timeout"), adapter=get("adapter"), baselines=get("baselines"),
+                            update_baselines=get("update_baselines"), reason=get("reason"))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    opts = pipeline.Options(device=args.device, model=args.model, profiles=args.profile, out=args.out,
-                            timeout_s=args.worker_timeout)
+    opts = options(args)
     code = 0
     try:
         suites = [pipeline.load_suite(s, opts) for s in args.suites]  # all validated before any runs

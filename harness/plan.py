@@ -1,6 +1,7 @@
 """Schedules expand into concrete batches: pure and seeded, so every run of a suite sends the same batches."""
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 
@@ -14,6 +15,8 @@ class Batch:
     kind: str                     # schedule kind
     prompt_ids: tuple[str, ...]   # in batch order: position i is row i
     needle: str = ""              # the target prompt of a needle batch
+    repeat: int = 0               # pass over the schedules (perf suites run several)
+    warmup: bool = False          # a warm-up pass: run, recorded, excluded from analysis
 
 
 def _chunks(ids: list[str], size: int) -> list[tuple[str, ...]]:
@@ -57,8 +60,14 @@ def expand_schedule(s: Schedule, ids: list[str]) -> list[Batch]:
 
 
 def expand(suite: Suite) -> list[Batch]:
+    """Every schedule, once per pass: `perf.warmup` warm-up passes, then `perf.repeats` measured ones."""
     ids = [p.id for p in suite.prompts]
-    return [b for s in suite.schedules for b in expand_schedule(s, ids)]
+    once = [b for s in suite.schedules for b in expand_schedule(s, ids)]
+    warmup, repeats = (suite.perf.warmup, suite.perf.repeats) if suite.perf else (0, 1)
+    if warmup + repeats == 1:
+        return once
+    return [dataclasses.replace(b, id=f"{b.id}#{k}", repeat=k - warmup, warmup=k < warmup)
+            for k in range(warmup + repeats) for b in once]
 
 
 def count_sequences(batches: list[Batch]) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-_INFRA_SEEN = pytest.StashKey[bool]()
+_EXIT = pytest.StashKey[int]()   # the harness exit code beyond pass/fail: 2 input error, 3 infrastructure
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -20,7 +20,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.stash[_INFRA_SEEN] = False
+    config.stash[_EXIT] = 0
 
 
 def _is_suite(path: Path) -> bool:
@@ -40,9 +40,10 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector):
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    from .errors import INFRA
-    if session.config.stash.get(_INFRA_SEEN, False) and exitstatus in (0, 1):
-        session.exitstatus = INFRA  # a crashed worker or a model that would not load is not a test failure
+    code = session.config.stash.get(_EXIT, 0)
+    if code > 1 and exitstatus in (0, 1):
+        # A crashed worker, a model that would not load, or an unreadable baseline is not a test failure.
+        session.exitstatus = code
 
 
 class CheckFailed(Exception):
@@ -51,10 +52,8 @@ class CheckFailed(Exception):
 
 class SuiteFile(pytest.File):
     def _options(self):
-        from .pipeline import Options
-        c = self.config
-        return Options(device=c.getoption("device"), model=c.getoption("model"), profiles=c.getoption("profile"),
-                       out=c.getoption("out"), timeout_s=c.getoption("worker_timeout"))
+        from .cli import options
+        return options(self.config)
 
     def collect(self):
         from .errors import HarnessError
@@ -65,7 +64,9 @@ class SuiteFile(pytest.File):
         except HarnessError as e:
             raise self.CollectError(str(e)) from None
         self._result = self._error = None
-        props = [p for p in PROPERTIES if any(s.property == p for s in self.suite.schedules)]
+        props = [p for p in PROPERTIES if any(s.property == p for s in self.suite.schedules)] + ["baseline"]
+        if self.suite.perf is not None:
+            props.append("latency")
         for prof in self.suite.profiles:
             yield ProfileNode.from_parent(self, name=prof.name, props=props)
 
@@ -81,12 +82,16 @@ class SuiteFile(pytest.File):
                     print("\n" + report.console(self._result), flush=True)
             except HarnessError as e:
                 self._error = e
-                self.config.stash[_INFRA_SEEN] = True
+                self._raise_exit(e.code)
+            else:
+                self._raise_exit(self._result.exit_code)
         if self._error is not None:
             raise CheckFailed(str(self._error))
-        if any(not j.ok for j in self._result.jobs):
-            self.config.stash[_INFRA_SEEN] = True
         return self._result
+
+    def _raise_exit(self, code: int) -> None:
+        if code > 1:
+            self.config.stash[_EXIT] = max(self.config.stash.get(_EXIT, 0), code)
 
 
 class ProfileNode(pytest.Collector):
@@ -104,17 +109,35 @@ class VerdictItem(pytest.Item):
         res = self.parent.parent.result()
         profile = self.parent.name
         job = next(j for j in res.jobs if j.profile == profile)
-        v = next(v for v in res.verdicts if v.profile == profile and v.property == self.name)
         lines = []
         if not job.ok:
             lines.append(job.describe())
-        if not v.passed:
+        if self.name == "latency":
+            self._latency(res, profile, lines)
+        elif (v := next((v for v in res.all_verdicts() if v.profile == profile and v.property == self.name), None)) is None:
+            lines.append(f"no {self.name} verdict (the worker produced nothing to compare)")
+        elif v.status == "no baseline":
+            pytest.skip(v.reason)
+        elif not v.passed:
             lines.append(f"{v.property} expected {v.expect!r}: {v.reason}")
             if v.worst:
                 lines.append(f"worst case: {v.worst.describe()}")
         if lines:
             lines.append(f"report: {res.run_dir / 'summary.md'}")
             raise CheckFailed("\n".join(lines))
+
+    @staticmethod
+    def _latency(res, profile: str, lines: list[str]) -> None:
+        from .report import change_table
+        changes = res.baseline.changes.get(profile)
+        if changes is None:
+            if not lines:
+                pytest.skip("no latency baseline to compare with")
+            return
+        bad = [c for c in changes if c.status == "regressed"]
+        if bad:
+            lines.append("latency regressed: " + "; ".join(f"{c.metric} x{c.ratio:.3f} (p={c.p:.3g})" for c in bad))
+            lines.append(change_table(changes))
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, CheckFailed):

@@ -26,6 +26,8 @@ class Record:
     topk_logprobs: list[list[float]]
     token_times: list[float]      # per step: seconds since the batch started, after device sync
     prompt_tokens: int = 0
+    repeat: int = 0               # measured pass (perf suites run several)
+    warmup: bool = False          # warm-up pass: excluded from every analysis
     extra: dict = field(default_factory=dict)
 
     @property

@@ -11,12 +11,24 @@ from pathlib import Path
 from tabulate import tabulate
 
 from . import __version__, atomic, envinfo
+from .analysis import latency
 from .analysis.determinism import Verdict
+from .analysis.stats import Change
 from .runner import JobOutcome
 from .suite import Suite
 
 SCHEMA_VERSION = 1
-MARK = {"pass": "pass", "fail": "FAIL", "report": "report", "no data": "NO DATA"}
+MARK = {"pass": "pass", "fail": "FAIL", "report": "report", "no data": "NO DATA", "no baseline": "no baseline",
+        "not comparable": "x NOT COMPARABLE", "updated": "updated"}
+
+
+@dataclass
+class BaselineResult:
+    device_key: str = ""
+    verdicts: list[Verdict] = field(default_factory=list)          # property "baseline", one per profile
+    changes: dict[str, list[Change]] = field(default_factory=dict)  # profile -> latency gate rows
+    sources: dict[str, str] = field(default_factory=dict)           # profile -> baseline file and provenance
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -29,6 +41,12 @@ class RunResult:
     exit_code: int
     notes: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
+    baseline: BaselineResult = field(default_factory=BaselineResult)
+    latency: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # profile -> metric -> raw samples
+    cost: list[Change] = field(default_factory=list)                         # deterministic vs default
+
+    def all_verdicts(self) -> list[Verdict]:
+        return self.verdicts + self.baseline.verdicts
 
     @property
     def result(self) -> str:
@@ -45,7 +63,7 @@ def _clip(s: str, n: int = 110) -> str:
 
 def verdict_table(verdicts: list[Verdict]) -> str:
     rows = [[v.property, v.expect, MARK[v.status], v.sequences, _pct(v.share_bitwise), _pct(v.share_tokens),
-             v.max_unique, _clip(v.worst.describe() if v.worst else "-", 90)] for v in verdicts]
+             v.max_unique or "-", _clip(v.worst.describe() if v.worst else "-", 90)] for v in verdicts]
     return tabulate(rows, headers=["property", "expect", "verdict", "sequences", "bitwise", "token-identical",
                                    "max unique outputs/prompt", "worst case"], tablefmt="github")
 
@@ -61,6 +79,38 @@ def jobs_table(jobs: list[JobOutcome]) -> str:
                     tablefmt="github")
 
 
+def _num(name: str, v: float) -> str:
+    return "-" if v != v else f"{latency.scale(name, v):.4g}"
+
+
+def change_table(changes: list[Change], before: str = "before", after: str = "after") -> str:
+    """asv compare style: + worse, - better, ~ not significant, x not comparable or too few samples, ! failed."""
+    rows = []
+    for c in changes:
+        ci = "-" if c.ci_low != c.ci_low else f"[{c.ci_low:.3f}, {c.ci_high:.3f}]"
+        rows.append([c.mark, f"{c.metric} ({latency.UNITS.get(latency.metric_kind(c.metric), '')})", _num(c.metric, c.before),
+                     _num(c.metric, c.after), "-" if c.ratio != c.ratio else f"{c.ratio:.3f}", ci,
+                     "-" if c.p != c.p else f"{c.p:.3g}", "-" if c.detectable != c.detectable else _pct1(c.detectable),
+                     f"{_pct1(c.threshold)}", c.status + (f": {c.note}" if c.note else "")])
+    return tabulate(rows, headers=["", "metric", before, after, "ratio", "95% CI", "p", "detectable", "threshold", "status"],
+                    tablefmt="github")
+
+
+def _pct1(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def latency_table(samples: dict[str, dict[str, list[float]]]) -> str:
+    rows = []
+    for prof, metrics in samples.items():
+        for name, xs in sorted(metrics.items()):
+            q = latency.percentiles(xs)
+            if q:
+                rows.append([prof, f"{name} ({latency.UNITS.get(latency.metric_kind(name), '')})", q["n"],
+                             _num(name, q["p50"]), _num(name, q["p90"]), _num(name, q["p99"])])
+    return tabulate(rows, headers=["profile", "metric", "n", "p50", "p90", "p99"], tablefmt="github")
+
+
 def unique_table(verdicts: list[Verdict]) -> str:
     """Distinct outputs per prompt: tokens, and in brackets distinct logits bit patterns."""
     cols = [v for v in verdicts if v.unique_outputs]
@@ -73,10 +123,15 @@ def console(res: RunResult) -> str:
     out = [f"suite {res.suite.name} on {res.suite.model.device} ({res.suite.model.ref}, {res.suite.model.dtype})", "",
            jobs_table(res.jobs), ""]
     for p in res.suite.profiles:
-        vs = [v for v in res.verdicts if v.profile == p.name]
+        vs = [v for v in res.all_verdicts() if v.profile == p.name]
         if vs:
             out += [f"profile {p.name}", verdict_table(vs), ""]
+        if p.name in res.baseline.changes:
+            out += [f"latency of {p.name} against the baseline", change_table(res.baseline.changes[p.name]), ""]
+    if res.cost:
+        out += ["determinism cost (deterministic against default, same run)", change_table(res.cost, "default", "deterministic"), ""]
     out += [f"! {j.describe()}" for j in res.jobs if not j.ok]
+    out += [f"x {v.profile}: {v.reason}" for v in res.baseline.verdicts if v.status == "not comparable"]
     out += [f"note: {n}" for n in res.notes]
     out += [f"result: {res.result.upper()} (exit {res.exit_code}); report: {res.run_dir / 'summary.md'}"]
     return "\n".join(out)
@@ -93,7 +148,7 @@ def summary_md(res: RunResult) -> str:
         for j in crashed:
             md += [f"- {j.describe()}", "", "```", *j.stderr_tail[-10:], "```", ""]
     for p in s.profiles:
-        vs = [v for v in res.verdicts if v.profile == p.name]
+        vs = [v for v in res.all_verdicts() if v.profile == p.name]
         if not vs:
             continue
         md += [f"## Profile `{p.name}`", ""]
@@ -106,8 +161,18 @@ def summary_md(res: RunResult) -> str:
             md += [f"- **{v.property}** ({MARK[v.status]}): {v.reason}"]
             if v.worst:
                 md += [f"  - worst: {v.worst.describe()}"]
+        if p.name in res.baseline.sources:
+            md += [f"- baseline: {res.baseline.sources[p.name]}"]
         md += [""]
-    if res.verdicts:
+        if p.name in res.baseline.changes:
+            md += ["Latency against the baseline (`+` worse, `-` better, `~` not significant, `x` not comparable, "
+                   "`!` failed):", "", change_table(res.baseline.changes[p.name]), ""]
+    if res.cost:
+        md += ["## Determinism cost", "", "The `deterministic` profile's latency relative to `default`, in the same run:", "",
+               change_table(res.cost, "default", "deterministic"), ""]
+    if any(res.latency.values()):
+        md += ["## Latency", "", latency_table(res.latency), ""]
+    if any(v.unique_outputs for v in res.verdicts):
         md += ["## Unique outputs per prompt", "", "Distinct token sequences, and in brackets distinct logits bit patterns, "
                "across every sequence of the prompt in that property (reference included).", "",
                unique_table(res.verdicts), ""]
@@ -129,13 +194,30 @@ def to_json(res: RunResult) -> dict:
         "jobs": [{**{k: v for k, v in dataclasses.asdict(j).items() if k != "meta"},
                   "profile_hash": s.profile_hash(s.profile(j.profile)), "worker": j.meta, "description": j.describe()}
                  for j in res.jobs],
+        "device_key": res.baseline.device_key,
         "verdicts": [{**dataclasses.asdict(v), "share_bitwise": v.share_bitwise, "share_tokens": v.share_tokens}
-                     for v in res.verdicts],
+                     for v in res.all_verdicts()],
+        "baselines": res.baseline.sources,
+        "latency": {prof: {name: {**latency.percentiles(xs), "samples": xs} for name, xs in m.items()}
+                    for prof, m in res.latency.items()},
+        "perf": {prof: [{**dataclasses.asdict(c), "mark": c.mark} for c in cs] for prof, cs in res.baseline.changes.items()},
+        "determinism_cost": [{**dataclasses.asdict(c), "mark": c.mark} for c in res.cost],
         "notes": res.notes,
     }
+
+
+def _finite(x):
+    """NaN is not JSON; an undefined statistic is written as null."""
+    if isinstance(x, float) and x != x or x in (float("inf"), float("-inf")):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
 
 
 def write(res: RunResult) -> None:
     res.run_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(res.run_dir / "summary.md", summary_md(res))
-    atomic.write_text(res.run_dir / "report.json", json.dumps(to_json(res), indent=1))
+    atomic.write_text(res.run_dir / "report.json", json.dumps(_finite(to_json(res)), indent=1))

@@ -94,6 +94,22 @@ class Generation:
     top_logprobs: int = 5
 
 
+LATENCY_METRICS = ("ttft", "tpot", "e2e", "tok_s")
+
+
+@dataclass(frozen=True)
+class Perf:
+    """How latency is sampled and gated: warm-up passes, measured passes, per-metric thresholds."""
+    warmup: int = 0
+    repeats: int = 1
+    threshold: float = 0.05                         # default relative change that counts, per metric
+    thresholds: tuple[tuple[str, float], ...] = ()  # metric -> threshold
+    alpha: float = 0.05
+
+    def threshold_for(self, metric: str) -> float:
+        return dict(self.thresholds).get(metric, self.threshold)
+
+
 @dataclass(frozen=True)
 class Suite:
     name: str
@@ -106,6 +122,8 @@ class Suite:
     seed: int = 0
     timeout_s: float = 1800.0
     description: str = ""
+    perf: Perf | None = None            # a [perf] section: latency is sampled over passes and gated
+    model_overridden: bool = False      # --model replaced the suite's own model
 
     def profile(self, name: str) -> Profile:
         for p in self.profiles:
@@ -114,18 +132,20 @@ class Suite:
         raise SuiteError(f"{self.path}: no profile {name!r}{_did_you_mean(name, [p.name for p in self.profiles])}")
 
     def with_overrides(self, *, model: str | None = None, device: str | None = None,
-                       profiles: list[str] | None = None) -> Suite:
+                       profiles: list[str] | None = None, adapter: str | None = None) -> Suite:
         """The suite as run: command-line choices replace the file's."""
         if device is not None and device not in DEVICES:
             raise SuiteError(f"--device {device!r}: expected one of {', '.join(DEVICES)}")
-        spec = dataclasses.replace(self.model, ref=model or self.model.ref, device=device or self.model.device)
+        spec = dataclasses.replace(self.model, ref=model or self.model.ref, device=device or self.model.device,
+                                   adapter=adapter or self.model.adapter)
         chosen = self.profiles if not profiles else tuple(self.profile(n) for n in profiles)
-        return dataclasses.replace(self, model=spec, profiles=chosen)
+        return dataclasses.replace(self, model=spec, profiles=chosen,
+                                   model_overridden=self.model_overridden or spec.ref != self.model.ref)
 
     @property
     def case_hash(self) -> str:
-        """Hash over everything that shapes outputs except the profile and the device."""
-        return _hash({"model": [self.model.ref, self.model.dtype, self.model.adapter], "generation": dataclasses.asdict(self.generation),
+        """Hash over everything that shapes outputs, except how they are run (profile, device, adapter)."""
+        return _hash({"model": [self.model.ref, self.model.dtype], "generation": dataclasses.asdict(self.generation),
                       "prompts": [dataclasses.asdict(p) for p in self.prompts],
                       "schedules": [dataclasses.asdict(s) for s in self.schedules]})
 
@@ -242,6 +262,8 @@ def parse(data: dict, p: str, base: Path = Path(".")) -> Suite:
     timeout = float(r.get("timeout_s", (int, float), 1800, check=lambda v: v > 0, expect="a positive number of seconds"))
     r.done()
 
+    perf = _perf(root.sub("perf")) if "perf" in data else None
+
     raw = root.get("schedules", list, expect="a list of [[schedules]] tables")
     if not raw:
         raise root.fail("schedules", "empty; add at least a [[schedules]] kind = \"solo\"")
@@ -260,7 +282,21 @@ def parse(data: dict, p: str, base: Path = Path(".")) -> Suite:
     pt.done()
     root.done()
     return Suite(name=name, path=p, model=model, generation=gen, prompts=prompts, schedules=schedules,
-                 profiles=profiles, seed=seed, timeout_s=timeout, description=description)
+                 profiles=profiles, seed=seed, timeout_s=timeout, description=description, perf=perf)
+
+
+def _perf(t: _Table) -> Perf:
+    frac = dict(check=lambda v: 0 < v < 10, expect="a relative change such as 0.05 (5%)")
+    th = t.sub("thresholds", {})
+    th.only(set(LATENCY_METRICS))
+    per = tuple((m, float(th.get(m, (int, float), **frac))) for m in LATENCY_METRICS if m in th.data)
+    th.done()
+    perf = Perf(warmup=t.get("warmup", int, 0, check=lambda v: v >= 0, expect="a non-negative integer"),
+                repeats=t.get("repeats", int, 1, check=lambda v: v >= 1, expect="a positive integer"),
+                threshold=float(t.get("threshold", (int, float), 0.05, **frac)), thresholds=per,
+                alpha=float(t.get("alpha", float, 0.05, check=lambda v: 0 < v < 0.5, expect="a significance level such as 0.05")))
+    t.done()
+    return perf
 
 
 def _prompt(t: _Table) -> Prompt:
@@ -383,5 +419,7 @@ def from_dict(d: dict) -> Suite:
         profiles=tuple(Profile(name=x["name"], env=tuple(map(tuple, x["env"])), torch_deterministic=x["torch_deterministic"],
                                expect=tuple((dev, tuple(map(tuple, per))) for dev, per in x["expect"]),
                                description=x["description"]) for x in d["profiles"]),
-        seed=d["seed"], timeout_s=d["timeout_s"], description=d["description"])
+        seed=d["seed"], timeout_s=d["timeout_s"], description=d["description"],
+        perf=Perf(**{**d["perf"], "thresholds": tuple(map(tuple, d["perf"]["thresholds"]))}) if d["perf"] else None,
+        model_overridden=d["model_overridden"])
 

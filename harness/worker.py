@@ -52,7 +52,8 @@ def run(job: Job) -> int:
             gens = adapter.generate([prompts[i] for i in b["prompt_ids"]])
             for pos, (pid, g) in enumerate(zip(b["prompt_ids"], gens)):
                 rec = Record(profile=job.profile, prompt_id=pid, schedule=b["schedule"], kind=b["kind"],
-                             batch_id=b["id"], batch=list(b["prompt_ids"]), position=pos, **vars(g))
+                             batch_id=b["id"], batch=list(b["prompt_ids"]), position=pos,
+                             repeat=b["repeat"], warmup=b["warmup"], **vars(g))
                 out.write(rec.to_json() + "\n")
                 tokens += len(g.tokens)
             out.flush()  # a crash loses at most the batch in flight

@@ -107,7 +107,7 @@ class Verdict:
 
     @property
     def passed(self) -> bool:
-        return self.status in ("pass", "report")
+        return self.status in ("pass", "report", "no baseline", "updated")
 
     @property
     def share_bitwise(self) -> float:

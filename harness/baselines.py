@@ -1,0 +1,136 @@
+"""Golden baselines: `baselines/<device-key>/<suite>/<profile>.json`.
+
+Read-only unless the user passes --update-baselines; written atomically, so a kill
+mid-write leaves the previous file whole. A file that is corrupt, of an unknown
+schema, or made for another case hash is "not comparable", never a silent pass.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__, atomic
+from .records import Record
+
+SCHEMA_VERSION = 1
+# What a baseline keeps of each reference sequence: enough to show a divergence, not the timings.
+_OUTPUT_KEYS = ("prompt_id", "tokens", "pieces", "text", "finish_reason", "fingerprints", "topk_ids", "topk_logprobs")
+
+
+class BaselineError(ValueError):
+    """The baseline exists but cannot be compared; the message is one line naming the file and what to do."""
+
+
+@dataclass
+class Baseline:
+    suite: str
+    profile: str
+    case_hash: str
+    device_key: str
+    environment: dict
+    provenance: dict
+    outputs: dict[str, dict]                      # prompt id -> reference sequence
+    latency: dict[str, list[float]] = field(default_factory=dict)   # raw samples per metric
+    load_s: list[float] = field(default_factory=list)               # raw load-time samples
+
+    def reference(self, prompt_id: str) -> Record:
+        o = self.outputs[prompt_id]
+        return Record(profile=self.profile, schedule="baseline", kind="baseline", batch_id="baseline", batch=[prompt_id],
+                      position=0, token_times=[], **{k: o[k] for k in _OUTPUT_KEYS})
+
+
+def _mm(version: str) -> str:
+    """Major.minor of a version string: '2.13.0+cpu' -> '2.13', '8.0.RC2' -> '8.0'."""
+    parts = re.split(r"[.+]", version)
+    return ".".join(parts[:2]) if version else "unknown"
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^a-z0-9.]+", "-", s.lower()).strip("-") or "unknown"
+
+
+def device_key(info: dict) -> str:
+    """Bits are comparable only under the same key. On CPU the ISA and the thread count decide how reductions split."""
+    dev = info.get("device", "cpu")
+    parts = [dev]
+    if dev == "cpu":
+        parts += [info.get("cpu_capability", "unknown"), f"t{info.get('threads', '?')}"]
+    else:
+        parts.append(_slug(info.get("chip", "unknown")))
+    parts.append(f"torch{_mm(info.get('torch', ''))}")
+    if dev == "cuda":
+        parts.append(f"cuda{_mm(info.get('cuda', ''))}")
+    if dev == "npu":
+        parts += [f"torchnpu{_mm(info.get('torch_npu', ''))}", f"cann{_mm(info.get('cann', ''))}"]
+    return "-".join(_slug(p) for p in parts)
+
+
+def suite_dir(suite_name: str, model_ref: str, model_overridden: bool) -> str:
+    """A suite run on another model (--model) keeps its own baselines beside the suite's own."""
+    return suite_name if not model_overridden else f"{suite_name}@{_slug(Path(model_ref.rstrip('/')).name)}"
+
+
+def path_for(root: Path, key: str, suite: str, profile: str) -> Path:
+    return Path(root) / key / suite / f"{profile}.json"
+
+
+def find(root: Path, key: str, suite: str, profile: str, device: str) -> tuple[Path | None, bool]:
+    """(file, same_key): the file for this key, else the newest one of the same device type under another key."""
+    exact = path_for(root, key, suite, profile)
+    if exact.is_file():
+        return exact, True
+    others = [p for p in Path(root).glob(f"{device}-*/{suite}/{profile}.json") if p.is_file()]
+    if not others:
+        return None, False
+    return max(others, key=lambda p: p.stat().st_mtime), False
+
+
+def _project_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def build(*, suite: str, profile: str, case_hash: str, device_key: str, environment: dict, reason: str,
+          references: list[Record], latency: dict[str, list[float]], load_s: list[float]) -> Baseline:
+    prov = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "harness_version": __version__,
+            "project_commit": _project_commit(), "reason": reason}
+    outputs = {r.prompt_id: {k: getattr(r, k) for k in _OUTPUT_KEYS} for r in references}
+    return Baseline(suite=suite, profile=profile, case_hash=case_hash, device_key=device_key, environment=environment,
+                    provenance=prov, outputs=outputs, latency=latency, load_s=load_s)
+
+
+def write(path: Path, b: Baseline) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(path, json.dumps({"schema_version": SCHEMA_VERSION, **vars(b)}, indent=1, sort_keys=True) + "\n")
+
+
+def load(path: Path, case_hash: str) -> Baseline:
+    how = "rerun with --update-baselines --reason '...' to replace it"
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise BaselineError(f"{path}: cannot read baseline ({e.strerror or e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BaselineError(f"{path}: corrupt baseline (not valid JSON: {e}); {how}") from None
+    if not isinstance(data, dict) or "schema_version" not in data:
+        raise BaselineError(f"{path}: not a baseline file (no schema_version); {how}")
+    version = data.pop("schema_version")
+    if version != SCHEMA_VERSION:
+        raise BaselineError(f"{path}: schema_version {version!r} is not one this harness reads ({SCHEMA_VERSION}); "
+                            f"use the harness version that wrote it, or {how}")
+    try:
+        b = Baseline(**data)
+    except TypeError as e:
+        raise BaselineError(f"{path}: malformed baseline ({e}); {how}") from None
+    if b.case_hash != case_hash:
+        raise BaselineError(f"{path}: made for case hash {b.case_hash}, the suite now hashes to {case_hash} "
+                            f"(prompts, model, dtype, generation or schedules changed); {how}")
+    return b

@@ -1,0 +1,95 @@
+"""The latency gate on the real embedded model: a user-registered adapter that wraps the real one with a
+15% delay per token, installed through the `harness.adapters` entry point, must be flagged as regressed."""
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ..helpers import load_report, run_cli, write_suite
+
+pytestmark = pytest.mark.integration
+
+SUITE = """
+[suite]
+name = "gate"
+version = 1
+[model]
+ref = "smollm2-135m"
+[generation]
+max_new_tokens = 16
+[prompts]
+items = [
+  {id = "a", text = "Write a haiku about autumn leaves.", chat = true},
+  {id = "b", text = "List five fruits that are rich in vitamin C.", chat = true},
+  {id = "c", text = "def fibonacci(n):\\n"},
+  {id = "d", text = "Write an SQL query that returns the ten customers with the highest total order value.", chat = true},
+  {id = "e", text = "The old library at the end of the street had been closed for years, but one rainy evening"},
+  {id = "f", text = "Return a JSON object with the keys name, age and city for a fictional person.", chat = true},
+]
+[[schedules]]
+kind = "solo"
+[perf]
+warmup = 1
+repeats = 3
+[profiles.default]
+"""
+
+SLOW = '''
+import time
+from harness.adapters.hf import HFAdapter
+
+
+class SlowAdapter(HFAdapter):
+    """The real adapter, with every forward pass 15% slower."""
+
+    def load(self):
+        phases = super().load()
+        forward = self.model.forward
+
+        def slow(*args, **kwargs):
+            t = time.perf_counter()
+            out = forward(*args, **kwargs)
+            time.sleep(0.15 * (time.perf_counter() - t))
+            return out
+
+        self.model.forward = slow
+        return phases
+'''
+
+
+def _plugin(tmp: Path) -> dict[str, str]:
+    """A real installed distribution (dist-info with entry_points.txt) on PYTHONPATH: how a user would ship one."""
+    site = tmp / "site"
+    dist = site / "slow_adapter-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (site / "slow_adapter.py").write_text(textwrap.dedent(SLOW))
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: slow-adapter\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[harness.adapters]\nslow = slow_adapter:SlowAdapter\n")
+    return {"PYTHONPATH": str(site)}
+
+
+def test_a_15_percent_slower_adapter_regresses_tpot(tmp_path: Path, embedded_dir: Path):
+    suite = write_suite(tmp_path / "gate.toml", SUITE)
+    store, env = tmp_path / "baselines", _plugin(tmp_path)
+    common = ("--baselines", str(store))
+    r = run_cli("run", str(suite), *common, "--out", str(tmp_path / "base"), "--update-baselines", "--reason", "A", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    r = run_cli("run", str(suite), *common, "--out", str(tmp_path / "slow"), "--adapter", "slow", env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    rows = {c["metric"]: c for c in load_report(tmp_path / "slow")["perf"]["default"]}
+    tpot = rows["solo tpot"]
+    assert tpot["status"] == "regressed" and tpot["mark"] == "+", tpot
+    assert 1.08 < tpot["ratio"] < 1.3 and tpot["p"] < 0.05 and tpot["ci_low"] > 1.0
+    # Outputs are the baseline's: the wrapper changes speed, not tokens or bits.
+    v = next(v for v in load_report(tmp_path / "slow")["verdicts"] if v["property"] == "baseline")
+    assert v["status"] == "pass"
+    assert re.search(r"\|\s*\+\s*\|\s*solo tpot", r.stdout), r.stdout
+
+
+def test_unknown_adapter_is_a_usage_error(tmp_path: Path):
+    r = run_cli("run", str(write_suite(tmp_path / "gate.toml", SUITE)), "--adapter", "slwo", env=_plugin(tmp_path))
+    assert r.returncode == 2 and "did you mean 'slow'" in r.stderr and "Traceback" not in r.stderr

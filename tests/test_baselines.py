@@ -1,0 +1,107 @@
+"""The baseline store: device keys, atomic writes that survive kill -9, and files that cannot be compared."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import baselines
+from harness.records import Record
+
+from .helpers import ROOT
+
+
+def _ref(pid: str = "a", tokens=(1, 2, 3)) -> Record:
+    n = len(tokens)
+    return Record(profile="default", prompt_id=pid, schedule="solo", kind="solo", batch_id="solo/0", batch=[pid],
+                  position=0, tokens=list(tokens), pieces=[str(t) for t in tokens], text="x", finish_reason="length",
+                  fingerprints=[f"{t:032x}" for t in tokens], topk_ids=[[t, 0] for t in tokens],
+                  topk_logprobs=[[-0.1, -2.0]] * n, token_times=[0.1 * (i + 1) for i in range(n)])
+
+
+def _baseline(case_hash: str = "c0ffee", n_prompts: int = 1) -> baselines.Baseline:
+    return baselines.build(suite="s", profile="default", case_hash=case_hash, device_key="cpu-avx2-t2-torch2.13",
+                           environment={}, reason="test", references=[_ref(f"p{i}") for i in range(n_prompts)],
+                           latency={"solo tpot": [0.05, 0.051]}, load_s=[3.2])
+
+
+def test_device_key_names_device_chip_and_major_versions():
+    assert baselines.device_key({"device": "cpu", "cpu_capability": "AVX512", "threads": "2", "torch": "2.13.0+cpu"}) \
+        == "cpu-avx512-t2-torch2.13"
+    assert baselines.device_key({"device": "npu", "chip": "Ascend910B3", "torch": "2.1.0", "torch_npu": "2.1.0.post6",
+                                 "cann": "8.0.RC2"}) == "npu-ascend910b3-torch2.1-torchnpu2.1-cann8.0"
+    assert baselines.device_key({"device": "cuda", "chip": "NVIDIA H100 80GB HBM3", "torch": "2.5.1", "cuda": "12.4"}) \
+        == "cuda-nvidia-h100-80gb-hbm3-torch2.5-cuda12.4"
+
+
+def test_round_trip_keeps_references_samples_and_provenance(tmp_path: Path):
+    p = baselines.path_for(tmp_path, "cpu-x", "s", "default")
+    baselines.write(p, _baseline())
+    b = baselines.load(p, "c0ffee")
+    assert b.reference("p0").tokens == [1, 2, 3] and b.reference("p0").fingerprints[0].endswith("1")
+    assert b.latency == {"solo tpot": [0.05, 0.051]} and b.load_s == [3.2]
+    assert b.provenance["reason"] == "test" and b.provenance["harness_version"]
+    assert json.loads(p.read_text())["schema_version"] == baselines.SCHEMA_VERSION
+
+
+@pytest.mark.parametrize("content, words", [
+    ("{not json", "corrupt baseline"),
+    ('{"schema_version": 99, "suite": "s"}', "schema_version 99"),
+    ('["a list"]', "not a baseline file"),
+    ('{"schema_version": 1, "suite": "s"}', "malformed baseline"),
+])
+def test_unreadable_files_give_one_line(tmp_path: Path, content: str, words: str):
+    p = tmp_path / "default.json"
+    p.write_text(content)
+    with pytest.raises(baselines.BaselineError) as e:
+        baselines.load(p, "c0ffee")
+    msg = str(e.value)
+    assert words in msg and str(p) in msg and "\n" not in msg and "--update-baselines" in msg
+
+
+def test_another_case_hash_is_not_comparable(tmp_path: Path):
+    p = tmp_path / "default.json"
+    baselines.write(p, _baseline("aaaa"))
+    with pytest.raises(baselines.BaselineError, match="case hash aaaa.*bbbb"):
+        baselines.load(p, "bbbb")
+
+
+def test_find_prefers_the_same_key_then_the_same_device_type(tmp_path: Path):
+    baselines.write(baselines.path_for(tmp_path, "cpu-avx2-t4-torch2.13", "s", "default"), _baseline())
+    assert baselines.find(tmp_path, "cpu-avx512-t2-torch2.13", "s", "default", "cpu") == \
+        (tmp_path / "cpu-avx2-t4-torch2.13/s/default.json", False)
+    baselines.write(baselines.path_for(tmp_path, "cpu-avx512-t2-torch2.13", "s", "default"), _baseline())
+    assert baselines.find(tmp_path, "cpu-avx512-t2-torch2.13", "s", "default", "cpu")[1] is True
+    assert baselines.find(tmp_path, "x", "s", "default", "npu") == (None, False)
+
+
+def test_kill_during_writes_leaves_a_readable_baseline(tmp_path: Path):
+    """A real process rewriting a large baseline in a loop is killed with SIGKILL at several moments."""
+    p = tmp_path / "cpu-x" / "s" / "default.json"
+    baselines.write(p, _baseline())
+    writer = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from tests.test_baselines import _baseline
+        from harness import baselines
+        big = _baseline(n_prompts=3000)    # a few MB: each write takes a while
+        print("ready", flush=True)
+        while True:
+            baselines.write(baselines.Path({str(p)!r}), big)
+    """)
+    for delay in (0.05, 0.2, 0.45, 0.8):
+        proc = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        b = baselines.load(p, "c0ffee")  # never half a file
+        assert len(b.outputs) in (1, 3000)
+    assert not [f for f in p.parent.iterdir() if f.name != "default.json" and not f.name.startswith(".")]
