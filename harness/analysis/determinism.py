@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import sub
 
 from ..records import Record
 
@@ -56,6 +58,21 @@ def _first(a: list, b: list) -> int | None:
     return None if len(a) == len(b) else n
 
 
+def _max_dlogprob(ref: Record, other: Record, lo: int, hi: int) -> float:
+    """Largest |Δ logprob| over the top-k ids both sides share, at steps [lo, hi)."""
+    if hi <= lo:
+        return 0.0
+    ri, oi = ref.topk_ids[lo:hi], other.topk_ids[lo:hi]
+    rl, ol = ref.topk_logprobs[lo:hi], other.topk_logprobs[lo:hi]
+    if ri == oi:  # the common case, same ids in the same order at every step: one pass at C speed
+        return max(map(abs, map(sub, chain.from_iterable(rl), chain.from_iterable(ol))), default=0.0)
+    d = 0.0
+    for r_ids, o_ids, r_lps, o_lps in zip(ri, oi, rl, ol):
+        theirs = dict(zip(o_ids, o_lps))
+        d = max(d, max((abs(lp - theirs[i]) for i, lp in zip(r_ids, r_lps) if i in theirs), default=0.0))
+    return d
+
+
 def compare(ref: Record, other: Record) -> Comparison:
     tok_step = _first(ref.tokens, other.tokens)
     bit_step = _first(ref.fingerprints, other.fingerprints)
@@ -63,12 +80,9 @@ def compare(ref: Record, other: Record) -> Comparison:
         bit_step = tok_step  # different tokens imply different logits from there on
     shared_steps = min(len(ref.topk_ids), len(other.topk_ids))
     last = shared_steps if tok_step is None else min(tok_step + 1, shared_steps)
-    dmax = 0.0
-    for s in range(last):
-        theirs = dict(zip(other.topk_ids[s], other.topk_logprobs[s]))
-        for i, lp in zip(ref.topk_ids[s], ref.topk_logprobs[s]):
-            if i in theirs:
-                dmax = max(dmax, abs(lp - theirs[i]))
+    # Steps before the first differing fingerprint have bit-identical logits: their Δ is 0, skip them.
+    first = last if bit_step is None else min(bit_step, last)
+    dmax = max(_max_dlogprob(ref, other, first, last - 1), _max_dlogprob(ref, other, last - 1, last))
     base = dict(prompt_id=other.prompt_id, schedule=other.schedule, batch_id=other.batch_id, batch=tuple(other.batch),
                 position=other.position, first_bit_step=bit_step, first_token_step=tok_step, max_dlogprob=dmax)
     if tok_step is None:
