@@ -50,6 +50,16 @@ def perf(session: nox.Session) -> None:
 
 
 @nox.session
+def loadtime(session: nox.Session) -> None:
+    """Cold and warm loads per OMP_NUM_THREADS setting, a recommendation, size scaling, a plot; exit 1 on a
+    regression against the baseline. Options after `--`: --device, --model, --no-drop-caches,
+    --update-baselines --reason TEXT, or another suite file."""
+    _install(session, "gguf,loadtime")
+    suite = next((a for a in session.posargs if a.endswith(".toml")), "suites/loadtime.toml")
+    session.run("python", "-m", "harness.cli", "loadtime", suite, *[a for a in session.posargs if not a.endswith(".toml")])
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """pytest-benchmark: analysis throughput and the per-step capture overhead."""
     _install(session, "dev")

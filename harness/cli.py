@@ -26,6 +26,16 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run suites and report verdicts")
     r.add_argument("suites", nargs="+", type=Path, metavar="SUITE", help="suite TOML file(s)")
     add_run_options(r.add_argument)
+    lt = sub.add_parser("loadtime", help="cold and warm model loads under OMP_NUM_THREADS settings")
+    lt.add_argument("suite", type=Path, metavar="SUITE", help="load-time suite TOML file")
+    lt.add_argument("--device", choices=DEVICES, default=None)
+    lt.add_argument("--model", default=None, help="embedded alias, HF model directory or .gguf file")
+    lt.add_argument("--out", type=Path, default=Path("reports"))
+    lt.add_argument("--baselines", type=Path, default=Path("baselines"))
+    lt.add_argument("--update-baselines", action="store_true")
+    lt.add_argument("--reason", default="")
+    lt.add_argument("--drop-caches", action=argparse.BooleanOptionalAction, default=None,
+                    help="evict the model files from the page cache before each cold load (default: the suite's)")
     return p
 
 
@@ -52,8 +62,34 @@ def options(ns) -> pipeline.Options:
                             update_baselines=get("update_baselines"), reason=get("reason"))
 
 
+def loadtime_main(args) -> int:
+    from . import loadtime, report_loadtime
+    from .suite import SuiteError
+    if args.update_baselines and not args.reason.strip():
+        raise HarnessError("--update-baselines needs --reason 'why these load times are the new truth'", USAGE)
+    try:
+        suite = loadtime.load_suite(args.suite, model=args.model, device=args.device, drop_caches=args.drop_caches)
+    except SuiteError as e:
+        raise HarnessError(str(e), USAGE) from None
+    run = loadtime.sweep(suite, args.out)
+    loadtime.analyse(run, args.baselines, args.update_baselines, args.reason)
+    run.exit_code = loadtime.exit_code(run)
+    report_loadtime.write(run)
+    print(report_loadtime.console(run), flush=True)
+    return run.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "loadtime":
+        try:
+            return loadtime_main(args)
+        except HarnessError as e:
+            print(f"harness: error: {e}", file=sys.stderr)
+            return e.code
+        except KeyboardInterrupt:
+            print("harness: interrupted; loads measured so far are in loads.jsonl", file=sys.stderr)
+            return INFRA
     opts = options(args)
     code = 0
     try:

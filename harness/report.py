@@ -62,7 +62,8 @@ def _clip(s: str, n: int = 110) -> str:
 
 
 def verdict_table(verdicts: list[Verdict]) -> str:
-    rows = [[v.property, v.expect, MARK[v.status], v.sequences, _pct(v.share_bitwise), _pct(v.share_tokens),
+    rows = [[v.property, v.expect, MARK[v.status], v.sequences,
+             *((_pct(v.share_bitwise), _pct(v.share_tokens)) if v.expect != "-" else ("-", "-")),
              v.max_unique or "-", _clip(v.worst.describe() if v.worst else "-", 90)] for v in verdicts]
     return tabulate(rows, headers=["property", "expect", "verdict", "sequences", "bitwise", "token-identical",
                                    "max unique outputs/prompt", "worst case"], tablefmt="github")

@@ -58,8 +58,10 @@ class JobOutcome:
         return f"worker {self.name!r} {how} after {self.completed}/{self.expected} sequences" + (f"; stderr: {tail}" if tail else "")
 
 
-def child_env(extra: dict[str, str]) -> dict[str, str]:
+def child_env(extra: dict[str, str | None]) -> dict[str, str]:
+    """os.environ plus `extra`; a None value removes the variable (an "unset" setting)."""
     env = {**os.environ, **extra}
+    env = {k: v for k, v in env.items() if v is not None}
     # The worker must import this harness even when it runs from a checkout (nox --no-venv).
     env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
     return env
@@ -109,7 +111,7 @@ class _LineCounter:
         return self.lines
 
 
-def run_job(job: Job, env: dict[str, str], timeout_s: float, run_dir: Path,
+def run_job(job: Job, env: dict[str, str | None], timeout_s: float, run_dir: Path,
             progress: Callable[[int], None] = lambda n: None) -> JobOutcome:
     job_path = run_dir / "jobs" / f"{job.name}.json"
     job_path.write_text(json.dumps(dataclasses.asdict(job), indent=1), encoding="utf-8")

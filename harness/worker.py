@@ -22,6 +22,18 @@ def write_json_atomic(path: Path, obj: dict) -> None:
     atomic.write_text(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
+def peak_memory(device) -> dict[str, float]:
+    """Peak host RSS of this process, and peak device memory where the device reports it, in MB."""
+    import resource
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    out = {"peak_rss_mb": rss / (1 << 20) if sys.platform == "darwin" else rss / 1024}
+    import torch
+    mod = getattr(torch, device.type, None) if device.type in ("cuda", "npu") else None
+    if mod is not None and hasattr(mod, "max_memory_allocated"):
+        out["device_peak_mb"] = mod.max_memory_allocated(device) / (1 << 20)
+    return out
+
+
 def run(job: Job) -> int:
     from . import envinfo
     t0 = time.perf_counter()
@@ -39,7 +51,7 @@ def run(job: Job) -> int:
     except Exception as e:
         print(f"error: model {job.model_ref!r} would not load on {job.device}: {type(e).__name__}: {e}", file=sys.stderr)
         return 3
-    meta = {"job": job.name, "profile": job.profile, "pid": os.getpid(), "load_s": phases,
+    meta = {"job": job.name, "profile": job.profile, "pid": os.getpid(), "load_s": phases, **peak_memory(device),
             "device": devices.describe(device), "host": envinfo.host(), "env": envinfo.relevant_env(os.environ),
             "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
     meta_path = Path(job.meta)
