@@ -160,8 +160,8 @@ class Target:
         return sum(f.stat().st_size for f in self.files) / 1e9
 
 
-def _prepare_synthetic(size: float) -> Path:
-    p = subprocess.run([sys.executable, "-m", "harness.synthetic", str(size)], env=runner.child_env({}),
+def _prepare_synthetic(size: float, tokenizer_dir: Path) -> Path:
+    p = subprocess.run([sys.executable, "-m", "harness.synthetic", str(size), str(tokenizer_dir)], env=runner.child_env({}),
                        capture_output=True, text=True)
     if p.returncode != 0:
         tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
@@ -210,7 +210,7 @@ def sweep(suite: LoadSuite, out: Path, progress: bool = True) -> LoadRun:
     model_dir = runner.prepare_model(suite.model_ref)
     targets = [Target("embedded" if suite.model_ref == "smollm2-135m" else Path(suite.model_ref).name, model_dir,
                       suite.dtype, 0.135 if suite.model_ref == "smollm2-135m" else math.nan, suite.repeats)]
-    targets += [Target(f"synthetic-{s:g}b", _prepare_synthetic(s), "bfloat16", s, suite.size_repeats) for s in suite.sizes]
+    targets += [Target(f"synthetic-{s:g}b", _prepare_synthetic(s, model_dir), "bfloat16", s, suite.size_repeats) for s in suite.sizes]
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{suite.name}"
     run_dir = out / run_id
     for sub in ("jobs", "records", "logs"):

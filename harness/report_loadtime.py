@@ -42,8 +42,18 @@ def recommendation_lines(run: LoadRun) -> list[str]:
 
 
 def failures(run: LoadRun) -> list[str]:
-    return [f"! {s.model} OMP_NUM_THREADS={s.setting} round {s.repeat} ({'cold' if s.cold else 'warm'}): {s.error}"
-            for s in run.samples if s.status != "ok"]
+    """One line per model and distinct error, so a model that never loads does not flood the report."""
+    groups: dict[tuple[str, str], list] = {}
+    for s in run.samples:
+        if s.status != "ok":
+            groups.setdefault((s.model, s.error.split("' ", 1)[-1]), []).append(s)
+    out = []
+    for (model, err), ss in groups.items():
+        total = sum(1 for s in run.samples if s.model == model)
+        first = ss[0]
+        where = f"OMP_NUM_THREADS={first.setting} round {first.repeat} ({'cold' if first.cold else 'warm'})"
+        out.append(f"! {model}: {len(ss)} of {total} loads failed, first at {where}: worker {err}")
+    return out
 
 
 def console(run: LoadRun) -> str:

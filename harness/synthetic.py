@@ -1,13 +1,14 @@
 """Synthetic Llama checkpoints for load-time scaling: random weights from a fixed seed, bfloat16,
 safetensors sharded as real checkpoints are, generated once into the cache.
 
-`python -m harness.synthetic SIZE_B` prints the directory (run in a child process, so the parent
+`python -m harness.synthetic SIZE_B TOKENIZER_DIR` prints the directory (run in a child process, so the parent
 never imports torch).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,7 +20,8 @@ SHAPES = {
     0.5: dict(hidden_size=1280, intermediate_size=3456, num_hidden_layers=20, num_attention_heads=20, num_key_value_heads=4),
     1.0: dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8),
 }
-VOCAB, SEED, SHARD = 32000, 0, "500MB"
+VOCAB, SEED, SHARD = 49152, 0, "500MB"   # the embedded model's vocabulary: its tokenizer is copied in
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
 def config_dict(size_b: float) -> dict:
@@ -34,7 +36,7 @@ def directory(size_b: float) -> Path:
     return cache_dir() / "synthetic" / f"llama-{size_b}b-bf16-{key}"
 
 
-def ensure(size_b: float) -> Path:
+def ensure(size_b: float, tokenizer_dir: Path) -> Path:
     out = directory(size_b)
     if (out / "config.json").is_file() and any(out.glob("*.safetensors")):
         return out
@@ -51,6 +53,9 @@ def ensure(size_b: float) -> Path:
             p.normal_(0.0, 0.02, generator=gen)
     tmp = out.with_name(out.name + ".partial")
     model.save_pretrained(tmp, max_shard_size=SHARD)
+    for name in TOKENIZER_FILES:  # a loadable model directory, as a real checkpoint is
+        if (Path(tokenizer_dir) / name).is_file():
+            shutil.copy(Path(tokenizer_dir) / name, tmp / name)
     tmp.rename(out)  # a half-written checkpoint is never taken for a finished one
     return out
 
@@ -61,7 +66,7 @@ def files(model_dir: Path) -> list[Path]:
 
 def main(argv: list[str]) -> int:
     try:
-        print(ensure(float(argv[0])))
+        print(ensure(float(argv[0]), Path(argv[1])))
     except (KeyError, ValueError, IndexError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
