@@ -14,7 +14,7 @@ from . import stats
 # independent, so testing them would overstate significance.
 METRICS = ("ttft", "tpot", "e2e", "tok_s")
 HIGHER_IS_BETTER = {"tok_s", }
-UNITS = {"ttft": "ms", "tpot": "ms", "e2e": "ms", "tok_s": "tok/s", "itl": "ms", "load": "ms"}
+UNITS = {"ttft": "ms", "tpot": "ms", "e2e": "ms", "tok_s": "tok/s", "itl": "ms", "load": "ms", "warm": "ms", "cold": "ms"}
 
 
 def sequence_metrics(r: Record) -> dict[str, float]:
