@@ -79,33 +79,27 @@ def loadtime_main(args) -> int:
     return run.exit_code
 
 
+def run_main(args) -> int:
+    opts = options(args)
+    suites = [pipeline.load_suite(s, opts) for s in args.suites]  # all validated before any runs
+    code = 0
+    for s in suites:
+        res = pipeline.execute(s, opts)
+        print(pipeline.report.console(res), flush=True)
+        code = max(code, res.exit_code)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "loadtime":
-        try:
-            return loadtime_main(args)
-        except HarnessError as e:
-            print(f"harness: error: {e}", file=sys.stderr)
-            return e.code
-        except KeyboardInterrupt:
-            print("harness: interrupted; loads measured so far are in loads.jsonl", file=sys.stderr)
-            return INFRA
-    opts = options(args)
-    code = 0
     try:
-        suites = [pipeline.load_suite(s, opts) for s in args.suites]  # all validated before any runs
-        for s in suites:
-            res = pipeline.execute(s, opts)
-            print(pipeline.report.console(res), flush=True)
-            code = max(code, res.exit_code)
+        return (loadtime_main if args.command == "loadtime" else run_main)(args)
     except HarnessError as e:
         print(f"harness: error: {e}", file=sys.stderr)
         return e.code
     except KeyboardInterrupt:
-        print("harness: interrupted; records written so far are kept", file=sys.stderr)
+        print("harness: interrupted; records and loads measured so far are kept on disk", file=sys.stderr)
         return INFRA
-    return code
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -22,7 +22,7 @@ from .analysis import loadtime as lt
 from .analysis import stats
 from .errors import CHECK_FAILED, INFRA, OK, USAGE, HarnessError
 from .plan import Job
-from .suite import DEVICES, DTYPES, SUITE_FORMAT, SuiteError, _Table, tomllib
+from .suite import SuiteError, _Table, parse_head, parse_model, read_toml
 
 ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTORCH_NPU_ALLOC_CONF", "NPU_MEMORY_FRACTION")
 
@@ -70,32 +70,16 @@ def load_suite(path: Path, *, model: str | None = None, device: str | None = Non
                drop_caches: bool | None = None) -> LoadSuite:
     from . import synthetic
     p = str(path)
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise SuiteError(f"{p}: cannot read suite file ({e.strerror or e})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SuiteError(f"{p}: not valid TOML: {e}") from None
-    root = _Table(p, "", data)
-    head = root.sub("suite")
-    name = head.get("name", str)
-    if head.get("version", int) != SUITE_FORMAT:
-        raise head.fail("version", f"unsupported suite format; this harness reads version {SUITE_FORMAT}")
-    seed = head.get("seed", int, 0)
-    head.get("description", str, "")
-    head.done()
-    m = root.sub("model", {})
-    ref = m.get("ref", str, "smollm2-135m")
-    dtype = m.get("dtype", str, "float32", check=lambda v: v in DTYPES, expect=f"one of {', '.join(DTYPES)}")
-    dev = m.get("device", str, "cpu", check=lambda v: v in DEVICES, expect=f"one of {', '.join(DEVICES)}")
-    m.done()
+    root = _Table(p, "", read_toml(path))
+    name, seed, _ = parse_head(root)
+    spec = parse_model(root)
     t = root.sub("loadtime")
     settings = _settings(t.get("omp", list, [1, "cores", "unset"]), t)
     sizes = tuple(float(x) for x in t.get("sizes", list, [], check=lambda v: all(
         isinstance(x, (int, float)) and not isinstance(x, bool) and float(x) in synthetic.SHAPES for x in v),
         expect=f"a list of synthetic sizes from {sorted(synthetic.SHAPES)}"))
     suite = LoadSuite(
-        name=name, path=p, model_ref=model or ref, dtype=dtype, device=device or dev, settings=settings,
+        name=name, path=p, model_ref=model or spec.ref, dtype=spec.dtype, device=device or spec.device, settings=settings,
         repeats=t.get("repeats", int, 4, check=lambda v: v >= 1, expect="a positive integer"),
         sizes=sizes, size_repeats=t.get("size_repeats", int, 2, check=lambda v: v >= 1, expect="a positive integer"),
         drop_caches=t.get("drop_caches", bool, True) if drop_caches is None else drop_caches,

@@ -218,22 +218,22 @@ def _tname(t: Any) -> str:
     return " or ".join(names.get(x, x.__name__) for x in _as_tuple(t))
 
 
-def load(path: str | Path) -> Suite:
-    path = Path(path)
-    p = str(path)
+def read_toml(path: str | Path) -> dict:
+    """A suite file's TOML, or one SuiteError line naming the file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
-        raise SuiteError(f"{p}: cannot read suite file ({e.strerror or e})") from None
-    try:
-        data = tomllib.loads(text)
+        raise SuiteError(f"{path}: cannot read suite file ({e.strerror or e})") from None
     except tomllib.TOMLDecodeError as e:
-        raise SuiteError(f"{p}: not valid TOML: {e}") from None
-    return parse(data, p, base=path.parent)
+        raise SuiteError(f"{path}: not valid TOML: {e}") from None
 
 
-def parse(data: dict, p: str, base: Path = Path(".")) -> Suite:
-    root = _Table(p, "", data)
+def load(path: str | Path) -> Suite:
+    return parse(read_toml(path), str(path), base=Path(path).parent)
+
+
+def parse_head(root: _Table) -> tuple[str, int, str]:
+    """The [suite] table every suite kind starts with: (name, seed, description)."""
     head = root.sub("suite")
     name = head.get("name", str, check=lambda s: s.strip() != "", expect="a non-empty string")
     version = head.get("version", int, expect=f"the suite format version, {SUITE_FORMAT}")
@@ -242,13 +242,23 @@ def parse(data: dict, p: str, base: Path = Path(".")) -> Suite:
     seed = head.get("seed", int, 0)
     description = head.get("description", str, "")
     head.done()
+    return name, seed, description
 
+
+def parse_model(root: _Table) -> ModelSpec:
     m = root.sub("model", {})
     model = ModelSpec(ref=m.get("ref", str, ModelSpec.ref),
                       dtype=m.get("dtype", str, ModelSpec.dtype, check=lambda v: v in DTYPES, expect=f"one of {', '.join(DTYPES)}"),
                       device=m.get("device", str, ModelSpec.device, check=lambda v: v in DEVICES, expect=f"one of {', '.join(DEVICES)}"),
                       adapter=m.get("adapter", str, ModelSpec.adapter))
     m.done()
+    return model
+
+
+def parse(data: dict, p: str, base: Path = Path(".")) -> Suite:
+    root = _Table(p, "", data)
+    name, seed, description = parse_head(root)
+    model = parse_model(root)
 
     g = root.sub("generation", {})
     gen = Generation(max_new_tokens=g.get("max_new_tokens", int, 64, check=lambda v: 1 <= v <= 32768, expect="an integer in [1, 32768]"),

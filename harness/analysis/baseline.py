@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..records import Record
-from .determinism import Verdict, compare, judge
+from .determinism import Verdict, compare, judge, worst
 
 
 def references(records: list[Record]) -> list[Record]:
@@ -28,13 +28,9 @@ def evaluate(records: list[Record], reference: Callable[[str], Record | None], p
     status, reason = judge(expect, comps)
     if note:
         reason = f"{reason}; {note}"
-    worst = None
-    div = [c for c in comps if c.level == "diverged"] or [c for c in comps if c.level == "tokens"]
-    if div:
-        worst = min(div, key=lambda c: c.first_token_step if c.first_token_step is not None else c.first_bit_step)
     return Verdict(profile=profile, property="baseline", expect=expect, status=status, reason=reason,
                    sequences=len(comps), bitwise=sum(c.level == "bitwise" for c in comps),
-                   token_identical=sum(c.level != "diverged" for c in comps), worst=worst)
+                   token_identical=sum(c.level != "diverged" for c in comps), worst=worst(comps))
 
 
 def not_comparable(profile: str, reason: str) -> Verdict:

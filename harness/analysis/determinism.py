@@ -156,7 +156,7 @@ def _references(records: list[Record], prop: str) -> tuple[dict[str, Record], li
     return refs, [r for r in records if r.kind in PROPERTY_KINDS[prop]]
 
 
-def _worst(comps: list[Comparison]) -> Comparison | None:
+def worst(comps: list[Comparison]) -> Comparison | None:
     div = [c for c in comps if c.level == "diverged"]
     if div:
         return min(div, key=lambda c: (c.first_token_step, c.ref_margin if c.ref_margin is not None else 0.0))
@@ -198,4 +198,4 @@ def evaluate(records: list[Record], profile: str, prop: str, expect: str) -> Ver
                    sequences=len(comps), bitwise=sum(c.level == "bitwise" for c in comps),
                    token_identical=sum(c.level != "diverged" for c in comps),
                    unique_outputs={k: len(v) for k, v in sorted(tok_sets.items())},
-                   unique_bits={k: len(v) for k, v in sorted(bit_sets.items())}, worst=_worst(comps))
+                   unique_bits={k: len(v) for k, v in sorted(bit_sets.items())}, worst=worst(comps))
