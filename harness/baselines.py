@@ -19,6 +19,7 @@ from .records import Record
 SCHEMA_VERSION = 1
 # What a baseline keeps of each reference sequence: enough to show a divergence, not the timings.
 _OUTPUT_KEYS = ("prompt_id", "tokens", "pieces", "text", "finish_reason", "fingerprints", "topk_ids", "topk_logprobs")
+_OPTIONAL_KEYS = {"level": "logits"}   # added after schema 1 was first written; older files take the default
 
 
 class BaselineError(ValueError):
@@ -40,7 +41,8 @@ class Baseline:
     def reference(self, prompt_id: str) -> Record:
         o = self.outputs[prompt_id]
         return Record(profile=self.profile, schedule="baseline", kind="baseline", batch_id="baseline", batch=[prompt_id],
-                      position=0, token_times=[], **{k: o[k] for k in _OUTPUT_KEYS})
+                      position=0, token_times=[], **{k: o[k] for k in _OUTPUT_KEYS},
+                      **{k: o.get(k, d) for k, d in _OPTIONAL_KEYS.items()})
 
 
 def _mm(version: str) -> str:
@@ -56,6 +58,9 @@ def _slug(s: str) -> str:
 def device_key(info: dict) -> str:
     """Bits are comparable only under the same key. On CPU the ISA and the thread count decide how reductions split."""
     dev = info.get("device", "cpu")
+    if dev == "endpoint":  # a server: what runs it and where, as far as the suite says
+        parts = ("endpoint", info.get("server", "external"), info.get("target", ""), info.get("host", ""))
+        return "-".join(_slug(p) for p in parts if p)
     parts = [dev]
     if dev == "cpu":
         parts += [info.get("cpu_capability", "unknown"), f"t{info.get('threads', '?')}"]
@@ -102,7 +107,7 @@ def build(*, suite: str, profile: str, case_hash: str, device_key: str, environm
           references: list[Record], latency: dict[str, list[float]], load_s: list[float]) -> Baseline:
     prov = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "harness_version": __version__,
             "project_commit": _project_commit(), "reason": reason}
-    outputs = {r.prompt_id: {k: getattr(r, k) for k in _OUTPUT_KEYS} for r in references}
+    outputs = {r.prompt_id: {k: getattr(r, k) for k in (*_OUTPUT_KEYS, *_OPTIONAL_KEYS)} for r in references}
     return Baseline(suite=suite, profile=profile, case_hash=case_hash, device_key=device_key, environment=environment,
                     provenance=prov, outputs=outputs, latency=latency, load_s=load_s)
 

@@ -52,6 +52,8 @@ def add_run_options(add, prefix: str = "") -> None:
     add("--update-baselines", action="store_true", default=False,
         help="write this run's outputs and latency samples as the new baselines (needs --reason)")
     add("--reason", default="", help="why the baselines change (stored as provenance)")
+    add("--endpoint", default=None, metavar="URL",
+        help="a served suite against this already running server, instead of starting the suite's [server]")
 
 
 def options(ns) -> pipeline.Options:
@@ -59,7 +61,8 @@ def options(ns) -> pipeline.Options:
     get = ns.getoption if hasattr(ns, "getoption") else lambda k: getattr(ns, k)
     return pipeline.Options(device=get("device"), model=get("model"), profiles=get("profile"), out=get("out"),
                             timeout_s=get("worker_timeout"), adapter=get("adapter"), baselines=get("baselines"),
-                            update_baselines=get("update_baselines"), reason=get("reason"))
+                            update_baselines=get("update_baselines"), reason=get("reason"),
+                            endpoint=get("endpoint"))
 
 
 def loadtime_main(args) -> int:

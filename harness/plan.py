@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .suite import Schedule, Suite
 
@@ -91,3 +91,5 @@ class Job:
     batches: list[dict]
     records: str
     meta: str
+    seed: int = 0
+    endpoint: dict = field(default_factory=dict)   # for a served model: the Endpoint's fields, URL filled in

@@ -9,6 +9,24 @@ from typing import Iterator
 
 
 @dataclass
+class Generated:
+    """What an adapter returns per sequence; the worker adds where it ran to make a Record."""
+    tokens: list[int]
+    pieces: list[str]
+    text: str
+    finish_reason: str
+    fingerprints: list[str]
+    topk_ids: list[list[int]]
+    topk_logprobs: list[list[float]]
+    token_times: list[float]
+    prompt_tokens: int = 0
+    level: str = "logits"
+    output_tokens: int = 0
+    error: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
 class Record:
     profile: str
     prompt_id: str
@@ -26,9 +44,16 @@ class Record:
     topk_logprobs: list[list[float]]
     token_times: list[float]      # per step: seconds since the batch started, after device sync
     prompt_tokens: int = 0
+    level: str = "logits"         # what the comparison can see: "logits" (bits), "logprobs" (a server's), "text"
+    output_tokens: int = 0        # generated tokens when they are counted, not listed (a server's usage); 0: len(tokens)
+    error: str = ""               # a request that failed after its retries: no output, kept to be reported
     repeat: int = 0               # measured pass (perf suites run several)
     warmup: bool = False          # warm-up pass: excluded from every analysis
     extra: dict = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.error)
 
     @property
     def ttft(self) -> float:

@@ -13,6 +13,7 @@ from tabulate import tabulate
 from . import __version__, atomic, envinfo
 from .analysis import latency
 from .analysis.determinism import Verdict
+from .records import Record
 from .analysis.stats import Change
 from .runner import JobOutcome
 from .suite import Suite
@@ -44,6 +45,7 @@ class RunResult:
     baseline: BaselineResult = field(default_factory=BaselineResult)
     latency: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # profile -> metric -> raw samples
     cost: list[Change] = field(default_factory=list)                         # deterministic vs default
+    failures: list[Record] = field(default_factory=list)                     # requests that failed after retries
 
     def all_verdicts(self) -> list[Verdict]:
         return self.verdicts + self.baseline.verdicts
@@ -61,11 +63,19 @@ def _clip(s: str, n: int = 110) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
+SHARES = ("repeatability", "batch-invariance", "baseline")
+
+
 def verdict_table(verdicts: list[Verdict]) -> str:
-    rows = [[v.property, v.expect, MARK[v.status], v.sequences,
-             *((_pct(v.share_bitwise), _pct(v.share_tokens)) if v.expect != "-" else ("-", "-")),
-             v.max_unique or "-", _clip(v.worst.describe() if v.worst else "-", 90)] for v in verdicts]
-    return tabulate(rows, headers=["property", "expect", "verdict", "sequences", "bitwise", "token-identical",
+    def shares(v: Verdict) -> tuple[str, str]:
+        if v.property not in SHARES or v.expect == "-":
+            return "-", "-"
+        return ("n/a" if v.level == "text" else _pct(v.share_bitwise)), _pct(v.share_tokens)
+
+    rows = [[v.property, v.expect, MARK[v.status], v.level if v.property in SHARES and v.sequences else "-", v.sequences, *shares(v),
+             v.max_unique or "-", _clip(v.worst.describe() if v.worst else ("-" if v.property in SHARES else v.reason), 90)]
+            for v in verdicts]
+    return tabulate(rows, headers=["property", "expect", "verdict", "compared on", "sequences", "bitwise", "identical",
                                    "max unique outputs/prompt", "worst case"], tablefmt="github")
 
 
@@ -73,11 +83,27 @@ def jobs_table(jobs: list[JobOutcome]) -> str:
     rows = []
     for j in jobs:
         load = sum(j.meta.get("load_s", {}).values()) if j.meta.get("load_s") else None
+        run_s = j.meta.get("run_s")
         rows.append([j.profile, j.status, f"{j.completed}/{j.expected}", f"{load:.1f}" if load else "-",
-                     f"{j.meta['run_s']:.1f}" if "run_s" in j.meta else "-",
-                     f"{j.meta['tokens_per_s']:.1f}" if "tokens_per_s" in j.meta else "-", f"{j.wall_s:.1f}"])
-    return tabulate(rows, headers=["profile", "worker", "sequences", "load s", "generate s", "tokens/s", "wall s"],
-                    tablefmt="github")
+                     f"{run_s:.1f}" if run_s else "-",
+                     f"{j.meta['tokens_per_s']:.1f}" if "tokens_per_s" in j.meta else "-",
+                     f"{j.meta['sequences'] / run_s:.2f}" if run_s and "sequences" in j.meta else "-", f"{j.wall_s:.1f}"])
+    return tabulate(rows, headers=["profile", "worker", "sequences", "load s", "generate s", "tokens/s", "sequences/s",
+                                   "wall s"], tablefmt="github")
+
+
+def failures_md(res: RunResult) -> list[str]:
+    """Each failed request, then the tail of its server's log: what an on-call engineer reads first."""
+    if not res.failures:
+        return []
+    rows = [[r.profile, r.prompt_id, r.batch_id, r.extra.get("attempts", 1), _clip(r.error, 140)] for r in res.failures]
+    md = ["## Failed requests", "", tabulate(rows, headers=["profile", "prompt", "batch", "attempts", "error"],
+                                             tablefmt="github"), ""]
+    for j in res.jobs:
+        if j.server_log and any(r.profile == j.profile for r in res.failures):
+            from .server import log_tail
+            md += [f"Server log tail for `{j.profile}` ({j.server_log}):", "", "```", *log_tail(Path(j.server_log)), "```", ""]
+    return md
 
 
 def _num(name: str, v: float) -> str:
@@ -116,7 +142,8 @@ def unique_table(verdicts: list[Verdict]) -> str:
     """Distinct outputs per prompt: tokens, and in brackets distinct logits bit patterns."""
     cols = [v for v in verdicts if v.unique_outputs]
     prompts = sorted({p for v in cols for p in v.unique_outputs})
-    rows = [[p] + [f"{v.unique_outputs.get(p, '-')} ({v.unique_bits.get(p, '-')})" for v in cols] for p in prompts]
+    rows = [[p] + [f"{v.unique_outputs.get(p, '-')}" + (f" ({v.unique_bits.get(p, '-')})" if v.unique_bits else "")
+                   for v in cols] for p in prompts]
     return tabulate(rows, headers=["prompt"] + [f"{v.profile} {v.property}" for v in cols], tablefmt="github")
 
 
@@ -131,7 +158,16 @@ def console(res: RunResult) -> str:
             out += [f"latency of {p.name} against the baseline", change_table(res.baseline.changes[p.name]), ""]
     if res.cost:
         out += ["determinism cost (deterministic against default, same run)", change_table(res.cost, "default", "deterministic"), ""]
+    if res.suite.endpoint is not None:
+        if any(v.unique_outputs for v in res.verdicts):
+            out += ["unique outputs per prompt (in brackets: distinct logprob patterns, where the server gives them)",
+                    unique_table(res.verdicts), ""]
+        if any(res.latency.values()):
+            out += ["latency through the server", latency_table(res.latency), ""]
     out += [f"! {j.describe()}" for j in res.jobs if not j.ok]
+    out += [f"! request failed: {r.profile} prompt {r.prompt_id!r} in {r.batch_id}: {r.error}" for r in res.failures[:10]]
+    if len(res.failures) > 10:
+        out += [f"! ... and {len(res.failures) - 10} more failed requests (see summary.md)"]
     out += [f"x {v.profile}: {v.reason}" for v in res.baseline.verdicts if v.status == "not comparable"]
     out += [f"note: {n}" for n in res.notes]
     out += [f"result: {res.result.upper()} (exit {res.exit_code}); report: {res.run_dir / 'summary.md'}"]
@@ -148,6 +184,7 @@ def summary_md(res: RunResult) -> str:
         md += ["## Crashes", ""]
         for j in crashed:
             md += [f"- {j.describe()}", "", "```", *j.stderr_tail[-10:], "```", ""]
+    md += failures_md(res)
     for p in s.profiles:
         vs = [v for v in res.all_verdicts() if v.profile == p.name]
         if not vs:
@@ -174,8 +211,9 @@ def summary_md(res: RunResult) -> str:
     if any(res.latency.values()):
         md += ["## Latency", "", latency_table(res.latency), ""]
     if any(v.unique_outputs for v in res.verdicts):
-        md += ["## Unique outputs per prompt", "", "Distinct token sequences, and in brackets distinct logits bit patterns, "
-               "across every sequence of the prompt in that property (reference included).", "",
+        md += ["## Unique outputs per prompt", "", "Distinct token sequences (texts, where the server returns text only), "
+               "and in brackets distinct logits bit patterns (logprob patterns for a server), across every sequence of "
+               "the prompt in that property (reference included).", "",
                unique_table(res.verdicts), ""]
     if res.notes:
         md += ["## Notes", "", *[f"- {n}" for n in res.notes], ""]
@@ -203,6 +241,8 @@ def to_json(res: RunResult) -> dict:
                     for prof, m in res.latency.items()},
         "perf": {prof: [{**dataclasses.asdict(c), "mark": c.mark} for c in cs] for prof, cs in res.baseline.changes.items()},
         "determinism_cost": [{**dataclasses.asdict(c), "mark": c.mark} for c in res.cost],
+        "failed_requests": [{k: getattr(r, k) for k in ("profile", "prompt_id", "batch_id", "error", "extra")}
+                            for r in res.failures],
         "notes": res.notes,
     }
 

@@ -22,7 +22,7 @@ import harness
 
 from .errors import INFRA, USAGE, HarnessError
 from .plan import Batch, Job
-from .suite import Profile, Suite
+from .suite import Profile, Suite, Server
 
 PACKAGE_ROOT = str(Path(harness.__file__).resolve().parent.parent)
 POLL_S = 0.5
@@ -32,7 +32,7 @@ POLL_S = 0.5
 class JobOutcome:
     name: str
     profile: str
-    status: str                 # "ok" | "crashed" | "timeout" | "load-failed"
+    status: str                 # "ok" | "crashed" | "timeout" | "load-failed" | "server-failed" | "server-crashed"
     returncode: int | None
     wall_s: float
     expected: int               # sequences planned
@@ -41,6 +41,9 @@ class JobOutcome:
     log: str
     stderr_tail: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    error: str = ""             # why the server would not start
+    server_log: str = ""        # the server's log, for a served model
+    server_stop: str = ""       # how the server ended
 
     @property
     def ok(self) -> bool:
@@ -49,6 +52,11 @@ class JobOutcome:
     def describe(self) -> str:
         if self.ok:
             return f"worker {self.name!r} finished {self.completed}/{self.expected} sequences"
+        if self.status == "server-failed":
+            return f"server for profile {self.profile!r} did not start: {self.error}"
+        if self.status == "server-crashed":
+            return (f"server for profile {self.profile!r} {self.server_stop}, after {self.completed}/{self.expected} "
+                    f"sequences; see {self.server_log}")
         rc = self.returncode
         how = {"timeout": f"timed out after {self.wall_s:.0f}s and was killed",
                "load-failed": "could not load the model or device"}.get(self.status)
@@ -90,7 +98,7 @@ def make_job(suite: Suite, profile: Profile, batches: list[Batch], model_dir: Pa
                torch_deterministic=profile.torch_deterministic, max_new_tokens=suite.generation.max_new_tokens,
                top_logprobs=suite.generation.top_logprobs, prompts=[dataclasses.asdict(p) for p in suite.prompts],
                batches=[dataclasses.asdict(b) for b in batches], records=str(run_dir / "records" / f"{name}.jsonl"),
-               meta=str(run_dir / "records" / f"{name}.meta.json"))
+               meta=str(run_dir / "records" / f"{name}.meta.json"), seed=suite.seed)
 
 
 class _LineCounter:
@@ -150,3 +158,60 @@ def run_job(job: Job, env: dict[str, str | None], timeout_s: float, run_dir: Pat
         status = "crashed"
     return JobOutcome(name=job.name, profile=job.profile, status=status, returncode=rc, wall_s=time.monotonic() - start,
                       expected=expected, completed=completed, records=job.records, log=str(log), stderr_tail=tail, meta=meta)
+
+
+def server_program(spec: Server | None) -> str:
+    """What serves the model, for the baseline key: the command's program name, or "external"."""
+    if spec is None:
+        return "external"
+    import shlex
+    return Path(shlex.split(spec.command)[0]).name
+
+
+def run_served(suite: Suite, profile: Profile, job: Job, model_dir: Path, timeout_s: float, run_dir: Path,
+               progress: Callable[[int], None] = lambda n: None) -> JobOutcome:
+    """The worker as a client of the suite's server: started with this profile's environment (its flags set before
+    the server's device libraries start), healthy before the first request, stopped after the last."""
+    from . import server
+    from .adapters.endpoint import api_key
+    endpoint = {**dataclasses.asdict(suite.endpoint), "server": server_program(suite.server)}
+    secret = api_key(suite.endpoint)
+    if suite.server is None:  # already running: the profile's flags cannot reach it
+        out = run_job(dataclasses.replace(job, endpoint=endpoint), {}, timeout_s, run_dir, progress)
+        scrub([Path(out.log)], secret)
+        return out
+    log = run_dir / "logs" / f"{job.name}.server.log"
+    start = time.monotonic()
+    try:
+        with server.started(suite.server, suite.endpoint, model=str(model_dir), device=suite.model.device,
+                            dtype=suite.model.dtype, env=child_env(dict(profile.env)), log=log) as srv:
+            out = run_job(dataclasses.replace(job, endpoint={**endpoint, "base_url": srv.url}), {}, timeout_s, run_dir,
+                          progress)
+    except server.ServerError as e:
+        scrub([log], secret)
+        return JobOutcome(name=job.name, profile=job.profile, status="server-failed", returncode=None,
+                          wall_s=time.monotonic() - start, expected=sum(len(b["prompt_ids"]) for b in job.batches),
+                          completed=0, records=job.records, log=str(log), stderr_tail=e.log_tail, error=str(e),
+                          server_log=str(log))
+    scrub([log, Path(out.log)], secret)
+    out.server_log, out.server_stop = str(log), srv.stopped
+    if out.meta:
+        out.meta["load_s"] = {"server_start": srv.start_s, **out.meta.get("load_s", {})}
+    if srv.stopped.startswith("exited"):
+        out.status = "server-crashed"
+    if not out.ok:
+        out.stderr_tail = out.stderr_tail + ["--- server log ---"] + server.log_tail(log)
+    return out
+
+
+def scrub(paths: list[Path], secret: str) -> None:
+    """Remove the API key from logs the harness keeps: a server (or library) may print what it was sent."""
+    if not secret:
+        return
+    for p in paths:
+        try:
+            data = p.read_bytes()
+        except OSError:
+            continue
+        if secret.encode() in data:
+            p.write_bytes(data.replace(secret.encode(), b"<redacted>"))

@@ -35,30 +35,40 @@ def peak_memory(device) -> dict[str, float]:
 
 
 def run(job: Job) -> int:
-    from . import envinfo
+    from . import adapters
+    cls = adapters.get(job.adapter)
+    if getattr(cls, "remote", False):
+        adapter = cls(job)
+        return _run(job, adapter, 0.0, adapter.describe, dict)
     t0 = time.perf_counter()
     import torch  # noqa: F401  (timed: import is a load phase on NPU images)
-    from . import adapters, devices
+    from . import devices
     try:
         device = devices.prepare(job.device, deterministic=job.torch_deterministic)
     except devices.DeviceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
     import_s = time.perf_counter() - t0
-    adapter = adapters.get(job.adapter)(job, device)
+    return _run(job, cls(job, device), import_s, lambda: devices.describe(device),
+                lambda: {**peak_memory(device), "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()})
+
+
+def _run(job: Job, adapter, import_s: float, describe, after_load) -> int:
+    """Load, then every batch: one JSON line per sequence, flushed per batch."""
+    from . import envinfo
     try:
         phases = {"import": import_s, **adapter.load()}
     except Exception as e:
-        print(f"error: model {job.model_ref!r} would not load on {job.device}: {type(e).__name__}: {e}", file=sys.stderr)
+        what = str(e) if job.endpoint else f"model {job.model_ref!r} would not load on {job.device}: {type(e).__name__}: {e}"
+        print(f"error: {what}", file=sys.stderr)
         return 3
-    meta = {"job": job.name, "profile": job.profile, "pid": os.getpid(), "load_s": phases, **peak_memory(device),
-            "device": devices.describe(device), "host": envinfo.host(), "env": envinfo.relevant_env(os.environ),
-            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
+    meta = {"job": job.name, "profile": job.profile, "pid": os.getpid(), "load_s": phases, **after_load(),
+            "device": describe(), "host": envinfo.host(), "env": envinfo.relevant_env(os.environ)}
     meta_path = Path(job.meta)
     write_json_atomic(meta_path, meta)
     prompts = {p["id"]: p for p in job.prompts}
     t_run = time.perf_counter()
-    tokens = 0
+    tokens = sequences = 0
     with open(job.records, "a", encoding="utf-8") as out:
         for b in job.batches:
             gens = adapter.generate([prompts[i] for i in b["prompt_ids"]])
@@ -67,10 +77,16 @@ def run(job: Job) -> int:
                              batch_id=b["id"], batch=list(b["prompt_ids"]), position=pos,
                              repeat=b["repeat"], warmup=b["warmup"], **vars(g))
                 out.write(rec.to_json() + "\n")
-                tokens += len(g.tokens)
+                tokens += g.output_tokens or len(g.tokens)
+                sequences += 1
             out.flush()  # a crash loses at most the batch in flight
     run_s = time.perf_counter() - t_run
-    write_json_atomic(meta_path, {**meta, "run_s": run_s, "generated_tokens": tokens, "tokens_per_s": tokens / run_s if run_s else 0.0})
+    meta = {**meta, "run_s": run_s, "generated_tokens": tokens, "sequences": sequences, "tokens_per_s": tokens / run_s if run_s else 0.0}
+    if job.endpoint.get("oversize_check"):
+        meta["oversize"] = adapter.oversize()
+    if hasattr(adapter, "close"):
+        adapter.close()
+    write_json_atomic(meta_path, meta)
     return 0
 
 

@@ -7,7 +7,7 @@ import importlib
 import importlib.metadata
 from typing import Any
 
-BUILTIN = {"hf": "harness.adapters.hf:HFAdapter"}
+BUILTIN = {"hf": "harness.adapters.hf:HFAdapter", "endpoint": "harness.adapters.endpoint:EndpointAdapter"}
 GROUP = "harness.adapters"
 
 

@@ -4,28 +4,15 @@ from __future__ import annotations
 
 import inspect
 import time
-from dataclasses import dataclass
 
 import torch
 
 from .. import devices
 from ..fingerprint import fingerprint, to_hex
 from ..plan import Job
+from ..records import Generated
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class Generated:
-    tokens: list[int]
-    pieces: list[str]
-    text: str
-    finish_reason: str
-    fingerprints: list[str]
-    topk_ids: list[list[int]]
-    topk_logprobs: list[list[float]]
-    token_times: list[float]
-    prompt_tokens: int
 
 
 class HFAdapter:

@@ -30,16 +30,20 @@ class Comparison:
     other_in_ref_topk: bool | None = None
     context: str = ""                   # text generated before the divergent step
     max_dlogprob: float = 0.0           # largest |Δ logprob| over shared top-k ids, up to the divergence
+    unit: str = "step"                  # "character" when the server returned text only
 
     def describe(self) -> str:
         where = f"prompt {self.prompt_id!r} in {self.batch_id} (batch of {len(self.batch)}, position {self.position})"
         if self.level == "bitwise":
             return f"{where}: bitwise identical"
         if self.level == "tokens":
+            if self.unit == "character":
+                return f"{where}: same text (the server gives text only, so bits cannot be compared)"
             return (f"{where}: same tokens, logits bits first differ at step {self.first_bit_step}; "
                     f"max |Δ logprob| {self.max_dlogprob:.3g}")
         margin = "n/a" if self.ref_margin is None else f"{self.ref_margin:.4f}"
-        return (f"{where}: tokens diverge at step {self.first_token_step} after {self.context[-60:]!r}: "
+        what = "text diverges at character" if self.unit == "character" else "tokens diverge at step"
+        return (f"{where}: {what} {self.first_token_step} after {self.context[-60:]!r}: "
                 f"reference {self.ref_token!r} vs {self.other_token!r}; reference margin {margin}; "
                 f"reference token in other's top-k: {_yn(self.ref_in_other_topk)}, "
                 f"other's token in reference top-k: {_yn(self.other_in_ref_topk)}; "
@@ -73,9 +77,18 @@ def _max_dlogprob(ref: Record, other: Record, lo: int, hi: int) -> float:
     return d
 
 
+LEVELS = ("logits", "logprobs", "text")   # what a comparison can see, best first
+
+
+def lowest_level(records) -> str:
+    return max((r.level for r in records), key=LEVELS.index, default="logits")
+
+
 def compare(ref: Record, other: Record) -> Comparison:
+    text_only = "text" in (ref.level, other.level)
     tok_step = _first(ref.tokens, other.tokens)
-    bit_step = _first(ref.fingerprints, other.fingerprints)
+    # Text only: no fingerprints, so equal text is "tokens" (same output), never "bitwise".
+    bit_step = (0 if tok_step is None else tok_step) if text_only else _first(ref.fingerprints, other.fingerprints)
     if tok_step is not None and (bit_step is None or bit_step > tok_step):
         bit_step = tok_step  # different tokens imply different logits from there on
     shared_steps = min(len(ref.topk_ids), len(other.topk_ids))
@@ -84,7 +97,8 @@ def compare(ref: Record, other: Record) -> Comparison:
     first = last if bit_step is None else min(bit_step, last)
     dmax = max(_max_dlogprob(ref, other, first, last - 1), _max_dlogprob(ref, other, last - 1, last))
     base = dict(prompt_id=other.prompt_id, schedule=other.schedule, batch_id=other.batch_id, batch=tuple(other.batch),
-                position=other.position, first_bit_step=bit_step, first_token_step=tok_step, max_dlogprob=dmax)
+                position=other.position, first_bit_step=bit_step, first_token_step=tok_step, max_dlogprob=dmax,
+                unit="character" if text_only else "step")
     if tok_step is None:
         return Comparison(level="bitwise" if bit_step is None else "tokens", **base)
     s = tok_step
@@ -118,6 +132,8 @@ class Verdict:
     unique_outputs: dict[str, int] = field(default_factory=dict)   # distinct token sequences per prompt
     unique_bits: dict[str, int] = field(default_factory=dict)      # distinct fingerprint sequences per prompt
     worst: Comparison | None = None
+    level: str = "logits"                # what the comparison could see: logits bits, a server's logprobs, or text
+    failed: int = 0                      # sequences with no output (a request that failed), left out of the comparison
 
     @property
     def passed(self) -> bool:
@@ -160,31 +176,44 @@ def worst(comps: list[Comparison]) -> Comparison | None:
     div = [c for c in comps if c.level == "diverged"]
     if div:
         return min(div, key=lambda c: (c.first_token_step, c.ref_margin if c.ref_margin is not None else 0.0))
-    bits = [c for c in comps if c.level == "tokens"]
+    bits = [c for c in comps if c.level == "tokens" and c.unit != "character"]  # equal text: nothing to show
     return min(bits, key=lambda c: c.first_bit_step) if bits else None
 
 
-def judge(expect: str, comps: list[Comparison]) -> tuple[str, str]:
+SEEN_AS = {"logits": "logits bits", "logprobs": "logprobs", "text": "text"}
+
+
+def judge(expect: str, comps: list[Comparison], level: str = "logits") -> tuple[str, str]:
     n = len(comps)
     if n == 0:
         return "no data", "no sequences to compare (did the worker crash before this schedule?)"
+    if level == "text" and expect in ("bitwise", "vary"):
+        return "not comparable", (f"expectation {expect!r} needs logits or logprobs, but the server returned text only; "
+                                  "expect 'tokens' or 'report' for this endpoint")
     nbit = sum(c.level == "bitwise" for c in comps)
     ndiv = sum(c.level == "diverged" for c in comps)
+    same = "identical to the reference" if level == "logits" else f"identical to the reference in {SEEN_AS[level]}"
     if expect == "bitwise":
         ok = nbit == n
-        return ("pass" if ok else "fail"), f"{nbit}/{n} sequences bitwise identical to the reference"
+        return ("pass" if ok else "fail"), f"{nbit}/{n} sequences bitwise {same}"
     if expect == "tokens":
         ok = ndiv == 0
-        return ("pass" if ok else "fail"), f"{n - ndiv}/{n} sequences token-identical to the reference"
+        unit = "text" if level == "text" else "token"
+        return ("pass" if ok else "fail"), f"{n - ndiv}/{n} sequences {unit}-identical to the reference"
     if expect == "vary":
         if nbit < n:
-            return "pass", f"negative control saw variation: {n - nbit}/{n} sequences differ from the reference in logits bits"
+            return "pass", f"negative control saw variation: {n - nbit}/{n} sequences differ from the reference in {SEEN_AS[level]}"
         return "fail", (f"negative control saw no variation in {n} sequences: the harness is blind here "
                         "(are the flags leaking into this profile, or is the batch schedule too small?)")
+    if level == "text":
+        return "report", f"{n - ndiv}/{n} text-identical (no assertion)"
     return "report", f"{nbit}/{n} bitwise, {n - ndiv}/{n} token-identical (no assertion)"
 
 
 def evaluate(records: list[Record], profile: str, prop: str, expect: str) -> Verdict:
+    failed = sum(r.failed for r in records if r.kind in PROPERTY_KINDS[prop] or r.kind == "solo")
+    records = [r for r in records if not r.failed]
+    level = lowest_level(records)
     refs, others = _references(records, prop)
     comps = [compare(refs[r.prompt_id], r) for r in others if r.prompt_id in refs]
     tok_sets: dict[str, set] = defaultdict(set)
@@ -193,9 +222,12 @@ def evaluate(records: list[Record], profile: str, prop: str, expect: str) -> Ver
         if r.prompt_id in refs:
             tok_sets[r.prompt_id].add(tuple(r.tokens))
             bit_sets[r.prompt_id].add(tuple(r.fingerprints))
-    status, reason = judge(expect, comps)
+    status, reason = judge(expect, comps, level)
+    if failed:
+        reason += f"; {failed} sequences failed and are left out (see the failed requests)"
     return Verdict(profile=profile, property=prop, expect=expect, status=status, reason=reason,
                    sequences=len(comps), bitwise=sum(c.level == "bitwise" for c in comps),
                    token_identical=sum(c.level != "diverged" for c in comps),
                    unique_outputs={k: len(v) for k, v in sorted(tok_sets.items())},
-                   unique_bits={k: len(v) for k, v in sorted(bit_sets.items())}, worst=worst(comps))
+                   unique_bits={k: len(v) for k, v in sorted(bit_sets.items())} if level != "text" else {},
+                   worst=worst(comps), level=level, failed=failed)

@@ -19,9 +19,10 @@ UNITS = {"ttft": "ms", "tpot": "ms", "e2e": "ms", "tok_s": "tok/s", "itl": "ms",
 
 def sequence_metrics(r: Record) -> dict[str, float]:
     t = r.token_times
-    if not t:
+    if not t or r.failed:
         return {}
-    n = len(t)
+    # A server streams chunks, not always one per token: its token count comes from `usage`.
+    n = r.output_tokens or len(t)
     return {"ttft": t[0], "tpot": (t[-1] - t[0]) / (n - 1) if n > 1 else math.nan, "e2e": t[-1],
             "tok_s": n / t[-1] if t[-1] > 0 else math.nan}
 
@@ -30,7 +31,7 @@ def samples(records: list[Record]) -> dict[str, list[float]]:
     """Metric name -> raw samples, one per sequence; names are "<schedule> <metric>" (plus "<schedule> itl")."""
     out: dict[str, list[float]] = defaultdict(list)
     for r in records:
-        if r.warmup:
+        if r.warmup or r.failed:
             continue
         for m, v in sequence_metrics(r).items():
             if math.isfinite(v):

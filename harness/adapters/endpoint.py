@@ -1,0 +1,307 @@
+"""An OpenAI-compatible server (MindIE Service, vLLM, SGLang, `transformers serve`) as an adapter.
+
+A batch is a set of concurrent streaming requests submitted in batch order; the server's own batching
+decides which requests share a forward pass, exactly as in production. Greedy decoding, a fixed seed,
+`max_tokens`, and `ignore_eos` where the server accepts it. When the server streams logprobs with top
+logprobs they stand in for the logits fingerprint (level "logprobs"); otherwise outputs are compared as
+text, character by character (level "text"). Torch-free: it runs in a worker that never imports torch.
+
+The API key is read from the environment variable the suite names and only ever put in a request header.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import platform
+import ssl
+import time
+from dataclasses import dataclass
+
+from ..plan import Job
+from ..records import Generated
+from ..suite import MIB, Endpoint
+
+# Fields a server may refuse (transformers serve answers 422 to unknown fields); dropped one by one at the probe.
+OPTIONAL = ("ignore_eos", "seed", "logprobs", "top_logprobs", "stream_options")
+RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+class RequestFailed(Exception):
+    def __init__(self, message: str, retry: bool, status: int = 0):
+        super().__init__(message)
+        self.retry, self.status = retry, status
+
+
+def api_key(ep: Endpoint) -> str:
+    """The key from the environment; a named but missing variable is an input error, said before anything starts."""
+    if not ep.api_key_env:
+        return ""
+    key = os.environ.get(ep.api_key_env, "")
+    if not key:
+        raise ValueError(f"endpoint.api_key_env names {ep.api_key_env}, which is not set (or empty) in the environment")
+    return key
+
+
+def client_kwargs(ep: Endpoint, timeout_s: float | None = None) -> dict:
+    """httpx client settings: TLS verification on unless the suite turns it off, CA bundle, client certificate."""
+    import httpx
+    ctx = ssl.create_default_context(cafile=ep.ca_bundle or None)
+    if not ep.verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if ep.client_cert:
+        ctx.load_cert_chain(ep.client_cert, ep.client_key)
+    key = api_key(ep)
+    t = timeout_s or ep.request_timeout_s
+    return {"verify": ctx, "timeout": httpx.Timeout(t, connect=min(t, 30.0)),
+            "headers": {"Authorization": f"Bearer {key}"} if key else {}}
+
+
+def request_body(ep: Endpoint, prompt: dict, *, max_tokens: int, top_logprobs: int, seed: int, model: str = "",
+                 stream: bool = True, dropped: frozenset[str] = frozenset()) -> dict:
+    body: dict = {"model": model} if model else {}
+    if ep.api == "chat":
+        body |= {"messages": [{"role": "user", "content": prompt["text"]}], "logprobs": True, "top_logprobs": top_logprobs}
+    else:
+        body |= {"prompt": prompt["text"], "logprobs": top_logprobs}
+    body |= {"max_tokens": max_tokens, "temperature": 0, "seed": seed, "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    if ep.ignore_eos:
+        body["ignore_eos"] = True
+    return {k: v for k, v in body.items() if k not in dropped}
+
+
+def encode(body: dict) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def size_error(prompt_id: str, n: int, limit: int) -> str:
+    return (f"prompt {prompt_id!r} makes a {n / MIB:.2f} MiB request body, over the limit of {limit / MIB:.2f} MiB "
+            "(endpoint.max_body_bytes); shorten the prompt or raise the limit if the server accepts more")
+
+
+def _tid(token: str) -> int:
+    """A stable integer for a token string: servers return token text, not ids, and ids only need to compare equal."""
+    return int.from_bytes(hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=6).digest(), "big")
+
+
+@dataclass
+class _Step:
+    token: str
+    logprob: float
+    top: list[tuple[str, float]]
+
+
+def _steps(choice: dict, api: str) -> list[_Step]:
+    lp = choice.get("logprobs")
+    if not lp:
+        return []
+    if api == "chat":
+        return [_Step(e.get("token", ""), float(e.get("logprob", 0.0)),
+                      [(t.get("token", ""), float(t.get("logprob", 0.0))) for t in e.get("top_logprobs") or []])
+                for e in lp.get("content") or []]
+    tops = lp.get("top_logprobs") or []
+    return [_Step(tok, float(l if l is not None else 0.0),
+                  sorted(((k, float(v)) for k, v in (tops[i] or {}).items()), key=lambda kv: -kv[1]) if i < len(tops) else [])
+            for i, (tok, l) in enumerate(zip(lp.get("tokens") or [], lp.get("token_logprobs") or []))]
+
+
+def _piece(choice: dict, api: str) -> str:
+    if api == "chat":
+        return (choice.get("delta") or choice.get("message") or {}).get("content") or ""
+    return choice.get("text") or ""
+
+
+def _error_message(raw: bytes) -> str:
+    text = raw.decode("utf-8", errors="replace").strip()
+    try:
+        obj = json.loads(text)
+        err = obj.get("error", obj.get("detail", obj.get("message", obj))) if isinstance(obj, dict) else obj
+        if isinstance(err, dict):
+            err = err.get("message", err)
+        text = str(err)
+    except json.JSONDecodeError:
+        pass
+    return " ".join(text.split())[:300] or "(empty body)"
+
+
+def generated(text_pieces: list[str], times: list[float], steps: list[_Step], finish: str, usage: dict,
+              error: str = "", extra: dict | None = None) -> Generated:
+    text = "".join(text_pieces)
+    n_out = int(usage.get("completion_tokens") or 0) or len(steps)
+    common = dict(text=text, finish_reason=finish if not error else "error", token_times=times,
+                  prompt_tokens=int(usage.get("prompt_tokens") or 0), output_tokens=n_out, error=error, extra=extra or {})
+    if steps:
+        return Generated(tokens=[_tid(s.token) for s in steps], pieces=[s.token for s in steps],
+                         fingerprints=[hashlib.blake2b(json.dumps([s.token, s.logprob, s.top]).encode(), digest_size=8).hexdigest()
+                                       for s in steps],
+                         topk_ids=[[_tid(t) for t, _ in s.top] for s in steps],
+                         topk_logprobs=[[lp for _, lp in s.top] for s in steps], level="logprobs", **common)
+    # Text only: characters are the unit, so a divergence is located to the character.
+    return Generated(tokens=[ord(c) for c in text], pieces=list(text), fingerprints=[], topk_ids=[], topk_logprobs=[],
+                     level="text", **common)
+
+
+class EndpointAdapter:
+    remote = True  # the worker imports no torch and prepares no device for it
+
+    def __init__(self, job: Job, device=None):
+        self.job = job
+        cfg = dict(job.endpoint)
+        self.server = cfg.pop("server", "external")
+        self.ep = Endpoint(**cfg)
+        self.url = self.ep.base_url + ("/v1/chat/completions" if self.ep.api == "chat" else "/v1/completions")
+        self.loop = asyncio.new_event_loop()
+        self.client = None
+        self.model = self.ep.model
+        self.dropped: frozenset[str] = frozenset()
+        self.level = "unknown"
+
+    # -- the worker's adapter interface --------------------------------------------------------------------------
+    def load(self) -> dict[str, float]:
+        """Connect, learn the model id, and probe which optional fields the server takes; fails -> worker exit 3."""
+        import httpx
+        self.client = httpx.AsyncClient(**client_kwargs(self.ep), limits=httpx.Limits(max_connections=256,
+                                                                                      max_keepalive_connections=256))
+        t0 = time.perf_counter()
+        self.loop.run_until_complete(self._probe())
+        return {"probe": time.perf_counter() - t0}
+
+    def describe(self) -> dict:
+        # A server the harness started runs on this host: its architecture and cores belong in the baseline key.
+        host = f"{platform.machine()}-c{os.cpu_count()}" if self.server != "external" else ""
+        return {"device": "endpoint", "server": self.server, "target": self.job.device, "host": host, "url": self.ep.base_url,
+                "api": self.ep.api, "model": self.model, "level": self.level, "dropped_fields": sorted(self.dropped)}
+
+    def generate(self, prompts: list[dict]) -> list[Generated]:
+        return self.loop.run_until_complete(self._batch(prompts))
+
+    def oversize(self) -> dict:
+        """One request just over the body limit: a sound server answers 4xx with a message, rather than failing."""
+        return self.loop.run_until_complete(self._oversize())
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.loop.run_until_complete(self.client.aclose())
+        self.loop.close()
+
+    # -- internals -----------------------------------------------------------------------------------------------
+    def _body(self, prompt: dict, max_tokens: int | None = None, stream: bool = True) -> dict:
+        return request_body(self.ep, prompt, max_tokens=max_tokens or self.job.max_new_tokens,
+                            top_logprobs=self.job.top_logprobs, seed=self.job.seed, model=self.model,
+                            stream=stream, dropped=self.dropped)
+
+    async def _probe(self) -> None:
+        import httpx
+        if not self.model:
+            try:
+                r = await self.client.get(self.ep.base_url + "/v1/models")
+                data = r.json().get("data") or [] if r.status_code == 200 else []
+                self.model = data[0].get("id", "") if data else ""
+            except (httpx.HTTPError, ValueError, AttributeError):
+                self.model = ""  # servers without /v1/models take requests without "model"
+        prompt = self.job.prompts[0]
+        for _ in range(len(OPTIONAL) + 1):
+            try:
+                g = await self._stream(self._body(prompt, max_tokens=2))
+                self.level = g.level
+                return
+            except RequestFailed as e:
+                named = [f for f in OPTIONAL if f in str(e) and f not in self.dropped]
+                if e.status in (400, 422) and named:
+                    self.dropped |= {named[0]}
+                    continue
+                raise RuntimeError(f"endpoint {self.url} did not answer a probe request: {e}") from None
+        raise RuntimeError(f"endpoint {self.url} refuses every probe request")
+
+    async def _batch(self, prompts: list[dict]) -> list[Generated]:
+        # Tasks start in creation order, so requests go out in batch order; the server decides the rest.
+        tasks = [asyncio.ensure_future(self._one(p)) for p in prompts]
+        return list(await asyncio.gather(*tasks))
+
+    async def _one(self, prompt: dict) -> Generated:
+        body = self._body(prompt)
+        n = len(encode(body))
+        if n > self.ep.max_body_bytes:
+            return generated([], [], [], "error", {}, error=size_error(prompt["id"], n, self.ep.max_body_bytes) + "; not sent")
+        errors: list[str] = []
+        for attempt in range(self.ep.retries + 1):
+            try:
+                g = await self._stream(body)
+                g.extra = {"attempts": attempt + 1, **({"retried_after": errors} if errors else {})}
+                return g
+            except RequestFailed as e:
+                errors.append(str(e))
+                if not e.retry or attempt == self.ep.retries:
+                    break
+                await asyncio.sleep(self.ep.backoff_s * 2 ** attempt)
+        why = errors[-1] + (f" (after {len(errors)} attempts: {'; '.join(errors[:-1])})" if len(errors) > 1 else "")
+        return generated([], [], [], "error", {}, error=why, extra={"attempts": len(errors)})
+
+    async def _stream(self, body: dict) -> Generated:
+        import httpx
+        pieces: list[str] = []
+        times: list[float] = []
+        steps: list[_Step] = []
+        usage: dict = {}
+        finish, done = "", False
+        t0 = time.perf_counter()
+        try:
+            async with self.client.stream("POST", self.url, content=encode(body),
+                                          headers={"Content-Type": "application/json"}) as r:
+                if r.status_code >= 400:
+                    msg = _error_message(await r.aread())
+                    raise RequestFailed(f"HTTP {r.status_code}: {msg}", retry=r.status_code in RETRY_STATUS,
+                                        status=r.status_code)
+                async for line in r.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        done = True
+                        break
+                    try:
+                        chunk = json.loads(data)
+                    except json.JSONDecodeError:
+                        raise RequestFailed(f"malformed JSON in the event stream: {data[:80]!r}", retry=True) from None
+                    if not isinstance(chunk, dict):
+                        raise RequestFailed(f"unexpected event in the stream: {data[:80]!r}", retry=True)
+                    if chunk.get("error"):
+                        raise RequestFailed(f"server error in the stream: {_error_message(data.encode())}", retry=True)
+                    usage = chunk.get("usage") or usage
+                    for choice in chunk.get("choices") or []:
+                        piece = _piece(choice, self.ep.api)
+                        if piece:
+                            times.append(time.perf_counter() - t0)
+                            pieces.append(piece)
+                        steps += _steps(choice, self.ep.api)
+                        finish = choice.get("finish_reason") or finish
+        except httpx.TimeoutException as e:
+            raise RequestFailed(f"timed out ({type(e).__name__}, endpoint.request_timeout_s = {self.ep.request_timeout_s:g})",
+                                retry=True) from None
+        except httpx.TransportError as e:
+            raise RequestFailed(f"connection failed ({type(e).__name__}: {str(e) or 'closed by the server'})", retry=True) from None
+        if not (done or finish):
+            raise RequestFailed("the stream ended before the response was complete (no finish_reason, no [DONE])", retry=True)
+        if steps and len(steps) < len(pieces):
+            steps = []  # logprobs for only part of the output: compare the text rather than half the steps
+        return generated(pieces, times, steps, finish or "stop", usage)
+
+    async def _oversize(self) -> dict:
+        import httpx
+        base = encode(self._body({"id": "oversize", "text": ""}, max_tokens=1, stream=False))
+        filler = "a " * ((self.ep.max_body_bytes - len(base)) // 2 + 512)
+        content = encode(self._body({"id": "oversize", "text": filler}, max_tokens=1, stream=False))
+        out = {"sent_bytes": len(content), "limit_bytes": self.ep.max_body_bytes}
+        try:
+            r = await self.client.post(self.url, content=content, headers={"Content-Type": "application/json"})
+        except httpx.HTTPError as e:
+            return {**out, "status": 0, "passed": False,
+                    "message": f"the server failed instead of rejecting it: {type(e).__name__}: {str(e) or 'connection closed'}"}
+        msg = _error_message(r.content)
+        ok = 400 <= r.status_code < 500
+        return {**out, "status": r.status_code, "passed": ok,
+                "message": msg if ok else f"expected a 4xx rejection, got HTTP {r.status_code}: {msg[:120]}"}

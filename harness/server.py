@@ -1,0 +1,165 @@
+"""An OpenAI-compatible server started per profile: its environment carries the profile's flags, its log goes to
+the run directory, it is healthy before any request is sent, and it is stopped with SIGTERM, then SIGKILL.
+
+Every way it can fail to start (command not found, port taken, exit during start-up, never healthy) is a
+ServerError whose message is one line, with the log tail kept beside it for the report.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from .suite import Endpoint, Server
+
+POLL_S = 0.25
+
+
+class ServerError(RuntimeError):
+    def __init__(self, message: str, log_tail: list[str] | None = None):
+        super().__init__(message)
+        self.log_tail = log_tail or []
+
+
+@dataclass
+class Running:
+    url: str
+    pid: int
+    log: Path
+    start_s: float                         # launch to healthy
+    proc: subprocess.Popen = field(repr=False)
+    stopped: str = ""                      # how it ended: "SIGTERM after 0.4 s", "SIGKILL after 10 s", "exited 1 during the run"
+
+
+def log_tail(path: Path, n: int = 20) -> list[str]:
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    return [ln for ln in text.splitlines() if ln.strip()][-n:]
+
+
+def free_port(host: str) -> int:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_taken(host: str, port: int) -> bool:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno in (errno.EADDRINUSE, errno.EACCES):
+                return True
+            raise
+    return False
+
+
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def command(spec: Server, *, model: str, port: int, device: str, dtype: str) -> list[str]:
+    # Filled in after splitting, so a model path with spaces stays one argument.
+    values = {"model": model, "port": str(port), "host": spec.host, "device": device, "dtype": dtype}
+    argv = [arg.format(**values) for arg in shlex.split(spec.command)]
+    # A console script installed beside this Python (a venv not on PATH) is the one meant.
+    beside = Path(sys.executable).parent / argv[0]
+    if os.sep not in argv[0] and shutil.which(argv[0]) is None and beside.is_file():
+        argv[0] = str(beside)
+    return argv
+
+
+def _health(client, url: str) -> str:
+    """"" when healthy, else what went wrong (kept for the time-out message: a TLS error is worth naming)."""
+    import httpx
+    try:
+        code = client.get(url).status_code
+        return "" if code == 200 else f"HTTP {code}"
+    except httpx.HTTPError as e:
+        return f"{type(e).__name__}: {str(e) or 'no answer'}"
+
+
+@contextmanager
+def started(spec: Server, endpoint: Endpoint, *, model: str, device: str, dtype: str, env: dict[str, str],
+            log: Path) -> Iterator[Running]:
+    """Start the server, wait for its health path, yield it, and stop it whatever happens inside."""
+    port = spec.port or free_port(spec.host)
+    if spec.port and port_taken(spec.host, port):
+        raise ServerError(f"port {port} on {spec.host} is already in use by another process: stop it, or set "
+                          "server.port = 0 to let the harness pick a free port")
+    argv = command(spec, model=model, port=port, device=device, dtype=dtype)
+    url = endpoint.base_url.format(host=spec.host, port=port)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    with open(log, "ab") as logf:
+        try:
+            # Own session, so stopping it also stops whatever it forked (uvicorn workers, MindIE daemons).
+            proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        except OSError as e:
+            raise ServerError(f"server.command: cannot run {argv[0]!r} ({e.strerror or e}); is it installed and on PATH?") from None
+    run = Running(url=url, pid=proc.pid, log=log, start_s=0.0, proc=proc)
+    try:
+        _wait_healthy(run, endpoint, spec.startup_timeout_s, t0)
+        yield run
+    finally:
+        stop(run, spec.stop_grace_s)
+
+
+def _wait_healthy(run: Running, endpoint: Endpoint, timeout_s: float, t0: float) -> None:
+    from .adapters.endpoint import client_kwargs
+    import httpx
+    with httpx.Client(**client_kwargs(endpoint, timeout_s=5.0)) as client:
+        while True:
+            rc = run.proc.poll()
+            if rc is not None:
+                tail = log_tail(run.log)
+                taken = any("address already in use" in ln.lower() for ln in tail)
+                why = "could not bind its port (address already in use)" if taken else "exited"
+                raise ServerError(f"server {why} with status {rc} during start-up, before {endpoint.health_path} "
+                                  f"answered; see {run.log}", tail)
+            last = _health(client, run.url + endpoint.health_path)
+            if not last:
+                run.start_s = time.monotonic() - t0
+                return
+            if time.monotonic() - t0 > timeout_s:
+                raise ServerError(f"server not healthy at {run.url}{endpoint.health_path} after {timeout_s:.0f}s "
+                                  f"(server.startup_timeout_s; last answer: {last[:160]}); see its log", log_tail(run.log))
+            time.sleep(POLL_S)
+
+
+def stop(run: Running, grace_s: float) -> None:
+    rc = run.proc.poll()
+    if rc is not None:
+        run.stopped = run.stopped or f"exited with status {rc} before it was stopped"
+        return
+    t = time.monotonic()
+    _signal_group(run.proc, signal.SIGTERM)
+    try:
+        run.proc.wait(grace_s)
+        run.stopped = f"SIGTERM, exited after {time.monotonic() - t:.1f} s"
+    except subprocess.TimeoutExpired:
+        _signal_group(run.proc, signal.SIGKILL)
+        run.proc.wait()
+        run.stopped = f"SIGKILL after ignoring SIGTERM for {grace_s:.0f} s"
+    # Children that outlived the leader (a SIGTERM'd parent leaves its workers) go too.
+    _signal_group(run.proc, signal.SIGKILL)
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
