@@ -541,22 +541,3 @@ def _profile(t: _Table, name: str) -> Profile:
                    expect=tuple(expect), description=t.get("description", str, ""))
     t.done()
     return prof
-
-
-def to_dict(suite: Suite) -> dict:
-    return dataclasses.asdict(suite)
-
-
-def from_dict(d: dict) -> Suite:
-    """Inverse of to_dict, for the job file a worker reads."""
-    return Suite(
-        name=d["name"], path=d["path"], model=ModelSpec(**d["model"]), generation=Generation(**d["generation"]),
-        prompts=tuple(Prompt(**x) for x in d["prompts"]),
-        schedules=tuple(Schedule(**{**x, "sizes": tuple(x["sizes"])}) for x in d["schedules"]),
-        profiles=tuple(Profile(name=x["name"], env=tuple(map(tuple, x["env"])), torch_deterministic=x["torch_deterministic"],
-                               expect=tuple((dev, tuple(map(tuple, per))) for dev, per in x["expect"]),
-                               description=x["description"]) for x in d["profiles"]),
-        seed=d["seed"], timeout_s=d["timeout_s"], description=d["description"],
-        perf=Perf(**{**d["perf"], "thresholds": tuple(map(tuple, d["perf"]["thresholds"]))}) if d["perf"] else None,
-        model_overridden=d["model_overridden"])
-

@@ -154,7 +154,8 @@ def main() -> None:
             ctx.load_verify_locations(args.client_ca)
             ctx.verify_mode = ssl.CERT_REQUIRED
         httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
-    print(f"fake server on {args.host}:{args.port}", file=sys.stderr, flush=True)
+    flags = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith(("HCCL_", "ATB_", "LCCL_")))
+    print(f"fake server on {args.host}:{args.port}; determinism flags: {flags or 'none'}", file=sys.stderr, flush=True)
     httpd.serve_forever()
 
 

@@ -92,6 +92,9 @@ def test_transient_faults_are_retried_and_logprobs_compared_like_fingerprints(tm
     inv = next(v for v in rep["verdicts"] if v["profile"] == "deterministic" and v["property"] == "batch-invariance")
     assert inv["status"] == "pass" and inv["level"] == "logprobs" and inv["bitwise"] == inv["sequences"] > 10
     assert any("returned logprobs" in n for n in rep["notes"])
+    # Each profile's server started with that profile's flags, and only those.
+    assert "determinism flags: HCCL_DETERMINISTIC=true" in (run / "logs" / "deterministic.server.log").read_text()
+    assert "determinism flags: none" in (run / "logs" / "default.server.log").read_text()
     # The key went to the server (it answers 401 otherwise) and the server logged it; the run keeps it nowhere.
     assert "<redacted>" in (run / "logs" / "default.server.log").read_text()
     _no_secret_anywhere(run, KEY)

@@ -88,9 +88,52 @@ def test_case_hash_covers_outputs_not_profiles():
     assert extra.profile_hash(extra.profile("det")) != extra.profile_hash(extra.profile("default"))
 
 
-def test_dict_round_trip():
-    s = parse(GOOD + '\n[profiles.det]\nenv = { A = "1" }\nexpect = { cpu = { repeatability = "bitwise" } }\n')
-    assert S.from_dict(S.to_dict(s)) == s
+SERVED = GOOD.replace('[prompts]', """[server]
+command = "transformers serve {model} --port {port}"
+[endpoint]
+api = "chat"
+[prompts]""")
+
+
+def test_served_suite_defaults_and_overrides():
+    s = parse(SERVED)
+    assert s.model.adapter == "endpoint" and s.server.port == 0 and s.server.host == "127.0.0.1"
+    assert s.endpoint.base_url == "http://{host}:{port}" and s.endpoint.verify and s.endpoint.max_body_bytes == 4 << 20
+    assert s.case_hash != parse(SERVED.replace('api = "chat"', 'api = "completions"')).case_hash
+    running = s.with_overrides(endpoint="https://10.0.0.5:1025/")
+    assert running.server is None and running.endpoint.base_url == "https://10.0.0.5:1025"
+    with pytest.raises(S.SuiteError, match="--endpoint: expected an http:// or https:// URL"):
+        s.with_overrides(endpoint="10.0.0.5:1025")
+    with pytest.raises(S.SuiteError, match="has no \\[endpoint\\] or \\[server\\] section"):
+        parse(GOOD).with_overrides(endpoint="http://x:1")
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda t: t.replace("--port {port}", "--port {port} --gpu {gpu}"), "server.command: unknown placeholder {gpu}"),
+    (lambda t: t.replace("--port {port}", "--port 8000"), "server.command: has no {port} placeholder, so set server.port"),
+    (lambda t: t.replace('api = "chat"', 'api = "responses"'), "endpoint.api: expected one of completions, chat"),
+    (lambda t: t.replace('api = "chat"', 'client_cert = "t.toml"'), "endpoint.client_cert: file"),
+    (lambda t: t.replace('api = "chat"', 'api_key_env = "sk-abc123!"'), "endpoint.api_key_env: expected the NAME of an environment variable"),
+    (lambda t: t.replace('api = "chat"', 'base_url = "ftp://x"'), "base_url: expected an http:// or https:// URL"),
+    (lambda t: t.replace('[server]\ncommand = "transformers serve {model} --port {port}"\n', ''),
+     "endpoint.base_url: missing; expected the server's URL"),
+    (lambda t: t.replace('[server]\ncommand = "transformers serve {model} --port {port}"\n', '').replace(
+        'api = "chat"', 'base_url = "http://{host}:{port}"'), "endpoint.base_url: uses {host}/{port}, which only a [server]"),
+    (lambda t: t.replace('expect = { cpu = "vary" }', 'torch_deterministic = true'),
+     "profiles.default.torch_deterministic: acts on an in-process model only"),
+    (lambda t: t + '\n[model]\nadapter = "hf"\n', "model.adapter: 'hf' runs an in-process model"),
+])
+def test_bad_served_suites(edit, expected):
+    with pytest.raises(S.SuiteError) as e:
+        parse(edit(SERVED))
+    assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_shipped_serving_suite_loads():
+    s = S.load(ROOT / "suites" / "serving.toml")
+    assert s.server.command.startswith("transformers serve {model}") and "--continuous-batching" in s.server.command
+    assert {x.kind for x in s.schedules} >= {"solo", "permutation", "needle"}
+    assert min(x.min_size for x in s.schedules if x.kind == "needle") >= 8 and len(s.prompts) >= 8
 
 
 @pytest.mark.parametrize("name", ["determinism.toml", "determinism-bf16.toml"])
