@@ -1,4 +1,5 @@
-"""Sessions: determinism (the nightly job), perf (latency gate), bench (the harness's own speed), tests. Torch is pinned to a CPU-friendly build by default;
+"""Sessions: determinism (the nightly job), serving (the same through a server), perf (latency gate), loadtime,
+bench (the harness's own speed), tests. Torch is pinned to a CPU-friendly build by default;
 on an Ascend runner use `nox --no-venv` so the CANN image's torch and torch_npu are used."""
 from __future__ import annotations
 
@@ -39,6 +40,15 @@ def determinism(session: nox.Session) -> None:
     --device cpu|cuda|npu, --model PATH, --profile NAME, --out DIR, or suite files."""
     _install(session, "gguf")
     _pytest_suites(session, DETERMINISM_SUITES, "reports/junit-determinism.xml")
+
+
+@nox.session
+def serving(session: nox.Session) -> None:
+    """Determinism and latency through an OpenAI-compatible server that the suite starts once per profile, with
+    that profile's flags (`transformers serve` on the embedded model by default; MindIE Service on Ascend).
+    Options after `--` as for perf, plus --endpoint URL for a server that is already running."""
+    _install(session, "gguf,serving")
+    _pytest_suites(session, ["suites/serving.toml"], "reports/junit-serving.xml")
 
 
 @nox.session

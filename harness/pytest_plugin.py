@@ -67,6 +67,8 @@ class SuiteFile(pytest.File):
         props = [p for p in PROPERTIES if any(s.property == p for s in self.suite.schedules)] + ["baseline"]
         if self.suite.perf is not None:
             props.append("latency")
+        if self.suite.endpoint is not None and self.suite.endpoint.oversize_check:
+            props.append("input-limit")
         for prof in self.suite.profiles:
             yield ProfileNode.from_parent(self, name=prof.name, props=props)
 

@@ -187,6 +187,22 @@ def test_oversize_check_expects_a_4xx_with_a_message(tmp_path: Path, limit: int,
         assert "expected a 4xx rejection, got HTTP 200" in v["reason"]
 
 
+def test_pytest_items_for_a_served_suite_include_the_input_limit(tmp_path: Path):
+    import xml.etree.ElementTree as ET
+    suite = _suite(tmp_path, command=f"{FAKE} --port {{port}} --logprobs --max-body 0", endpoint="oversize_check = true")
+    junit = tmp_path / "junit.xml"
+    p = subprocess.run([sys.executable, "-m", "pytest", "-p", "harness.pytest_plugin", str(suite), "-o", "testpaths=",
+                        f"--junitxml={junit}", "--out", str(tmp_path / "out"), "-p", "no:cacheprovider"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1, p.stdout + p.stderr
+    cases = {(c.get("classname").rsplit(".", 1)[-1], c.get("name")): c for c in ET.parse(junit).getroot().iter("testcase")}
+    assert {n for _, n in cases} == {"batch-invariance", "baseline", "input-limit"} and len(cases) == 6
+    failed = {k for k, c in cases.items() if c.find("failure") is not None}
+    assert {n for _, n in failed} == {"input-limit"} and len(failed) == 2  # both profiles' servers took the huge body
+    text = next(c for k, c in cases.items() if k in failed).find("failure")
+    assert "expected a 4xx rejection, got HTTP 200" in (text.text or text.get("message", "")) and "Traceback" not in p.stdout
+
+
 def test_a_running_endpoint_gets_one_profile_and_a_note_that_flags_were_not_applied(tmp_path: Path):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
