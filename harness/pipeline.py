@@ -152,7 +152,8 @@ def against_baselines(suite: Suite, jobs: list[runner.JobOutcome], records: dict
             baselines.write(target, b)
             out.verdicts.append(determinism.Verdict(profile=j.profile, property="baseline", expect="-", status="updated",
                                                     reason=f"written to {target} ({opts.reason})", sequences=len(b.outputs),
-                                                    bitwise=0, token_identical=0))
+                                                    bitwise=0, token_identical=0,
+                                                    level=determinism.lowest_level(records[j.profile])))
             continue
         found, same_key = baselines.find(opts.baselines, key, sdir, j.profile,
                                          "endpoint" if suite.endpoint else suite.model.device)
