@@ -63,7 +63,8 @@ def device_key(info: dict) -> str:
         return "-".join(_slug(p) for p in parts if p)
     parts = [dev]
     if dev == "cpu":
-        parts += [info.get("cpu_capability", "unknown"), f"t{info.get('threads', '?')}"]
+        parts += [info.get("cpu_capability", "unknown"), *([info["cpu_model"]] if info.get("cpu_model") else []),
+                  f"t{info.get('threads', '?')}"]
     else:
         parts.append(_slug(info.get("chip", "unknown")))
     parts.append(f"torch{_mm(info.get('torch', ''))}")
@@ -72,6 +73,16 @@ def device_key(info: dict) -> str:
     if dev == "npu":
         parts += [f"torchnpu{_mm(info.get('torch_npu', ''))}", f"cann{_mm(info.get('cann', ''))}"]
     return "-".join(_slug(p) for p in parts)
+
+
+def environment_changes(before: dict, after: dict) -> list[str]:
+    """What differs between the device description a baseline was made under and this run's: the likely cause
+    when bits moved under one key."""
+    out = []
+    for k in sorted(set(before) | set(after)):
+        if before.get(k) != after.get(k):
+            out.append(f"{k} {before.get(k, 'not recorded')} -> {after.get(k, 'not recorded')}")
+    return out
 
 
 def suite_dir(suite_name: str, model_ref: str, model_overridden: bool) -> str:

@@ -166,8 +166,11 @@ def against_baselines(suite: Suite, jobs: list[runner.JobOutcome], records: dict
             out.verdicts.append(baseline_check.not_comparable(j.profile, str(e)))
             continue
         note = "" if same_key else f"baseline made under device key {b.device_key}, this run is {key}: tokens compared, not bits"
-        out.verdicts.append(baseline_check.evaluate(records[j.profile], lambda pid: b.reference(pid) if pid in b.outputs else None,
-                                                    j.profile, same_key, note))
+        v = baseline_check.evaluate(records[j.profile], lambda pid: b.reference(pid) if pid in b.outputs else None,
+                                    j.profile, same_key, note)
+        if not v.passed and (changed := baselines.environment_changes(b.environment.get("device", {}), j.meta["device"])):
+            v = dataclasses.replace(v, reason=f"{v.reason}; since the baseline: {', '.join(changed)}")
+        out.verdicts.append(v)
         out.sources[j.profile] = f"{found} ({b.provenance.get('created', '?')}, {b.provenance.get('reason', '')!r})"
         if suite.perf is not None and not same_key:
             out.notes.append(f"latency of {j.profile} not gated: the baseline was measured under {b.device_key}, "

@@ -39,6 +39,24 @@ def test_device_key_names_device_chip_and_major_versions():
                                  "cann": "8.0.RC2"}) == "npu-ascend910b3-torch2.1-torchnpu2.1-cann8.0"
     assert baselines.device_key({"device": "cuda", "chip": "NVIDIA H100 80GB HBM3", "torch": "2.5.1", "cuda": "12.4"}) \
         == "cuda-nvidia-h100-80gb-hbm3-torch2.5-cuda12.4"
+    # Two AVX512 hosts of other microarchitectures pick other MKL/oneDNN kernels: their bits are not comparable.
+    assert baselines.device_key({"device": "cpu", "cpu_capability": "AVX512", "cpu_model": "intel-6-167", "threads": "2",
+                                 "torch": "2.13.0+cpu"}) == "cpu-avx512-intel-6-167-t2-torch2.13"
+
+
+def test_cpu_model_from_cpuinfo():
+    from harness.devices import cpu_model
+    intel = "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\nflags\t: fpu amx_tile\n\nprocessor\t: 1\n"
+    assert cpu_model(intel) == "intel-6-143"
+    assert cpu_model("processor\t: 0\nCPU implementer\t: 0x48\nCPU part\t: 0xd01\n") == "arm-0x48-0xd01"
+
+
+def test_environment_changes_name_what_moved_since_the_baseline():
+    before = {"device": "cpu", "torch": "2.13.0+cpu", "transformers": "5.23.0"}
+    after = {"device": "cpu", "torch": "2.13.0+cpu", "transformers": "5.24.0", "cpu_model": "intel-6-167"}
+    assert baselines.environment_changes(before, after) == ["cpu_model not recorded -> intel-6-167",
+                                                           "transformers 5.23.0 -> 5.24.0"]
+    assert baselines.environment_changes(after, after) == []
 
 
 def test_round_trip_keeps_references_samples_and_provenance(tmp_path: Path):
