@@ -73,7 +73,7 @@ def preflight(suite: Suite) -> None:
                                    top_logprobs=suite.generation.top_logprobs, seed=suite.seed, model=ep.model)
         n = len(ep_mod.encode(body))
         if n > ep.max_body_bytes:
-            raise HarnessError(f"{suite.path}: {ep_mod.size_error(p.id, n, ep.max_body_bytes)}", USAGE)
+            raise HarnessError(f"{suite.path}: {ep_mod.size_error(p.id, n, ep.max_body_bytes, len(p.attachments))}", USAGE)
 
 
 def new_run_dir(out: Path, suite: Suite) -> tuple[str, Path]:

@@ -41,11 +41,20 @@ class SuiteError(ValueError):
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """An image, audio or video file sent with a prompt to a served model, base64-encoded in the request body."""
+    path: str                 # resolved; not part of the case hash (checkouts differ), the content digest is
+    mime: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class Prompt:
     id: str
     text: str
     chat: bool = False
     kind: str = ""
+    attachments: tuple[Attachment, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -190,11 +199,17 @@ class Suite:
         served = {} if self.endpoint is None else {"api": self.endpoint.api, "ignore_eos": self.endpoint.ignore_eos}
         return _hash({"model": [self.model.ref, self.model.dtype], "generation": dataclasses.asdict(self.generation),
                       **({"endpoint": served} if served else {}),
-                      "prompts": [dataclasses.asdict(p) for p in self.prompts],
+                      "prompts": [_prompt_case(p) for p in self.prompts],
                       "schedules": [dataclasses.asdict(s) for s in self.schedules]})
 
     def profile_hash(self, profile: Profile) -> str:
         return _hash([self.case_hash, profile.env, profile.torch_deterministic])
+
+
+def _prompt_case(p: Prompt) -> dict:
+    d = dataclasses.asdict(p)
+    del d["attachments"]  # absent when empty, so text-only suites keep the hash their baselines were made under
+    return {**d, "attachments": [[a.mime, a.sha256] for a in p.attachments]} if p.attachments else d
 
 
 def _hash(obj: Any) -> str:
@@ -341,11 +356,17 @@ def parse(data: dict, p: str, base: Path = Path(".")) -> Suite:
             raise root.fail("model.adapter", f"{model.adapter!r} runs an in-process model; a suite with [endpoint] or "
                                              "[server] talks to a server (remove model.adapter)")
         model = dataclasses.replace(model, adapter="endpoint")
+        if endpoint.api != "chat" and (pr := next((x for x in prompts if x.attachments), None)):
+            raise root.fail("endpoint.api", f"prompt {pr.id!r} has attachments, which only the chat API carries; "
+                                            "set api = \"chat\"")
         for prof in profiles:
             if prof.torch_deterministic:
                 raise root.fail(f"profiles.{prof.name}.torch_deterministic", "acts on an in-process model only; a server "
                                 "takes its switches from env (or its own command and config)")
 
+    elif pr := next((x for x in prompts if x.attachments), None):
+        raise root.fail("prompts", f"prompt {pr.id!r} has attachments; only a served model takes them "
+                                   "(add [server] or [endpoint] with api = \"chat\")")
     root.done()
     return Suite(name=name, path=p, model=model, generation=gen, prompts=prompts, schedules=schedules,
                  profiles=profiles, seed=seed, timeout_s=timeout, description=description, perf=perf,
@@ -436,13 +457,28 @@ def _perf(t: _Table) -> Perf:
     return perf
 
 
-def _prompt(t: _Table) -> Prompt:
-    t.only({"id", "text", "chat", "kind"})
+def _prompt(t: _Table, base: Path) -> Prompt:
+    t.only({"id", "text", "chat", "kind", "attachments"})
+    files = t.get("attachments", list, [], check=lambda v: all(isinstance(x, str) and x for x in v),
+                  expect="a list of image, audio or video file paths")
     pr = Prompt(id=t.get("id", str, check=lambda s: s.strip() != "", expect="a non-empty string"),
                 text=t.get("text", str, check=lambda s: s != "", expect="a non-empty string"),
-                chat=t.get("chat", bool, False), kind=t.get("kind", str, ""))
+                chat=t.get("chat", bool, False), kind=t.get("kind", str, ""),
+                attachments=tuple(_attachment(t, base / f) for f in files))
     t.done()
     return pr
+
+
+def _attachment(t: _Table, fp: Path) -> Attachment:
+    import mimetypes
+    mime = mimetypes.guess_type(fp.name)[0] or ""
+    if mime.split("/")[0] not in ("image", "audio", "video"):
+        raise t.fail("attachments", f"{fp.name}: not an image, audio or video file by its extension (.png, .jpg, .wav, .mp4, ...)")
+    try:
+        data = fp.read_bytes()
+    except OSError as e:
+        raise t.fail("attachments", f"cannot read {fp} ({e.strerror or e})") from None
+    return Attachment(path=str(fp.resolve()), mime=mime, sha256=hashlib.sha256(data).hexdigest())
 
 
 def _prompts(t: _Table, base: Path) -> tuple[Prompt, ...]:
@@ -465,9 +501,9 @@ def _prompts(t: _Table, base: Path) -> tuple[Prompt, ...]:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise SuiteError(f"{fp}:{n}: not valid JSON ({e.msg})") from None
-            out.append(_prompt(_Table(str(fp), f"line {n}", obj)))
+            out.append(_prompt(_Table(str(fp), f"line {n}", obj), fp.parent))
     else:
-        out = [_prompt(_Table(t.path, f"{t.key('items')}[{i}]", x)) for i, x in enumerate(items)]
+        out = [_prompt(_Table(t.path, f"{t.key('items')}[{i}]", x), base) for i, x in enumerate(items)]
     if not out:
         raise t.fail("file" if file else "items", "no prompts; add at least one")
     ids = [x.id for x in out]

@@ -11,6 +11,7 @@ requests with that prompt) triggers: 500, 400, reset, badjson, hang.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -74,6 +75,11 @@ class Handler(BaseHTTPRequestHandler):
             return
         chat = self.path == "/v1/chat/completions"
         text = body["messages"][-1]["content"] if chat else body["prompt"]
+        if isinstance(text, list):  # content parts: the text, then each attachment's decoded size (proves the round trip)
+            sizes = [len(base64.b64decode(p.get("input_audio", {}).get("data") or
+                                          next(v["url"] for k, v in p.items() if k.endswith("_url")).split(",", 1)[1]))
+                     for p in text if p["type"] != "text"]
+            text = " ".join([p["text"] for p in text if p["type"] == "text"] + [f"media{n}" for n in sizes])
         fault = re.search(r"FAULT:(\w+?)(?:x(\d+))?\b", text)
         if fault:
             with LOCK:

@@ -123,3 +123,16 @@ def test_kill_during_writes_leaves_a_readable_baseline(tmp_path: Path):
         b = baselines.load(p, "c0ffee")  # never half a file
         assert len(b.outputs) in (1, 3000)
     assert not [f for f in p.parent.iterdir() if f.name != "default.json" and not f.name.startswith(".")]
+
+
+def test_committed_baselines_match_their_suites_case_hash():
+    """A change to how suites are hashed would silently turn every committed baseline into 'not comparable'."""
+    from harness import suite as S
+    checked = 0
+    for f in sorted((ROOT / "baselines").glob("*/*/*.json")):
+        suite_file = ROOT / "suites" / f"{f.parent.name}.toml"
+        data = json.loads(f.read_text())
+        if suite_file.exists() and "outputs" in data and f.parent.name != "loadtime":
+            assert data["case_hash"] == S.load(suite_file).case_hash, f"{f} no longer matches {suite_file.name}"
+            checked += 1
+    assert checked >= 8

@@ -174,6 +174,24 @@ def test_an_oversized_prompt_is_refused_before_anything_starts(tmp_path: Path):
     assert not (tmp_path / "out").exists()
 
 
+def test_attachments_go_inline_and_count_base64_encoded_against_the_limit(tmp_path: Path):
+    (tmp_path / "photo.png").write_bytes(os.urandom(3000))
+    (tmp_path / "clip.wav").write_bytes(os.urandom(1200))
+    prompts = ('{id = "a", text = "one two"}, {id = "m", text = "look", attachments = ["photo.png", "clip.wav"]}, '
+               '{id = "c", text = "alpha beta"}')
+    suite = _suite(tmp_path, prompts=prompts, profiles='[profiles.default]\nexpect = { cpu = "report" }\n')
+    p = run_cli("run", str(suite), "--out", str(tmp_path / "out"))
+    assert p.returncode == 0, p.stdout + p.stderr
+    m = next(r for r in _records(only_run_dir(tmp_path / "out"), "default") if r["prompt_id"] == "m")
+    assert {"media3000", "media1200", "look"} <= set(m["text"].split())  # the server decoded both files, byte for byte
+    # 3.2 MiB of audio is under 4 MiB on disk but 4.27 MiB in the body: refused before anything starts, naming why.
+    (tmp_path / "clip.wav").write_bytes(os.urandom(3_355_443))
+    p = run_cli("run", str(suite), "--out", str(tmp_path / "out2"))
+    assert p.returncode == 2, p.stdout + p.stderr
+    line = p.stderr.strip()
+    assert len(line.splitlines()) == 1 and "prompt 'm'" in line and "4.27 MiB" in line and "base64-encoded" in line
+
+
 @pytest.mark.parametrize("limit, passed", [(4194304, True), (0, False)])
 def test_oversize_check_expects_a_4xx_with_a_message(tmp_path: Path, limit: int, passed: bool):
     suite = _suite(tmp_path, command=f"{FAKE} --port {{port}} --max-body {limit}", endpoint="oversize_check = true",

@@ -129,6 +129,29 @@ def test_bad_served_suites(edit, expected):
     assert expected in str(e.value) and "\n" not in str(e.value)
 
 
+def test_attachments_resolve_hash_by_content_and_need_a_chat_server(tmp_path: Path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "cat.png").write_bytes(b"\x89PNG fake")
+    text = SERVED.replace('{id = "a", text = "x"}', '{id = "a", text = "x", attachments = ["a/cat.png"]}')
+    s = S.parse(S.tomllib.loads(text), "t.toml", tmp_path)
+    att = s.prompts[0].attachments[0]
+    assert att.mime == "image/png" and Path(att.path) == (tmp_path / "a" / "cat.png").resolve()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "cat.png").write_bytes(b"\x89PNG fake")
+    moved = S.parse(S.tomllib.loads(text.replace("a/cat.png", "b/cat.png")), "t.toml", tmp_path)
+    assert moved.case_hash == s.case_hash  # another checkout, same content: the same case
+    (tmp_path / "b" / "cat.png").write_bytes(b"\x89PNG other")
+    assert S.parse(S.tomllib.loads(text.replace("a/cat.png", "b/cat.png")), "t.toml", tmp_path).case_hash != s.case_hash
+    for bad, expected in [(text.replace('api = "chat"', 'api = "completions"'), "only the chat API carries"),
+                          (GOOD.replace('{id = "a", text = "x"}', '{id = "a", text = "x", attachments = ["a/cat.png"]}'),
+                           "only a served model takes them"),
+                          (text.replace("a/cat.png", "a/notes.txt"), "notes.txt: not an image, audio or video file"),
+                          (text.replace("a/cat.png", "a/dog.png"), "cannot read")]:
+        with pytest.raises(S.SuiteError) as e:
+            S.parse(S.tomllib.loads(bad), "t.toml", tmp_path)
+        assert expected in str(e.value) and "\n" not in str(e.value)
+
+
 def test_shipped_serving_suite_loads():
     s = S.load(ROOT / "suites" / "serving.toml")
     assert s.server.command.startswith("transformers serve {model}") and "--continuous-batching" in s.server.command

@@ -11,6 +11,8 @@ The API key is read from the environment variable the suite names and only ever 
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
 import hashlib
 import json
 import os
@@ -18,6 +20,7 @@ import platform
 import ssl
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..plan import Job
 from ..records import Generated
@@ -63,7 +66,7 @@ def request_body(ep: Endpoint, prompt: dict, *, max_tokens: int, top_logprobs: i
                  stream: bool = True, dropped: frozenset[str] = frozenset()) -> dict:
     body: dict = {"model": model} if model else {}
     if ep.api == "chat":
-        body |= {"messages": [{"role": "user", "content": prompt["text"]}], "logprobs": True, "top_logprobs": top_logprobs}
+        body |= {"messages": [{"role": "user", "content": _content(prompt)}], "logprobs": True, "top_logprobs": top_logprobs}
     else:
         body |= {"prompt": prompt["text"], "logprobs": top_logprobs}
     body |= {"max_tokens": max_tokens, "temperature": 0, "seed": seed, "stream": stream}
@@ -74,12 +77,33 @@ def request_body(ep: Endpoint, prompt: dict, *, max_tokens: int, top_logprobs: i
     return {k: v for k, v in body.items() if k not in dropped}
 
 
+def _content(prompt: dict) -> str | list[dict]:
+    """Plain text, or OpenAI content parts with each attachment inline as base64 (4/3 of the file's size)."""
+    if not prompt.get("attachments"):
+        return prompt["text"]
+    parts: list[dict] = [{"type": "text", "text": prompt["text"]}]
+    for a in prompt["attachments"]:
+        data = _base64(a["path"])
+        kind = a["mime"].split("/")[0]
+        if kind == "audio":
+            parts.append({"type": "input_audio", "input_audio": {"data": data, "format": a["mime"].split("/")[1].removeprefix("x-")}})
+        else:
+            parts.append({"type": f"{kind}_url", f"{kind}_url": {"url": f"data:{a['mime']};base64,{data}"}})
+    return parts
+
+
+@functools.lru_cache(maxsize=64)
+def _base64(path: str) -> str:
+    return base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
 def encode(body: dict) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def size_error(prompt_id: str, n: int, limit: int) -> str:
-    return (f"prompt {prompt_id!r} makes a {n / MIB:.2f} MiB request body, over the limit of {limit / MIB:.2f} MiB "
+def size_error(prompt_id: str, n: int, limit: int, attachments: int = 0) -> str:
+    media = f" (its {attachments} attachment(s) count base64-encoded, 4/3 of their file size)" if attachments else ""
+    return (f"prompt {prompt_id!r} makes a {n / MIB:.2f} MiB request body{media}, over the limit of {limit / MIB:.2f} MiB "
             "(endpoint.max_body_bytes); shorten the prompt or raise the limit if the server accepts more")
 
 
@@ -226,7 +250,8 @@ class EndpointAdapter:
         body = self._body(prompt)
         n = len(encode(body))
         if n > self.ep.max_body_bytes:
-            return generated([], [], [], "error", {}, error=size_error(prompt["id"], n, self.ep.max_body_bytes) + "; not sent")
+            return generated([], [], [], "error", {}, error=size_error(prompt["id"], n, self.ep.max_body_bytes,
+                                                                           len(prompt.get("attachments", ()))) + "; not sent")
         errors: list[str] = []
         for attempt in range(self.ep.retries + 1):
             try:
