@@ -63,8 +63,7 @@ def device_key(info: dict) -> str:
         return "-".join(_slug(p) for p in parts if p)
     parts = [dev]
     if dev == "cpu":
-        parts += [info.get("cpu_capability", "unknown"), *([info["cpu_model"]] if info.get("cpu_model") else []),
-                  f"t{info.get('threads', '?')}"]
+        parts += [info.get("cpu_capability", "unknown"), info.get("cpu_model", ""), f"t{info.get('threads', '?')}"]
     else:
         parts.append(_slug(info.get("chip", "unknown")))
     parts.append(f"torch{_mm(info.get('torch', ''))}")
@@ -72,7 +71,7 @@ def device_key(info: dict) -> str:
         parts.append(f"cuda{_mm(info.get('cuda', ''))}")
     if dev == "npu":
         parts += [f"torchnpu{_mm(info.get('torch_npu', ''))}", f"cann{_mm(info.get('cann', ''))}"]
-    return "-".join(_slug(p) for p in parts)
+    return "-".join(_slug(p) for p in parts if p)
 
 
 def environment_changes(before: dict, after: dict) -> list[str]:

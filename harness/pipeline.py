@@ -68,12 +68,11 @@ def preflight(suite: Suite) -> None:
         raise HarnessError(f"{suite.path}: endpoint.client_cert / client_key / ca_bundle: cannot load ({e})", USAGE) from None
     del kwargs
     ep = suite.endpoint
-    for p in suite.prompts:
-        body = ep_mod.request_body(ep, dataclasses.asdict(p), max_tokens=suite.generation.max_new_tokens,
+    for prompt in map(dataclasses.asdict, suite.prompts):
+        body = ep_mod.request_body(ep, prompt, max_tokens=suite.generation.max_new_tokens,
                                    top_logprobs=suite.generation.top_logprobs, seed=suite.seed, model=ep.model)
-        n = len(ep_mod.encode(body))
-        if n > ep.max_body_bytes:
-            raise HarnessError(f"{suite.path}: {ep_mod.size_error(p.id, n, ep.max_body_bytes, len(p.attachments))}", USAGE)
+        if err := ep_mod.size_error(prompt, body, ep.max_body_bytes):
+            raise HarnessError(f"{suite.path}: {err}", USAGE)
 
 
 def new_run_dir(out: Path, suite: Suite) -> tuple[str, Path]:

@@ -197,7 +197,7 @@ def run_served(suite: Suite, profile: Profile, job: Job, model_dir: Path, timeou
     out.server_log, out.server_stop = str(log), srv.stopped
     if out.meta:
         out.meta["load_s"] = {"server_start": srv.start_s, **out.meta.get("load_s", {})}
-        out.meta["server"] = {"pid": srv.pid, "argv": srv.proc.args, "start_s": srv.start_s, "stopped": srv.stopped}
+        out.meta["server"] = {"pid": srv.pid, "argv": srv.proc.args, "stopped": srv.stopped}
     if srv.stopped.startswith("exited"):
         out.status = "server-crashed"
     if not out.ok:

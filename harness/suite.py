@@ -208,8 +208,11 @@ class Suite:
 
 def _prompt_case(p: Prompt) -> dict:
     d = dataclasses.asdict(p)
-    del d["attachments"]  # absent when empty, so text-only suites keep the hash their baselines were made under
-    return {**d, "attachments": [[a.mime, a.sha256] for a in p.attachments]} if p.attachments else d
+    if p.attachments:
+        d["attachments"] = [[a.mime, a.sha256] for a in p.attachments]  # content, not where this checkout keeps it
+    else:
+        del d["attachments"]  # text-only suites keep the hash their baselines were made under
+    return d
 
 
 def _hash(obj: Any) -> str:
@@ -349,6 +352,7 @@ def parse(data: dict, p: str, base: Path = Path(".")) -> Suite:
     profiles = tuple(_profile(pt.sub(n), n) for n in list(pt.data))
     pt.done()
     server = _server(root.sub("server")) if "server" in data else None
+    media = next((x for x in prompts if x.attachments), None)
     endpoint = None
     if server is not None or "endpoint" in data:
         endpoint = _endpoint(root.sub("endpoint", {}), base, server)
@@ -356,16 +360,16 @@ def parse(data: dict, p: str, base: Path = Path(".")) -> Suite:
             raise root.fail("model.adapter", f"{model.adapter!r} runs an in-process model; a suite with [endpoint] or "
                                              "[server] talks to a server (remove model.adapter)")
         model = dataclasses.replace(model, adapter="endpoint")
-        if endpoint.api != "chat" and (pr := next((x for x in prompts if x.attachments), None)):
-            raise root.fail("endpoint.api", f"prompt {pr.id!r} has attachments, which only the chat API carries; "
+        if endpoint.api != "chat" and media:
+            raise root.fail("endpoint.api", f"prompt {media.id!r} has attachments, which only the chat API carries; "
                                             "set api = \"chat\"")
         for prof in profiles:
             if prof.torch_deterministic:
                 raise root.fail(f"profiles.{prof.name}.torch_deterministic", "acts on an in-process model only; a server "
                                 "takes its switches from env (or its own command and config)")
 
-    elif pr := next((x for x in prompts if x.attachments), None):
-        raise root.fail("prompts", f"prompt {pr.id!r} has attachments; only a served model takes them "
+    elif media:
+        raise root.fail("prompts", f"prompt {media.id!r} has attachments; only a served model takes them "
                                    "(add [server] or [endpoint] with api = \"chat\")")
     root.done()
     return Suite(name=name, path=p, model=model, generation=gen, prompts=prompts, schedules=schedules,

@@ -84,9 +84,9 @@ def _content(prompt: dict) -> str | list[dict]:
     parts: list[dict] = [{"type": "text", "text": prompt["text"]}]
     for a in prompt["attachments"]:
         data = _base64(a["path"])
-        kind = a["mime"].split("/")[0]
+        kind, sub = a["mime"].split("/", 1)
         if kind == "audio":
-            parts.append({"type": "input_audio", "input_audio": {"data": data, "format": a["mime"].split("/")[1].removeprefix("x-")}})
+            parts.append({"type": "input_audio", "input_audio": {"data": data, "format": sub.removeprefix("x-")}})
         else:
             parts.append({"type": f"{kind}_url", f"{kind}_url": {"url": f"data:{a['mime']};base64,{data}"}})
     return parts
@@ -101,9 +101,14 @@ def encode(body: dict) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def size_error(prompt_id: str, n: int, limit: int, attachments: int = 0) -> str:
-    media = f" (its {attachments} attachment(s) count base64-encoded, 4/3 of their file size)" if attachments else ""
-    return (f"prompt {prompt_id!r} makes a {n / MIB:.2f} MiB request body{media}, over the limit of {limit / MIB:.2f} MiB "
+def size_error(prompt: dict, body: dict, limit: int) -> str:
+    """"" when the encoded body fits the limit; else one line naming the prompt."""
+    n = len(encode(body))
+    if n <= limit:
+        return ""
+    k = len(prompt.get("attachments", ()))
+    media = f" (its {k} attachment(s) count base64-encoded, 4/3 of their file size)" if k else ""
+    return (f"prompt {prompt['id']!r} makes a {n / MIB:.2f} MiB request body{media}, over the limit of {limit / MIB:.2f} MiB "
             "(endpoint.max_body_bytes); shorten the prompt or raise the limit if the server accepts more")
 
 
@@ -248,10 +253,8 @@ class EndpointAdapter:
 
     async def _one(self, prompt: dict) -> Generated:
         body = self._body(prompt)
-        n = len(encode(body))
-        if n > self.ep.max_body_bytes:
-            return generated([], [], [], "error", {}, error=size_error(prompt["id"], n, self.ep.max_body_bytes,
-                                                                           len(prompt.get("attachments", ()))) + "; not sent")
+        if err := size_error(prompt, body, self.ep.max_body_bytes):
+            return generated([], [], [], "error", {}, error=err + "; not sent")
         errors: list[str] = []
         for attempt in range(self.ep.retries + 1):
             try:
