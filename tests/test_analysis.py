@@ -40,7 +40,7 @@ def test_known_first_divergence():
                                             ([9, 2, 3], [-1.0, -2.0, -3.0])])
     other = rec(kind="batch-sizes", tokens=(5, 6, 42, 1, 1), topk=topk, batch=("q", "p", "r"), position=1)
     c = compare(ref, other)
-    assert c.level == "diverged"
+    assert c.level == "close"  # 7 and 42 are each in the other side's top-3: a near-tie at the first divergence
     assert c.first_token_step == 2 and c.first_bit_step == 2
     assert math.isclose(c.ref_margin, 0.02, rel_tol=1e-9)
     assert c.ref_token == "<7>" and c.other_token == "<42>"

@@ -4,7 +4,9 @@ from __future__ import annotations
 from typing import Callable
 
 from ..records import Record
-from .determinism import Verdict, compare, judge, lowest_level, worst
+from .determinism import Expectation, Verdict, compare, lowest_level, verdict
+
+BASELINE_EXPECTATIONS = ("bitwise", "tokens", "close")
 
 
 def references(records: list[Record]) -> list[Record]:
@@ -16,23 +18,24 @@ def references(records: list[Record]) -> list[Record]:
     return list(seen.values())
 
 
-def evaluate(records: list[Record], reference: Callable[[str], Record | None], profile: str, same_key: bool,
-             note: str = "") -> Verdict:
-    """Bitwise under the same device key; tokens only across keys (other chip, ISA or major software version)."""
+def evaluate(records: list[Record], reference: Callable[[str], Record | None], profile: str, expect: Expectation,
+             note: str = "", k: int | None = None) -> Verdict:
+    """expect: what the baseline found allows (the caller picks it by tier: the same key bitwise, other software
+    tokens, other hardware close). Text cannot meet it bitwise or close, so there it is judged on tokens."""
+    if expect not in BASELINE_EXPECTATIONS:
+        raise ValueError(f"baseline expectation must be one of {', '.join(BASELINE_EXPECTATIONS)}, got {expect!r}")
     ours = references(records)
     level = lowest_level(ours)
-    expect = "bitwise" if same_key and level != "text" else "tokens"
+    if level == "text" and expect != "tokens":
+        if expect == "close":
+            note = "; ".join(filter(None, ["close needs logprobs and the server returned text only: tokens compared", note]))
+        expect = "tokens"
     comps = []
     for r in ours:
         ref = reference(r.prompt_id)
         if ref is not None:
-            comps.append(compare(ref, r))
-    status, reason = judge(expect, comps, level)
-    if note:
-        reason = f"{reason}; {note}"
-    return Verdict(profile=profile, property="baseline", expect=expect, status=status, reason=reason,
-                   sequences=len(comps), bitwise=sum(c.level == "bitwise" for c in comps),
-                   token_identical=sum(c.level != "diverged" for c in comps), worst=worst(comps), level=level)
+            comps.append(compare(ref, r, k))
+    return verdict(profile, "baseline", expect, comps, level, note)
 
 
 def not_comparable(profile: str, reason: str) -> Verdict:

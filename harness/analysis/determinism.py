@@ -1,12 +1,21 @@
 """Determinism analysis: records in, verdicts out. Pure functions, no I/O, no torch."""
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import sub
+from typing import Literal
 
 from ..records import Record
+
+Level = Literal["bitwise", "tokens", "close", "diverged"]     # how one sequence compares with its reference
+LEVEL_ORDER: tuple[Level, ...] = ("bitwise", "tokens", "close", "diverged")   # best first
+Expectation = Literal["bitwise", "tokens", "close", "vary", "report"]
+EXPECTATIONS: tuple[Expectation, ...] = ("bitwise", "tokens", "close", "vary", "report")
+Status = Literal["pass", "fail", "report", "no data", "no baseline", "not comparable", "updated"]
+Seen = Literal["logits", "logprobs", "text"]                    # what a comparison can see
+LEVELS: tuple[Seen, ...] = ("logits", "logprobs", "text")       # best first
 
 BATCH_KINDS = ("permutation", "batch-sizes", "needle")
 PROPERTY_KINDS = {"repeatability": ("repeat",), "batch-invariance": BATCH_KINDS}
@@ -20,7 +29,7 @@ class Comparison:
     batch_id: str
     batch: tuple[str, ...]
     position: int
-    level: str                          # "bitwise" | "tokens" | "diverged"
+    level: Level
     first_bit_step: int | None          # first step whose logits fingerprint differs
     first_token_step: int | None        # first step whose token differs
     ref_margin: float | None = None     # reference top-1 minus top-2 logprob at the divergent step
@@ -31,6 +40,7 @@ class Comparison:
     context: str = ""                   # text generated before the divergent step
     max_dlogprob: float = 0.0           # largest |Δ logprob| over shared top-k ids, up to the divergence
     unit: str = "step"                  # "character" when the server returned text only
+    k: int = 0                          # top-k depth the membership checks at the divergent step used
 
     def describe(self) -> str:
         where = f"prompt {self.prompt_id!r} in {self.batch_id} (batch of {len(self.batch)}, position {self.position})"
@@ -43,11 +53,23 @@ class Comparison:
                     f"max |Δ logprob| {self.max_dlogprob:.3g}")
         margin = "n/a" if self.ref_margin is None else f"{self.ref_margin:.4f}"
         what = "text diverges at character" if self.unit == "character" else "tokens diverge at step"
-        return (f"{where}: {what} {self.first_token_step} after {self.context[-60:]!r}: "
-                f"reference {self.ref_token!r} vs {self.other_token!r}; reference margin {margin}; "
-                f"reference token in other's top-k: {_yn(self.ref_in_other_topk)}, "
-                f"other's token in reference top-k: {_yn(self.other_in_ref_topk)}; "
+        head = (f"{where}: {what} {self.first_token_step} after {self.context[-60:]!r}: "
+                f"reference {self.ref_token!r} vs {self.other_token!r}; ")
+        if self.level == "close":
+            return (f"{head}near-tie: each side's token is in the other's top-{self.k}; reference margin {margin}; "
+                    f"max |Δ logprob| up to it {self.max_dlogprob:.3g}")
+        return (f"{head}reference margin {margin}; "
+                f"reference token in other's top-{self.k or 'k'}: {_yn(self.ref_in_other_topk)}, "
+                f"other's token in reference top-{self.k or 'k'}: {_yn(self.other_in_ref_topk)}; "
                 f"max |Δ logprob| before it {self.max_dlogprob:.3g}")
+
+    def row(self) -> dict:
+        """Plain JSON-able values: one line of the report's list of compared sequences."""
+        return dict(prompt_id=self.prompt_id, schedule=self.schedule, batch_id=self.batch_id, batch_size=len(self.batch),
+                    position=self.position, level=self.level, first_bit_step=self.first_bit_step,
+                    first_token_step=self.first_token_step, ref_margin=self.ref_margin,
+                    ref_in_other_topk=self.ref_in_other_topk, other_in_ref_topk=self.other_in_ref_topk,
+                    ref_token=self.ref_token, other_token=self.other_token)
 
 
 def _yn(v: bool | None) -> str:
@@ -77,14 +99,12 @@ def _max_dlogprob(ref: Record, other: Record, lo: int, hi: int) -> float:
     return d
 
 
-LEVELS = ("logits", "logprobs", "text")   # what a comparison can see, best first
-
-
-def lowest_level(records) -> str:
+def lowest_level(records) -> Seen:
     return max((r.level for r in records), key=LEVELS.index, default="logits")
 
 
-def compare(ref: Record, other: Record) -> Comparison:
+def compare(ref: Record, other: Record, k: int | None = None) -> Comparison:
+    """k: how deep into each side's top-k a near-tie may reach (None: every captured top logprob)."""
     text_only = "text" in (ref.level, other.level)
     tok_step = _first(ref.tokens, other.tokens)
     # Text only: no fingerprints, so equal text is "tokens" (same output), never "bitwise".
@@ -104,18 +124,23 @@ def compare(ref: Record, other: Record) -> Comparison:
     s = tok_step
     r_tok = ref.tokens[s] if s < len(ref.tokens) else None
     o_tok = other.tokens[s] if s < len(other.tokens) else None
+    r_ids = ref.topk_ids[s][:k] if s < len(ref.topk_ids) else []
+    o_ids = other.topk_ids[s][:k] if s < len(other.topk_ids) else []
     margin = ref_in = other_in = None
     if s < len(ref.topk_logprobs) and len(ref.topk_logprobs[s]) > 1:
         margin = ref.topk_logprobs[s][0] - ref.topk_logprobs[s][1]
     if r_tok is not None and s < len(other.topk_ids):
-        ref_in = r_tok in other.topk_ids[s]
+        ref_in = r_tok in o_ids
     if o_tok is not None and s < len(ref.topk_ids):
-        other_in = o_tok in ref.topk_ids[s]
-    return Comparison(level="diverged", ref_margin=margin,
+        other_in = o_tok in r_ids
+    # vLLM's check_logprobs_close: a near-tie at the first divergence is tolerated, what follows it is not compared.
+    # A side that ended has no token there (None), and text carries no top-k: both stay diverged.
+    close = not text_only and ref_in is True and other_in is True
+    return Comparison(level="close" if close else "diverged", ref_margin=margin,
                       ref_token=ref.pieces[s] if r_tok is not None else "<end>",
                       other_token=other.pieces[s] if o_tok is not None else "<end>",
                       ref_in_other_topk=ref_in, other_in_ref_topk=other_in,
-                      context="".join(ref.pieces[max(0, s - 12):s]), **base)
+                      context="".join(ref.pieces[max(0, s - 12):s]), k=max(len(r_ids), len(o_ids)), **base)
 
 
 @dataclass(frozen=True)
@@ -123,17 +148,19 @@ class Verdict:
     """One profile's result for one property."""
     profile: str
     property: str
-    expect: str
-    status: str                          # "pass" | "fail" | "report" | "no data"
+    expect: Expectation | Literal["-"]   # "-": no expectation (no baseline, baseline updated or not comparable)
+    status: Status
     reason: str
     sequences: int
     bitwise: int
-    token_identical: int                 # bitwise included
+    token_identical: int                 # bitwise included, close not
+    close: int = 0                       # near-ties at the first divergence: neither token-identical nor diverged
     unique_outputs: dict[str, int] = field(default_factory=dict)   # distinct token sequences per prompt
     unique_bits: dict[str, int] = field(default_factory=dict)      # distinct fingerprint sequences per prompt
     worst: Comparison | None = None
-    level: str = "logits"                # what the comparison could see: logits bits, a server's logprobs, or text
+    level: Seen = "logits"               # what the comparison could see: logits bits, a server's logprobs, or text
     failed: int = 0                      # sequences with no output (a request that failed), left out of the comparison
+    comparisons: tuple[Comparison, ...] = ()   # every compared sequence, for the report to list
 
     @property
     def passed(self) -> bool:
@@ -146,6 +173,11 @@ class Verdict:
     @property
     def share_tokens(self) -> float:
         return self.token_identical / self.sequences if self.sequences else 0.0
+
+    @property
+    def share_close(self) -> float:
+        """Share that meets "close": token-identical or a near-tie at the first divergence."""
+        return (self.token_identical + self.close) / self.sequences if self.sequences else 0.0
 
     @property
     def max_unique(self) -> int:
@@ -173,9 +205,11 @@ def _references(records: list[Record], prop: str) -> tuple[dict[str, Record], li
 
 
 def worst(comps: list[Comparison]) -> Comparison | None:
-    div = [c for c in comps if c.level == "diverged"]
-    if div:
-        return min(div, key=lambda c: (c.first_token_step, c.ref_margin if c.ref_margin is not None else 0.0))
+    """The one to show: the earliest diverged, else the earliest near-tie, else the earliest change of bits."""
+    for level in ("diverged", "close"):
+        hits = [c for c in comps if c.level == level]
+        if hits:
+            return min(hits, key=lambda c: (c.first_token_step, c.ref_margin if c.ref_margin is not None else 0.0))
     bits = [c for c in comps if c.level == "tokens" and c.unit != "character"]  # equal text: nothing to show
     return min(bits, key=lambda c: c.first_bit_step) if bits else None
 
@@ -183,51 +217,72 @@ def worst(comps: list[Comparison]) -> Comparison | None:
 SEEN_AS = {"logits": "logits bits", "logprobs": "logprobs", "text": "text"}
 
 
-def judge(expect: str, comps: list[Comparison], level: str = "logits") -> tuple[str, str]:
+def _tally(comps: list[Comparison], level: Seen) -> str:
+    """Counts per level, e.g. '12/16 token-identical, 4 close (near-ties: margins 0.000-0.250), 0 diverged'."""
+    n = Counter(c.level for c in comps)
+    parts = [f"{n['bitwise'] + n['tokens']}/{len(comps)} {'text' if level == 'text' else 'token'}-identical"]
+    if level != "text":  # text has no top-k, so nothing there can be close
+        margins = sorted(c.ref_margin for c in comps if c.level == "close" and c.ref_margin is not None)
+        ties = f" (near-ties: margins {margins[0]:.3f}-{margins[-1]:.3f})" if margins else ""
+        parts.append(f"{n['close']} close{ties}")
+    parts.append(f"{n['diverged']} diverged")
+    return ", ".join(parts)
+
+
+def judge(expect: Expectation, comps: list[Comparison], level: Seen = "logits") -> tuple[Status, str]:
     n = len(comps)
     if n == 0:
         return "no data", "no sequences to compare (did the worker crash before this schedule?)"
-    if level == "text" and expect in ("bitwise", "vary"):
-        return "not comparable", (f"expectation {expect!r} needs logits or logprobs, but the server returned text only; "
+    if level == "text" and expect in ("bitwise", "vary", "close"):
+        needs = ("logprobs (each side's top-k at the first divergent step)" if expect == "close"
+                 else "logits or logprobs")
+        return "not comparable", (f"expectation {expect!r} needs {needs}, but the server returned text only; "
                                   "expect 'tokens' or 'report' for this endpoint")
-    nbit = sum(c.level == "bitwise" for c in comps)
-    ndiv = sum(c.level == "diverged" for c in comps)
+    count = Counter(c.level for c in comps)
+    nbit = count["bitwise"]
     same = "identical to the reference" if level == "logits" else f"identical to the reference in {SEEN_AS[level]}"
     if expect == "bitwise":
         ok = nbit == n
         return ("pass" if ok else "fail"), f"{nbit}/{n} sequences bitwise {same}"
-    if expect == "tokens":
-        ok = ndiv == 0
-        unit = "text" if level == "text" else "token"
-        return ("pass" if ok else "fail"), f"{n - ndiv}/{n} sequences {unit}-identical to the reference"
+    if expect in ("tokens", "close"):
+        ok = count["diverged"] == 0 and (expect == "close" or count["close"] == 0)
+        return ("pass" if ok else "fail"), _tally(comps, level)
     if expect == "vary":
         if nbit < n:
             return "pass", f"negative control saw variation: {n - nbit}/{n} sequences differ from the reference in {SEEN_AS[level]}"
         return "fail", (f"negative control saw no variation in {n} sequences: the harness is blind here "
                         "(are the flags leaking into this profile, or is the batch schedule too small?)")
     if level == "text":
-        return "report", f"{n - ndiv}/{n} text-identical (no assertion)"
-    return "report", f"{nbit}/{n} bitwise, {n - ndiv}/{n} token-identical (no assertion)"
+        return "report", f"{_tally(comps, level)} (no assertion)"
+    return "report", f"{nbit}/{n} bitwise, {_tally(comps, level)} (no assertion)"
 
 
-def evaluate(records: list[Record], profile: str, prop: str, expect: str) -> Verdict:
+def verdict(profile: str, prop: str, expect: Expectation, comps: list[Comparison], level: Seen, note: str = "",
+            **more) -> Verdict:
+    """Judge the comparisons and count them; note is appended to the reason, more goes to the Verdict as is."""
+    status, reason = judge(expect, comps, level)
+    if note:
+        reason = f"{reason}; {note}"
+    n = Counter(c.level for c in comps)
+    return Verdict(profile=profile, property=prop, expect=expect, status=status, reason=reason, sequences=len(comps),
+                   bitwise=n["bitwise"], token_identical=n["bitwise"] + n["tokens"], close=n["close"],
+                   worst=worst(comps), level=level, comparisons=tuple(comps), **more)
+
+
+def evaluate(records: list[Record], profile: str, prop: str, expect: Expectation, k: int | None = None) -> Verdict:
+    """k: top-k depth for "close" (None: every captured top logprob)."""
     failed = sum(r.failed for r in records if r.kind in PROPERTY_KINDS[prop] or r.kind == "solo")
     records = [r for r in records if not r.failed]
     level = lowest_level(records)
     refs, others = _references(records, prop)
-    comps = [compare(refs[r.prompt_id], r) for r in others if r.prompt_id in refs]
+    comps = [compare(refs[r.prompt_id], r, k) for r in others if r.prompt_id in refs]
     tok_sets: dict[str, set] = defaultdict(set)
     bit_sets: dict[str, set] = defaultdict(set)
     for r in list(refs.values()) + others:
         if r.prompt_id in refs:
             tok_sets[r.prompt_id].add(tuple(r.tokens))
             bit_sets[r.prompt_id].add(tuple(r.fingerprints))
-    status, reason = judge(expect, comps, level)
-    if failed:
-        reason += f"; {failed} sequences failed and are left out (see the failed requests)"
-    return Verdict(profile=profile, property=prop, expect=expect, status=status, reason=reason,
-                   sequences=len(comps), bitwise=sum(c.level == "bitwise" for c in comps),
-                   token_identical=sum(c.level != "diverged" for c in comps),
-                   unique_outputs={k: len(v) for k, v in sorted(tok_sets.items())},
-                   unique_bits={k: len(v) for k, v in sorted(bit_sets.items())} if level != "text" else {},
-                   worst=worst(comps), level=level, failed=failed)
+    note = f"{failed} sequences failed and are left out (see the failed requests)" if failed else ""
+    return verdict(profile, prop, expect, comps, level, note, failed=failed,
+                   unique_outputs={p: len(v) for p, v in sorted(tok_sets.items())},
+                   unique_bits={p: len(v) for p, v in sorted(bit_sets.items())} if level != "text" else {})
