@@ -12,6 +12,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from . import __version__, atomic
 from .records import Record
@@ -51,27 +52,55 @@ def _mm(version: str) -> str:
     return ".".join(parts[:2]) if version else "unknown"
 
 
-def _slug(s: str) -> str:
-    return re.sub(r"[^a-z0-9.]+", "-", s.lower()).strip("-") or "unknown"
+def slug(s: str) -> str:
+    return re.sub(r"[^a-z0-9.]+", "-", s.lower()).strip("-").strip(".") or "unknown"
 
 
-def device_key(info: dict) -> str:
-    """Bits are comparable only under the same key. On CPU the ISA and the thread count decide how reductions split."""
+Tier = Literal["same key", "other software", "other hardware"]
+TIERS: tuple[Tier, ...] = ("same key", "other software", "other hardware")
+
+
+@dataclass(frozen=True)
+class DeviceKey:
+    """Where a result was made, in two parts. Bits compare under the whole key, tokens across software (a torch,
+    CANN or transformers upgrade), `close` across hardware of one device type, and timings on one hardware only."""
+    device: str          # cpu | cuda | npu | endpoint
+    hardware: str        # device type, chip or CPU ISA and model, thread or device count
+    software: str        # major versions of what computes: torch, torch_npu, CANN, CUDA, transformers, the server
+
+    def __str__(self) -> str:
+        return f"{self.hardware}-{self.software}" if self.software else self.hardware
+
+    def tier(self, other: DeviceKey) -> Tier | None:
+        """How `other` (a baseline's key) relates to this run's; None for another device type."""
+        if other.device != self.device:
+            return None
+        if other.hardware != self.hardware:
+            return "other hardware"
+        return "same key" if other.software == self.software else "other software"
+
+
+def device_key(info: dict) -> DeviceKey:
+    """On CPU the ISA, the CPU model and the thread count decide how reductions split; on a server, what serves it
+    and on which host."""
     dev = info.get("device", "cpu")
-    if dev == "endpoint":  # a server: what runs it and where, as far as the suite says
-        parts = ("endpoint", info.get("server", "external"), info.get("target", ""), info.get("host", ""))
-        return "-".join(_slug(p) for p in parts if p)
-    parts = [dev]
-    if dev == "cpu":
-        parts += [info.get("cpu_capability", "unknown"), info.get("cpu_model", ""), f"t{info.get('threads', '?')}"]
+    if dev == "endpoint":
+        hw = ["endpoint", info.get("target", ""), info.get("host", "")]
+        sw = [info.get("server", "external")]
     else:
-        parts.append(_slug(info.get("chip", "unknown")))
-    parts.append(f"torch{_mm(info.get('torch', ''))}")
-    if dev == "cuda":
-        parts.append(f"cuda{_mm(info.get('cuda', ''))}")
-    if dev == "npu":
-        parts += [f"torchnpu{_mm(info.get('torch_npu', ''))}", f"cann{_mm(info.get('cann', ''))}"]
-    return "-".join(_slug(p) for p in parts if p)
+        hw = [dev]
+        if dev == "cpu":
+            hw += [info.get("cpu_capability", "unknown"), info.get("cpu_model", ""), f"t{info.get('threads', '?')}"]
+        else:
+            hw.append(info.get("chip", "unknown"))
+        sw = [f"torch{_mm(info.get('torch', ''))}"]
+        if dev == "cuda":
+            sw.append(f"cuda{_mm(info.get('cuda', ''))}")
+        if dev == "npu":
+            sw += [f"torchnpu{_mm(info.get('torch_npu', ''))}", f"cann{_mm(info.get('cann', ''))}"]
+        if info.get("transformers"):
+            sw.append(f"tf{_mm(info['transformers'])}")
+    return DeviceKey(dev, "-".join(slug(p) for p in hw if p), "-".join(slug(p) for p in sw if p))
 
 
 def environment_changes(before: dict, after: dict) -> list[str]:
@@ -86,22 +115,78 @@ def environment_changes(before: dict, after: dict) -> list[str]:
 
 def suite_dir(suite_name: str, model_ref: str, model_overridden: bool) -> str:
     """A suite run on another model (--model) keeps its own baselines beside the suite's own."""
-    return suite_name if not model_overridden else f"{suite_name}@{_slug(Path(model_ref.rstrip('/')).name)}"
+    return suite_name if not model_overridden else f"{suite_name}@{slug(Path(model_ref.rstrip('/')).name)}"
 
 
-def path_for(root: Path, key: str, suite: str, profile: str) -> Path:
-    return Path(root) / key / suite / f"{profile}.json"
+@dataclass(frozen=True)
+class Found:
+    path: Path
+    baseline: Baseline
+    key: DeviceKey          # the baseline's
+    tier: Tier
+
+    @property
+    def same_hardware(self) -> bool:
+        """Timings compare only here: another CPU model or chip is another machine, not a regression."""
+        return self.tier != "other hardware"
+
+    def describe(self) -> str:
+        prov = self.baseline.provenance
+        return f"{self.path} ({self.tier}; {prov.get('created', '?')}, {prov.get('reason', '')!r})"
 
 
-def find(root: Path, key: str, suite: str, profile: str, device: str) -> tuple[Path | None, bool]:
-    """(file, same_key): the file for this key, else the newest one of the same device type under another key."""
-    exact = path_for(root, key, suite, profile)
-    if exact.is_file():
-        return exact, True
-    others = [p for p in Path(root).glob(f"{device}-*/{suite}/{profile}.json") if p.is_file()]
-    if not others:
-        return None, False
-    return max(others, key=lambda p: p.stat().st_mtime), False
+@dataclass(frozen=True)
+class Missing:
+    path: Path              # where this run's key would keep it
+
+
+@dataclass(frozen=True)
+class Unusable:
+    path: Path
+    reason: str             # one line naming the file and what to do: the run exits 2
+
+
+class Store:
+    """`<root>/<device key>/<suite>/<profile>.json`. Several hosts' baselines live side by side; writing one never
+    touches another's."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path(self, key: DeviceKey, suite: str, profile: str) -> Path:
+        return self.root / str(key) / suite / f"{profile}.json"
+
+    def check(self, key: DeviceKey, suite: str, profile: str, case_hash: str) -> Found | Missing | Unusable:
+        """This key's baseline; else the newest of the same hardware (other software); else the newest of the same
+        device type (other hardware). A file under this run's key that cannot be compared is Unusable, never
+        skipped; other keys' files that cannot be read are passed over."""
+        exact = self.path(key, suite, profile)
+        if exact.is_file():
+            try:
+                return Found(exact, load(exact, case_hash), key, "same key")
+            except BaselineError as e:
+                return Unusable(exact, str(e))
+        best: tuple[int, str, Found] | None = None
+        for p in sorted(self.root.glob(f"*/{suite}/{profile}.json")):
+            if p == exact or not p.is_file():
+                continue
+            try:
+                b = load(p, case_hash)
+            except BaselineError:
+                continue
+            theirs = device_key(b.environment.get("device", {}))
+            tier = key.tier(theirs)
+            if tier is None:
+                continue
+            rank = (-TIERS.index(tier), str(b.provenance.get("created", "")))
+            if best is None or rank > best[:2]:
+                best = (*rank, Found(p, b, theirs, tier))
+        return best[2] if best else Missing(exact)
+
+    def update(self, key: DeviceKey, suite: str, profile: str, b: Baseline) -> Path:
+        target = self.path(key, suite, profile)
+        write(target, b)
+        return target
 
 
 def _project_commit() -> str:
@@ -113,12 +198,12 @@ def _project_commit() -> str:
         return ""
 
 
-def build(*, suite: str, profile: str, case_hash: str, device_key: str, environment: dict, reason: str,
+def build(*, suite: str, profile: str, case_hash: str, device_key: DeviceKey, environment: dict, reason: str,
           references: list[Record], latency: dict[str, list[float]], load_s: list[float]) -> Baseline:
     prov = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "harness_version": __version__,
             "project_commit": _project_commit(), "reason": reason}
     outputs = {r.prompt_id: {k: getattr(r, k) for k in (*_OUTPUT_KEYS, *_OPTIONAL_KEYS)} for r in references}
-    return Baseline(suite=suite, profile=profile, case_hash=case_hash, device_key=device_key, environment=environment,
+    return Baseline(suite=suite, profile=profile, case_hash=case_hash, device_key=str(device_key), environment=environment,
                     provenance=prov, outputs=outputs, latency=latency, load_s=load_s)
 
 

@@ -3,10 +3,11 @@ after the profile's environment is in place (ATB, HCCL and LCCL read it at start
 from __future__ import annotations
 
 import os
-import platform
 from importlib import metadata
 
 import torch
+
+from . import envinfo
 
 # Versions recorded with every run: a change in any of them can move bits without changing the device key.
 LIBRARIES = ("transformers", "numpy", "safetensors", "gguf", "accelerate")
@@ -47,7 +48,7 @@ def synchronize(device: torch.device) -> None:
 def describe(device: torch.device) -> dict[str, str]:
     """Chip and software versions: the parts of the environment that decide bit-level results."""
     info = {"device": device.type, "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "cpu_model": cpu_model(), "threads": str(torch.get_num_threads())}
+            "cpu_model": envinfo.cpu_model(), "threads": str(torch.get_num_threads())}
     for lib in LIBRARIES:
         try:
             info[lib] = metadata.version(lib)
@@ -62,25 +63,6 @@ def describe(device: torch.device) -> dict[str, str]:
         info["torch_npu"] = torch_npu.__version__
         info["cann"] = _cann_version()
     return info
-
-
-def cpu_model(cpuinfo: str | None = None) -> str:
-    """Vendor, family and model as the kernel reports them. MKL and oneDNN pick kernels, and so the order of a
-    reduction, per microarchitecture (AMX, cache sizes), not only per ISA: two "AVX512" hosts can differ in bits."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8") as f:
-                cpuinfo = f.read()
-        except OSError:
-            return platform.processor() or platform.machine()
-    first = cpuinfo.split("\n\n", 1)[0]
-    f = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in first.splitlines())}
-    if "vendor_id" in f:
-        vendor = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}.get(f["vendor_id"], f["vendor_id"])
-        return f"{vendor}-{f.get('cpu family', '?')}-{f.get('model', '?')}"
-    if "CPU implementer" in f:  # Arm (Kunpeng, Graviton): implementer and part
-        return f"arm-{f['CPU implementer']}-{f.get('CPU part', '?')}"
-    return platform.processor() or platform.machine()
 
 
 def _cann_version() -> str:

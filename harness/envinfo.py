@@ -20,3 +20,22 @@ def relevant_env(environ: Mapping[str, str]) -> dict[str, str]:
 
 def host() -> dict[str, str]:
     return {"python": platform.python_version(), "platform": platform.platform(), "machine": platform.machine()}
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """Vendor, family and model as the kernel reports them. MKL and oneDNN pick kernels, and so the order of a
+    reduction, per microarchitecture (AMX, cache sizes), not only per ISA: two "AVX512" hosts can differ in bits."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return platform.processor() or platform.machine()
+    first = cpuinfo.split("\n\n", 1)[0]
+    f = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in first.splitlines())}
+    if "vendor_id" in f:
+        vendor = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}.get(f["vendor_id"], f["vendor_id"])
+        return f"{vendor}-{f.get('cpu family', '?')}-{f.get('model', '?')}"
+    if "CPU implementer" in f:  # Arm (Kunpeng, Graviton): implementer and part
+        return f"arm-{f['CPU implementer']}-{f.get('CPU part', '?')}"
+    return platform.processor() or platform.machine()

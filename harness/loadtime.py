@@ -1,4 +1,4 @@
-"""`harness loadtime SUITE`: cold and warm model loads under OMP_NUM_THREADS settings, each in a fresh
+"""The load-time kind (`harness run suites/loadtime.toml`): cold and warm model loads under OMP_NUM_THREADS settings, each in a fresh
 worker process, with phases, peak memory, a recommendation, a baseline gate and size scaling.
 
 Loads are interleaved (every setting once per round), so drift on a shared runner hits all settings
@@ -7,7 +7,6 @@ alike. Every sample is appended to loads.jsonl as it is taken.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -17,41 +16,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import atomic, baselines, runner
+from . import baselines, report_loadtime, runner
 from .analysis import loadtime as lt
 from .analysis import stats
-from .errors import CHECK_FAILED, INFRA, OK, USAGE, HarnessError
-from .plan import Job
-from .suite import SuiteError, _Table, parse_head, parse_model, read_toml
+from .errors import INFRA, USAGE, HarnessError
+from .jobs import Job
+from .loadrun import LoadRun, LoadSuite, Target
+from .run import Check, Options, Outcome, Progress, RunDir, exit_code
+from .suite import SuiteError, Table, parse_head, parse_model
 
 ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTORCH_NPU_ALLOC_CONF", "NPU_MEMORY_FRACTION")
 
 
-@dataclass(frozen=True)
-class LoadSuite:
-    name: str
-    path: str
-    model_ref: str
-    dtype: str
-    device: str
-    settings: tuple[str, ...]          # OMP_NUM_THREADS values; "unset" removes the variable
-    repeats: int                       # rounds for the suite's model
-    sizes: tuple[float, ...]           # synthetic checkpoints, billions of parameters
-    size_repeats: int
-    drop_caches: bool
-    threshold: float
-    alpha: float
-    timeout_s: float
-    seed: int = 0
-
-    @property
-    def case_hash(self) -> str:
-        from . import synthetic
-        body = [self.model_ref, self.dtype, [synthetic.config_dict(s) for s in self.sizes]]
-        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _settings(raw: list, t: _Table) -> tuple[str, ...]:
+def _settings(raw: list, t: Table) -> tuple[str, ...]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     out: list[str] = []
     for v in raw:
@@ -66,11 +43,11 @@ def _settings(raw: list, t: _Table) -> tuple[str, ...]:
     return tuple(out)
 
 
-def load_suite(path: Path, *, model: str | None = None, device: str | None = None,
+def load_suite(path: Path, data: dict, *, model: str | None = None, device: str | None = None,
                drop_caches: bool | None = None) -> LoadSuite:
     from . import synthetic
     p = str(path)
-    root = _Table(p, "", read_toml(path))
+    root = Table(p, "", data)
     name, seed, _ = parse_head(root)
     spec = parse_model(root)
     t = root.sub("loadtime")
@@ -121,28 +98,7 @@ def sequential_read(files: list[Path], chunk: int = 16 << 20) -> float:
     return time.perf_counter() - t
 
 
-def weight_files(model_dir: Path) -> list[Path]:
-    return sorted(p for p in Path(model_dir).iterdir() if p.suffix in (".safetensors", ".bin", ".pt") and p.is_file())
-
-
 # ---- the sweep ---------------------------------------------------------------------------------------------
-
-@dataclass
-class Target:
-    label: str              # "embedded" or "synthetic-0.5b"
-    model_dir: Path
-    dtype: str
-    params_b: float
-    repeats: int
-
-    @property
-    def files(self) -> list[Path]:
-        return weight_files(self.model_dir)
-
-    @property
-    def gb(self) -> float:
-        return sum(f.stat().st_size for f in self.files) / 1e9
-
 
 def _prepare_synthetic(size: float, tokenizer_dir: Path) -> Path:
     p = subprocess.run([sys.executable, "-m", "harness.synthetic", str(size), str(tokenizer_dir)], env=runner.child_env({}),
@@ -155,9 +111,8 @@ def _prepare_synthetic(size: float, tokenizer_dir: Path) -> Path:
 
 def _load_once(suite: LoadSuite, target: Target, setting: str, repeat: int, cold: bool, run_dir: Path) -> lt.LoadSample:
     name = f"{target.label}-omp{setting}-r{repeat}-{'cold' if cold else 'warm'}"
-    job = Job(name=name, profile=setting, adapter="hf", model_ref=target.label, model_dir=str(target.model_dir),
-              dtype=target.dtype, device=suite.device, torch_deterministic=False, max_new_tokens=1, top_logprobs=2,
-              prompts=[], batches=[], records=str(run_dir / "records" / f"{name}.jsonl"),
+    job = Job(name=name, profile=setting, model_ref=target.label, model_dir=str(target.model_dir), device=suite.device,
+              dtype=target.dtype, records=str(run_dir / "records" / f"{name}.jsonl"),
               meta=str(run_dir / "records" / f"{name}.meta.json"))
     env = {"OMP_NUM_THREADS": None if setting == "unset" else setting}
     out = runner.run_job(job, env, suite.timeout_s, run_dir)
@@ -169,48 +124,21 @@ def _load_once(suite: LoadSuite, target: Target, setting: str, repeat: int, cold
                          error="" if out.ok else out.describe())
 
 
-@dataclass
-class LoadRun:
-    suite: LoadSuite
-    run_id: str
-    run_dir: Path
-    samples: list[lt.LoadSample]
-    targets: list[Target]
-    cache_note: str
-    cold_ok: bool
-    reads: dict[str, tuple[float, bool]]          # label -> (seconds, cold)
-    device_info: dict
-    recommendation: lt.Recommendation | None = None
-    summaries: list[lt.SettingSummary] = dataclasses.field(default_factory=list)
-    sizes: list[lt.SizeRow] = dataclasses.field(default_factory=list)
-    changes: list[stats.Change] = dataclasses.field(default_factory=list)
-    baseline_notes: list[str] = dataclasses.field(default_factory=list)
-    not_comparable: bool = False
-    plot: str = ""
-    exit_code: int = OK
-
-
 def sweep(suite: LoadSuite, out: Path, progress: bool = True) -> LoadRun:
     model_dir = runner.prepare_model(suite.model_ref)
     targets = [Target("embedded" if suite.model_ref == "smollm2-135m" else Path(suite.model_ref).name, model_dir,
                       suite.dtype, 0.135 if suite.model_ref == "smollm2-135m" else math.nan, suite.repeats)]
     targets += [Target(f"synthetic-{s:g}b", _prepare_synthetic(s, model_dir), "bfloat16", s, suite.size_repeats) for s in suite.sizes]
-    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{suite.name}"
-    run_dir = out / run_id
-    for sub in ("jobs", "records", "logs"):
-        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    rd = RunDir.create(out, suite.name)
+    run_dir = rd.path
     cold_ok, note = (False, "page cache not dropped (drop_caches = false): every load is warm")
     if suite.drop_caches:
         cold_ok, note = drop_page_cache(targets[0].files)
     plan = [(t, r, st, cold) for t in targets for r in range(t.repeats) for st in suite.settings
             for cold in ((True, False) if cold_ok else (False,))]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(plan), desc=f"{suite.name}: loads", unit="load", file=sys.stderr,
-                   mininterval=0.5 if sys.stderr.isatty() else 15)
     samples: list[lt.LoadSample] = []
-    with open(run_dir / "loads.jsonl", "a", encoding="utf-8") as log:
+    with open(run_dir / "loads.jsonl", "x", encoding="utf-8") as log, \
+            Progress(f"{suite.name}: loads", len(plan), "load", progress) as bar:
         for t, r, st, cold in plan:
             if cold:
                 drop_page_cache(t.files)
@@ -218,10 +146,7 @@ def sweep(suite: LoadSuite, out: Path, progress: bool = True) -> LoadRun:
             samples.append(s)
             log.write(json.dumps(dataclasses.asdict(s)) + "\n")
             log.flush()
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.to(len(samples))
     reads = {}
     for t in targets:
         dropped = cold_ok and drop_page_cache(t.files)[0]
@@ -231,7 +156,7 @@ def sweep(suite: LoadSuite, out: Path, progress: bool = True) -> LoadRun:
         info = json.loads(name.read_text()).get("device", {})
         if info:
             break
-    return LoadRun(suite=suite, run_id=run_id, run_dir=run_dir, samples=samples, targets=targets, cache_note=note,
+    return LoadRun(suite=suite, run_id=rd.run_id, run_dir=run_dir, samples=samples, targets=targets, cache_note=note,
                    cold_ok=cold_ok, reads=reads, device_info=info)
 
 
@@ -244,48 +169,88 @@ def analyse(run: LoadRun, baseline_root: Path, update: bool, reason: str) -> Non
     for t in run.targets:
         meds = {x.setting: x.warm_p50 for x in run.summaries if x.model == t.label and x.warm_p50 == x.warm_p50}
         if meds:
-            best = min(meds, key=meds.get)
+            best = min(meds, key=meds.__getitem__)
             read_s, read_cold = run.reads[t.label]
             run.sizes.append(lt.size_row(run.samples, t.label, t.params_b, t.gb, read_s, read_cold, best))
     if not run.device_info:
         return
+    store = baselines.Store(baseline_root)
     key = baselines.device_key(run.device_info)
     current = {st: {f"{main} warm": lt.totals(run.samples, main, st, False),
                     f"{main} cold": lt.totals(run.samples, main, st, True)} for st in settings}
+    hint = f"record one for this host with: harness run {s.path} --update-baselines --reason '...'"
     for st in settings:
-        target = baselines.path_for(baseline_root, key, s.name, f"omp-{st}")
+        profile = f"omp-{st}"
         if update:
             if not any(current[st].values()):
-                run.baseline_notes.append(f"omp-{st}: no successful loads, baseline not written")
+                run.baseline_notes.append(f"{profile}: no successful loads, baseline not written")
                 continue
-            baselines.write(target, baselines.build(suite=s.name, profile=f"omp-{st}", case_hash=s.case_hash,
-                                                    device_key=key, environment={"device": run.device_info},
-                                                    reason=reason, references=[],
-                                                    latency={k: v for k, v in current[st].items() if v}, load_s=[]))
-            run.baseline_notes.append(f"omp-{st}: baseline written to {target}")
+            b = baselines.build(suite=s.name, profile=profile, case_hash=s.case_hash, device_key=key,
+                                environment={"device": run.device_info}, reason=reason, references=[],
+                                latency={k: v for k, v in current[st].items() if v}, load_s=[])
+            try:
+                run.baseline_notes.append(f"{profile}: baseline written to {store.update(key, s.name, profile, b)}")
+            except OSError as e:
+                run.unwritable = True
+                run.baseline_notes.append(f"x {profile}: {store.path(key, s.name, profile)}: cannot write the "
+                                          f"baseline ({e.strerror or e}); the run's report is kept")
             continue
-        found, same = baselines.find(baseline_root, key, s.name, f"omp-{st}", s.device)
-        if found is None:
-            run.baseline_notes.append(f"omp-{st}: no baseline at {target}; create one with --update-baselines --reason '...'")
+        found = store.check(key, s.name, profile, s.case_hash)
+        if isinstance(found, baselines.Missing):
+            run.baseline_notes.append(f"{profile}: no baseline for {key} (nor any {key.device} one); {hint}")
             continue
-        try:
-            b = baselines.load(found, s.case_hash)
-        except baselines.BaselineError as e:
-            run.baseline_notes.append(f"x omp-{st}: {e}")
+        if isinstance(found, baselines.Unusable):
+            run.baseline_notes.append(f"x {profile}: {found.reason}")
             run.not_comparable = True
             continue
-        if not same:
-            run.baseline_notes.append(f"omp-{st}: baseline from another device key ({b.device_key}); load times compared anyway")
-        for metric, xs in current[st].items():
-            if xs or b.latency.get(metric):
-                c = stats.compare(f"OMP_NUM_THREADS={st} {metric}", b.latency.get(metric, []), xs,
-                                  threshold=s.threshold, alpha=s.alpha, seed=s.seed)
-                run.changes.append(c)
+        changes = [stats.compare(f"OMP_NUM_THREADS={st} {metric}", found.baseline.latency.get(metric, []), xs,
+                                 threshold=s.threshold, alpha=s.alpha, seed=s.seed)
+                   for metric, xs in current[st].items() if xs or found.baseline.latency.get(metric)]
+        if found.same_hardware:
+            run.changes += changes
+        else:
+            run.ungated += changes
+            run.baseline_notes.append(f"{profile}: load times shown, not gated: the baseline was measured on other "
+                                      f"hardware ({found.key.hardware}, this run {key.hardware}); {hint}")
 
 
-def exit_code(run: LoadRun) -> int:
-    if any(x.status != "ok" for x in run.samples):
-        return INFRA
-    if run.not_comparable:
-        return USAGE
-    return CHECK_FAILED if any(c.status == "regressed" for c in run.changes) else OK
+def checks(run: LoadRun) -> list[Check]:
+    out = []
+    for st in run.suite.settings:
+        failed = [x for x in run.samples if x.setting == st and x.status != "ok"]
+        out.append(Check(f"omp-{st}", "loads", "failed" if failed else "passed",
+                         "\n".join(report_loadtime.failures(run, st))))
+        regressed = [c for c in run.changes if c.metric.startswith(f"OMP_NUM_THREADS={st} ") and c.status == "regressed"]
+        gated = any(c.metric.startswith(f"OMP_NUM_THREADS={st} ") for c in run.changes)
+        notes = [n for n in run.baseline_notes if n.startswith((f"omp-{st}:", f"x omp-{st}:"))]
+        if regressed or any(n.startswith("x ") for n in notes):
+            msg = "; ".join([f"{c.metric} x{c.ratio:.3f} (p={c.p:.3g})" for c in regressed] + notes)
+            out.append(Check(f"omp-{st}", "baseline", "failed", msg))
+        else:
+            out.append(Check(f"omp-{st}", "baseline", "passed" if gated else "skipped", "; ".join(notes)))
+    return out
+
+
+@dataclass(frozen=True)
+class LoadtimeKind:
+    name: str = "loadtime"
+
+    def load(self, path: Path, data: dict, opts: Options) -> LoadSuite:
+        try:
+            return load_suite(path, data, model=opts.model, device=opts.device, drop_caches=opts.drop_caches)
+        except SuiteError as e:
+            raise HarnessError(str(e), USAGE) from None
+
+    def items(self, suite: LoadSuite) -> list[tuple[str, str]]:
+        return [(f"omp-{st}", n) for st in suite.settings for n in ("loads", "baseline")]
+
+    def execute(self, suite: LoadSuite, opts: Options) -> Outcome:
+        run = sweep(suite, opts.out, opts.progress)
+        analyse(run, opts.baselines, opts.update_baselines, opts.reason)
+        run.exit_code = exit_code(infra=any(x.status != "ok" for x in run.samples) or run.unwritable,
+                                  unusable=run.not_comparable, failed=any(c.status == "regressed" for c in run.changes))
+        report_loadtime.write(run)
+        return Outcome(run.exit_code, report_loadtime.console(run), run.run_dir, checks(run))
+
+
+KIND = LoadtimeKind()

@@ -1,11 +1,9 @@
-"""A run as a pipeline of small steps: load → plan → prepare → run → analyse → report.
-
-Shared by the CLI and the pytest plugin, so both produce the same records, verdicts and reports.
+"""The determinism kind (and its served variant) as a pipeline of small steps:
+load → plan → prepare → run → analyse → report.
 """
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,33 +11,17 @@ from pathlib import Path
 from . import adapters, baselines, plan, profiles, report, runner
 from .analysis import baseline as baseline_check
 from .analysis import determinism, latency
-from .errors import CHECK_FAILED, INFRA, OK, USAGE, HarnessError
+from .errors import USAGE, HarnessError
+from .jobs import JobOutcome
 from .records import Record, read_jsonl
-from .suite import PROPERTIES, Suite, SuiteError
-from .suite import load as load_suite_file
+from .run import Check, Options, Outcome, Progress, RunDir, exit_code
+from .suite import PROPERTIES, Suite, SuiteError, parse
 
 
-@dataclass
-class Options:
-    device: str | None = None
-    model: str | None = None
-    profiles: list[str] | None = None
-    out: Path = Path("reports")
-    timeout_s: float | None = None
-    progress: bool = True
-    adapter: str | None = None
-    baselines: Path = Path("baselines")
-    update_baselines: bool = False
-    reason: str = ""
-    endpoint: str | None = None        # URL of a server that is already running (the suite's [server] is not started)
-
-
-def load_suite(path: str | Path, opts: Options) -> Suite:
-    if opts.update_baselines and not opts.reason.strip():
-        raise HarnessError("--update-baselines needs --reason 'why these outputs and timings are the new truth'", USAGE)
+def load_suite(path: str | Path, data: dict, opts: Options) -> Suite:
     try:
-        suite = load_suite_file(path).with_overrides(model=opts.model, device=opts.device, profiles=opts.profiles,
-                                                     adapter=opts.adapter, endpoint=opts.endpoint)
+        suite = parse(data, str(path), base=Path(path).parent).with_overrides(
+            model=opts.model, device=opts.device, profiles=opts.profiles, adapter=opts.adapter, endpoint=opts.endpoint)
     except SuiteError as e:
         raise HarnessError(str(e), USAGE) from None
     try:
@@ -58,8 +40,8 @@ def preflight(suite: Suite) -> None:
     """Everything about a served suite that can be wrong before a server starts: one line each, exit 2."""
     import ssl
     try:
-        from .adapters import endpoint as ep_mod
-        kwargs = ep_mod.client_kwargs(suite.endpoint)
+        from . import wire
+        kwargs = wire.client_kwargs(suite.endpoint)
     except ImportError as e:
         raise HarnessError(f"{suite.path}: serving needs httpx ({e}); pip install 'llm-determinism-harness[serving]'", USAGE) from None
     except ValueError as e:
@@ -69,50 +51,23 @@ def preflight(suite: Suite) -> None:
     del kwargs
     ep = suite.endpoint
     for prompt in map(dataclasses.asdict, suite.prompts):
-        body = ep_mod.request_body(ep, prompt, max_tokens=suite.generation.max_new_tokens,
+        body = wire.request_body(ep, prompt, max_tokens=suite.generation.max_new_tokens,
                                    top_logprobs=suite.generation.top_logprobs, seed=suite.seed, model=ep.model)
-        if err := ep_mod.size_error(prompt, body, ep.max_body_bytes):
+        if err := wire.size_error(prompt, body, ep.max_body_bytes):
             raise HarnessError(f"{suite.path}: {err}", USAGE)
 
 
-def new_run_dir(out: Path, suite: Suite) -> tuple[str, Path]:
-    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{suite.name}"
-    run_id, n = base, 1
-    while (out / run_id).exists():
-        n += 1
-        run_id = f"{base}-{n}"
-    (out / run_id).mkdir(parents=True)
-    return run_id, out / run_id
-
-
-def _bar(desc: str, total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="seq", file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 15,
-                dynamic_ncols=True)
-
-
-def run_profiles(suite: Suite, model_dir: Path, run_dir: Path, opts: Options) -> list[runner.JobOutcome]:
+def run_profiles(suite: Suite, model_dir: Path, run_dir: Path, opts: Options) -> list[JobOutcome]:
     batches = plan.expand(suite)
     outcomes = []
     for prof in suite.profiles:
         job = runner.make_job(suite, prof, batches, model_dir, run_dir)
-        bar = _bar(f"{suite.name}:{prof.name}", plan.count_sequences(batches), opts.progress)
-
-        def progress(n: int, bar=bar) -> None:
-            if bar is not None and n != bar.n:
-                bar.update(n - bar.n)
-
         timeout = opts.timeout_s or suite.timeout_s
-        try:
+        with Progress(f"{suite.name}:{prof.name}", plan.count_sequences(batches), "seq", opts.progress) as bar:
             if suite.endpoint is None:
-                outcomes.append(runner.run_job(job, dict(prof.env), timeout, run_dir, progress))
+                outcomes.append(runner.run_job(job, dict(prof.env), timeout, run_dir, bar.to))
             else:
-                outcomes.append(runner.run_served(suite, prof, job, model_dir, timeout, run_dir, progress))
-        finally:
-            if bar is not None:
-                bar.close()
+                outcomes.append(runner.run_served(suite, prof, job, model_dir, timeout, run_dir, bar.to))
     return outcomes
 
 
@@ -121,67 +76,86 @@ def analyse(suite: Suite, records: dict[str, list[Record]]) -> list[determinism.
     verdicts = []
     for name, recs in records.items():
         prof = suite.profile(name)
-        verdicts += [determinism.evaluate(recs, prof.name, prop, prof.expectation(suite.model.device, prop))
-                     for prop in props]
+        verdicts += [determinism.evaluate(recs, prof.name, prop, prof.expectation(suite.model.device, prop),
+                                          k=suite.generation.k) for prop in props]
     return verdicts
 
 
-def against_baselines(suite: Suite, jobs: list[runner.JobOutcome], records: dict[str, list[Record]],
+def _record_hint(suite: Suite) -> str:
+    return f"record one for this host with: harness run {suite.path} --update-baselines --reason '...'"
+
+
+def against_baselines(suite: Suite, jobs: list[JobOutcome], records: dict[str, list[Record]],
                       samples: dict[str, dict[str, list[float]]], opts: Options) -> report.BaselineResult:
-    """Outputs (and, for suites with [perf], latency) against the stored baselines; or write new ones when asked."""
+    """Outputs (and, for suites with [perf], latency) against the stored baselines; or write new ones when asked.
+    What the outputs must meet depends on how the baseline's key relates to this run's (suite [baselines]);
+    timings are gated only on the same hardware."""
     out = report.BaselineResult()
+    store = baselines.Store(opts.baselines)
     sdir = baselines.suite_dir(suite.name, suite.model.ref, suite.model_overridden)
     for j in jobs:
         if "device" not in j.meta:
             continue  # the worker never loaded: nothing to compare or store
         key = baselines.device_key(j.meta["device"])
-        out.device_key = key
-        target = baselines.path_for(opts.baselines, key, sdir, j.profile)
+        out.device_key = str(key)
         if opts.update_baselines:
-            if not j.ok or any(r.failed for r in records[j.profile]):
-                why = j.describe() if not j.ok else "some requests failed, so some outputs are missing"
-                out.notes.append(f"baseline for {j.profile} not written: {why}")
-                continue
-            load_s = sum(j.meta.get("load_s", {}).values())
-            b = baselines.build(suite=suite.name, profile=j.profile, case_hash=suite.case_hash, device_key=key,
-                                environment={"device": j.meta["device"], "host": j.meta.get("host", {}),
-                                             "env": j.meta.get("env", {})}, reason=opts.reason,
-                                references=baseline_check.references(records[j.profile]),
-                                latency=samples[j.profile], load_s=[load_s] if load_s else [])
-            baselines.write(target, b)
-            out.verdicts.append(determinism.Verdict(profile=j.profile, property="baseline", expect="-", status="updated",
-                                                    reason=f"written to {target} ({opts.reason})", sequences=len(b.outputs),
-                                                    bitwise=0, token_identical=0,
-                                                    level=determinism.lowest_level(records[j.profile])))
+            if v := _update(suite, store, key, sdir, j, records[j.profile], samples[j.profile], opts, out):
+                out.verdicts.append(v)
             continue
-        found, same_key = baselines.find(opts.baselines, key, sdir, j.profile,
-                                         "endpoint" if suite.endpoint else suite.model.device)
-        if found is None:
-            out.verdicts.append(baseline_check.missing(j.profile, str(target)))
+        found = store.check(key, sdir, j.profile, suite.case_hash)
+        if isinstance(found, baselines.Missing):
+            out.verdicts.append(baseline_check.missing(j.profile, f"no baseline for {found.path.parent.parent.name} "
+                                                                  f"(nor any {key.device} one); {_record_hint(suite)}"))
             continue
-        try:
-            b = baselines.load(found, suite.case_hash)
-        except baselines.BaselineError as e:
-            out.verdicts.append(baseline_check.not_comparable(j.profile, str(e)))
+        if isinstance(found, baselines.Unusable):
+            out.verdicts.append(baseline_check.not_comparable(j.profile, found.reason))
             continue
-        note = "" if same_key else f"baseline made under device key {b.device_key}, this run is {key}: tokens compared, not bits"
+        b, expect = found.baseline, suite.baselines.level(found.tier)
+        note = "" if found.tier == "same key" else (
+            f"no baseline for this {'hardware' if found.tier == 'other hardware' else 'software'} ({key}); "
+            f"compared with {found.key} at level {expect}; {_record_hint(suite)}")
         v = baseline_check.evaluate(records[j.profile], lambda pid: b.reference(pid) if pid in b.outputs else None,
-                                    j.profile, same_key, note)
+                                    j.profile, expect, note, k=suite.generation.k)
         if not v.passed and (changed := baselines.environment_changes(b.environment.get("device", {}), j.meta["device"])):
             v = dataclasses.replace(v, reason=f"{v.reason}; since the baseline: {', '.join(changed)}")
         out.verdicts.append(v)
-        out.sources[j.profile] = f"{found} ({b.provenance.get('created', '?')}, {b.provenance.get('reason', '')!r})"
-        if suite.perf is not None and not same_key:
-            out.notes.append(f"latency of {j.profile} not gated: the baseline was measured under {b.device_key}, "
-                             f"this run is {key} (another device, host or software); timings compare only under one key")
-        elif suite.perf is not None:
-            before = {**b.latency, **({"load": b.load_s} if b.load_s else {})}
-            after = dict(samples[j.profile])
-            if "load_s" in j.meta:
-                after["load"] = [sum(j.meta["load_s"].values())]
-            out.changes[j.profile] = latency.gate(before, after, dict(suite.perf.thresholds), suite.perf.threshold,
-                                                  suite.perf.alpha, seed=suite.seed)
+        out.sources[j.profile] = found.describe()
+        if suite.perf is None:
+            continue
+        if not found.same_hardware:
+            out.notes.append(f"latency of {j.profile} shown, not gated: the baseline was measured on other hardware "
+                             f"({found.key.hardware}, this run {key.hardware}); timings compare only on one hardware")
+        before = {**b.latency, **({"load": b.load_s} if b.load_s else {})}
+        after = dict(samples[j.profile])
+        if "load_s" in j.meta:
+            after["load"] = [sum(j.meta["load_s"].values())]
+        out.changes[j.profile] = latency.gate(before, after, dict(suite.perf.thresholds), suite.perf.threshold,
+                                              suite.perf.alpha, seed=suite.seed)
+        out.gated[j.profile] = found.same_hardware
     return out
+
+
+def _update(suite: Suite, store: baselines.Store, key: baselines.DeviceKey, sdir: str, j: JobOutcome,
+            records: list[Record], samples: dict[str, list[float]], opts: Options,
+            out: report.BaselineResult) -> determinism.Verdict | None:
+    if not j.ok or any(r.failed for r in records):
+        why = j.describe() if not j.ok else "some requests failed, so some outputs are missing"
+        out.notes.append(f"baseline for {j.profile} not written: {why}")
+        return None
+    load_s = sum(j.meta.get("load_s", {}).values())
+    b = baselines.build(suite=suite.name, profile=j.profile, case_hash=suite.case_hash, device_key=key,
+                        environment={"device": j.meta["device"], "host": j.meta.get("host", {}), "env": j.meta.get("env", {})},
+                        reason=opts.reason, references=baseline_check.references(records), latency=samples,
+                        load_s=[load_s] if load_s else [])
+    try:
+        target = store.update(key, sdir, j.profile, b)
+    except OSError as e:
+        out.unwritable = True
+        return baseline_check.not_comparable(j.profile, f"{store.path(key, sdir, j.profile)}: cannot write the baseline "
+                                                        f"({e.strerror or e}); the run's report is kept")
+    return determinism.Verdict(profile=j.profile, property="baseline", expect="-", status="updated",
+                               reason=f"written to {target} ({opts.reason})", sequences=len(b.outputs),
+                               bitwise=0, token_identical=0, level=determinism.lowest_level(records))
 
 
 def determinism_cost(suite: Suite, samples: dict[str, dict[str, list[float]]]):
@@ -192,7 +166,7 @@ def determinism_cost(suite: Suite, samples: dict[str, dict[str, list[float]]]):
                         suite.perf.alpha, seed=suite.seed)
 
 
-def input_limit(jobs: list[runner.JobOutcome]) -> list[determinism.Verdict]:
+def input_limit(jobs: list[JobOutcome]) -> list[determinism.Verdict]:
     """The deliberate oversized request (endpoint.oversize_check): a 4xx with a message passes."""
     out = []
     for j in jobs:
@@ -207,7 +181,7 @@ def input_limit(jobs: list[runner.JobOutcome]) -> list[determinism.Verdict]:
     return out
 
 
-def served_notes(suite: Suite, jobs: list[runner.JobOutcome]) -> list[str]:
+def served_notes(suite: Suite, jobs: list[JobOutcome]) -> list[str]:
     if suite.endpoint is None:
         return []
     ep, notes = suite.endpoint, []
@@ -238,16 +212,6 @@ def failed_requests(records: dict[str, list[Record]]) -> list[Record]:
     return [r for recs in records.values() for r in recs if r.failed]
 
 
-def exit_code(jobs: list[runner.JobOutcome], verdicts: list[determinism.Verdict], base: report.BaselineResult,
-              failures: list[Record] = ()) -> int:
-    if any(not j.ok for j in jobs) or failures:
-        return INFRA
-    if any(v.status == "not comparable" for v in verdicts + base.verdicts):
-        return USAGE
-    regressed = any(c.status == "regressed" for cs in base.changes.values() for c in cs)
-    return OK if all(v.passed for v in verdicts + base.verdicts) and not regressed else CHECK_FAILED
-
-
 def _model_dir(suite: Suite) -> Path:
     """The prepared model directory; a running endpoint, or a server command without {model}, needs none."""
     if suite.endpoint is not None and (suite.server is None or "{model}" not in suite.server.command):
@@ -255,11 +219,24 @@ def _model_dir(suite: Suite) -> Path:
     return runner.prepare_model(suite.model.ref)
 
 
+def flags_note(suite: Suite) -> str:
+    """When no profile's flags can act on this device, every profile ran the same arithmetic: say so, so that a
+    passing `deterministic` profile is not read as evidence about the flags."""
+    dev = suite.model.device if suite.endpoint is None else ""
+    flagged = [p for p in suite.profiles if p.env]
+    if not dev or not flagged or any(len(profiles.inert_flags(p, dev)) < len(p.env) for p in flagged):
+        return ""
+    torch_only = [p.name for p in suite.profiles if p.torch_deterministic]
+    return (f"none of the profiles' flags act on {dev}: {', '.join(p.name for p in suite.profiles)} ran identical "
+            f"arithmetic" + (f" (apart from torch.use_deterministic_algorithms in {', '.join(torch_only)})" if torch_only else "")
+            + "; their verdicts and any cost between them say nothing about the Ascend switches")
+
+
 def execute(suite: Suite, opts: Options) -> report.RunResult:
     started = time.time()
     model_dir = _model_dir(suite)
-    run_id, run_dir = new_run_dir(opts.out, suite)
-    jobs = run_profiles(suite, model_dir, run_dir, opts)
+    rd = RunDir.create(opts.out, suite.name)
+    jobs = run_profiles(suite, model_dir, rd.path, opts)
     every = {j.profile: list(read_jsonl(Path(j.records))) for j in jobs}
     records = {name: [r for r in recs if not r.warmup] for name, recs in every.items()}
     failures = failed_requests(every)
@@ -267,9 +244,77 @@ def execute(suite: Suite, opts: Options) -> report.RunResult:
     samples = {name: latency.samples(recs) for name, recs in records.items()}
     base = against_baselines(suite, jobs, records, samples, opts)
     notes = [f"profile {p.name}: {n}" for p in suite.profiles if (n := profiles.note(p, suite.model.device))]
-    res = report.RunResult(suite=suite, run_id=run_id, run_dir=run_dir, jobs=jobs, verdicts=verdicts,
-                           exit_code=exit_code(jobs, verdicts, base, failures),
-                           notes=notes + served_notes(suite, jobs) + base.notes, started=started,
-                           baseline=base, latency=samples, cost=determinism_cost(suite, samples), failures=failures)
+    flags = flags_note(suite)
+    every_verdict = verdicts + base.verdicts
+    code = exit_code(infra=any(not j.ok for j in jobs) or bool(failures) or base.unwritable,
+                     unusable=any(v.status == "not comparable" for v in every_verdict),
+                     failed=not all(v.passed for v in every_verdict)
+                     or any(c.status == "regressed" for p, cs in base.changes.items() if base.gated.get(p) for c in cs))
+    res = report.RunResult(suite=suite, run_id=rd.run_id, run_dir=rd.path, jobs=jobs, verdicts=verdicts, exit_code=code,
+                           notes=notes + ([flags] if flags else []) + served_notes(suite, jobs) + base.notes,
+                           started=started, baseline=base, latency=samples, cost=determinism_cost(suite, samples),
+                           failures=failures, cost_label="" if not flags else "flags inert here: any difference is noise "
+                           "or torch.use_deterministic_algorithms, not the Ascend switches")
     report.write(res)
     return res
+
+
+def checks(res: report.RunResult) -> list[Check]:
+    """Each profile's verdicts as checks: pytest items and the console's verdict lines."""
+    out = []
+    for p in res.suite.profiles:
+        job = next((j for j in res.jobs if j.profile == p.name), None)
+        crashed = [job.describe()] if job is not None and not job.ok else []
+        for name in DETERMINISM.items_for(res.suite, p.name):
+            lines = list(crashed)
+            skip = ""
+            if name == "latency":
+                changes = res.baseline.changes.get(p.name)
+                bad = [c for c in changes or [] if c.status == "regressed"]
+                if changes is None or not res.baseline.gated.get(p.name):
+                    skip = next((n for n in res.baseline.notes if n.startswith(f"latency of {p.name} ")),
+                                "no latency baseline to compare with")
+                elif bad:
+                    lines += ["latency regressed: " + "; ".join(f"{c.metric} x{c.ratio:.3f} (p={c.p:.3g})" for c in bad),
+                              report.change_table(changes)]
+            elif (v := next((v for v in res.all_verdicts() if v.profile == p.name and v.property == name), None)) is None:
+                lines.append(f"no {name} verdict (the worker produced nothing to compare)")
+            elif v.status == "no baseline":
+                skip = v.reason
+            elif not v.passed:
+                lines.append(f"{v.property} expected {v.expect!r}: {v.reason}")
+                if v.worst:
+                    lines.append(f"worst case: {v.worst.describe()}")
+            if lines:
+                out.append(Check(p.name, name, "failed", "\n".join(lines + [f"report: {res.run_dir / 'summary.md'}"])))
+            else:
+                out.append(Check(p.name, name, "skipped" if skip else "passed", skip))
+    return out
+
+
+@dataclass(frozen=True)
+class SuiteKind:
+    """Determinism (an in-process model) and served (an OpenAI-compatible server): one pipeline, two kinds."""
+    name: str
+
+    def load(self, path: Path, data: dict, opts: Options) -> Suite:
+        return load_suite(path, data, opts)
+
+    def items_for(self, suite: Suite, profile: str) -> list[str]:
+        props = [p for p in PROPERTIES if any(s.property == p for s in suite.schedules)] + ["baseline"]
+        if suite.perf is not None:
+            props.append("latency")
+        if suite.endpoint is not None and suite.endpoint.oversize_check:
+            props.append("input-limit")
+        return props
+
+    def items(self, suite: Suite) -> list[tuple[str, str]]:
+        return [(p.name, n) for p in suite.profiles for n in self.items_for(suite, p.name)]
+
+    def execute(self, suite: Suite, opts: Options) -> Outcome:
+        res = execute(suite, opts)
+        return Outcome(res.exit_code, report.console(res), res.run_dir, checks(res))
+
+
+DETERMINISM = SuiteKind("determinism")
+SERVED = SuiteKind("served")

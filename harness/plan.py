@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .suite import Schedule, Suite
 
@@ -72,24 +72,3 @@ def expand(suite: Suite) -> list[Batch]:
 
 def count_sequences(batches: list[Batch]) -> int:
     return sum(len(b.prompt_ids) for b in batches)
-
-
-@dataclass
-class Job:
-    """Everything one worker process needs; written as JSON next to its records."""
-    name: str
-    profile: str
-    adapter: str
-    model_ref: str
-    model_dir: str
-    dtype: str
-    device: str
-    torch_deterministic: bool
-    max_new_tokens: int
-    top_logprobs: int
-    prompts: list[dict]
-    batches: list[dict]
-    records: str
-    meta: str
-    seed: int = 0
-    endpoint: dict = field(default_factory=dict)   # for a served model: the Endpoint's fields, URL filled in

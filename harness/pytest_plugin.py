@@ -56,90 +56,64 @@ class SuiteFile(pytest.File):
         return options(self.config)
 
     def collect(self):
+        from . import run
         from .errors import HarnessError
-        from .pipeline import load_suite
-        from .suite import PROPERTIES
         try:
-            self.suite = load_suite(self.path, self._options())
+            self.kind, self.suite = run.load(self.path, self._options())
         except HarnessError as e:
             raise self.CollectError(str(e)) from None
-        self._result = self._error = None
-        props = [p for p in PROPERTIES if any(s.property == p for s in self.suite.schedules)] + ["baseline"]
-        if self.suite.perf is not None:
-            props.append("latency")
-        if self.suite.endpoint is not None and self.suite.endpoint.oversize_check:
-            props.append("input-limit")
-        for prof in self.suite.profiles:
-            yield ProfileNode.from_parent(self, name=prof.name, props=props)
+        self._outcome = self._error = None
+        groups: dict[str, list[str]] = {}
+        for group, name in self.kind.items(self.suite):
+            groups.setdefault(group, []).append(name)
+        for group, names in groups.items():
+            yield GroupNode.from_parent(self, name=group, names=names)
 
-    def result(self):
+    def outcome(self):
         """Run the whole suite once, on the first item that needs it."""
         from .errors import HarnessError
-        from .pipeline import execute, report
-        if self._result is None and self._error is None:
+        if self._outcome is None and self._error is None:
             capman = self.config.pluginmanager.getplugin("capturemanager")
             try:
                 with capman.global_and_fixture_disabled():  # show progress and tables live
-                    self._result = execute(self.suite, self._options())
-                    print("\n" + report.console(self._result), flush=True)
+                    self._outcome = self.kind.execute(self.suite, self._options())
+                    print("\n" + self._outcome.console, flush=True)
             except HarnessError as e:
                 self._error = e
                 self._raise_exit(e.code)
             else:
-                self._raise_exit(self._result.exit_code)
+                self._raise_exit(self._outcome.exit_code)
         if self._error is not None:
             raise CheckFailed(str(self._error))
-        return self._result
+        return self._outcome
 
     def _raise_exit(self, code: int) -> None:
         if code > 1:
             self.config.stash[_EXIT] = max(self.config.stash.get(_EXIT, 0), code)
 
 
-class ProfileNode(pytest.Collector):
-    def __init__(self, *, props: list[str], **kw):
+class GroupNode(pytest.Collector):
+    """A profile (or a load-time setting): one item per check."""
+
+    def __init__(self, *, names: list[str], **kw):
         super().__init__(**kw)
-        self.props = props
+        self.names = names
 
     def collect(self):
-        for prop in self.props:
-            yield VerdictItem.from_parent(self, name=prop)
+        for name in self.names:
+            yield CheckItem.from_parent(self, name=name)
 
 
-class VerdictItem(pytest.Item):
+class CheckItem(pytest.Item):
     def runtest(self) -> None:
-        res = self.parent.parent.result()
-        profile = self.parent.name
-        job = next(j for j in res.jobs if j.profile == profile)
-        lines = []
-        if not job.ok:
-            lines.append(job.describe())
-        if self.name == "latency":
-            self._latency(res, profile, lines)
-        elif (v := next((v for v in res.all_verdicts() if v.profile == profile and v.property == self.name), None)) is None:
-            lines.append(f"no {self.name} verdict (the worker produced nothing to compare)")
-        elif v.status == "no baseline":
-            pytest.skip(v.reason)
-        elif not v.passed:
-            lines.append(f"{v.property} expected {v.expect!r}: {v.reason}")
-            if v.worst:
-                lines.append(f"worst case: {v.worst.describe()}")
-        if lines:
-            lines.append(f"report: {res.run_dir / 'summary.md'}")
-            raise CheckFailed("\n".join(lines))
-
-    @staticmethod
-    def _latency(res, profile: str, lines: list[str]) -> None:
-        from .report import change_table
-        changes = res.baseline.changes.get(profile)
-        if changes is None:
-            if not lines:
-                pytest.skip("no latency baseline to compare with")
-            return
-        bad = [c for c in changes if c.status == "regressed"]
-        if bad:
-            lines.append("latency regressed: " + "; ".join(f"{c.metric} x{c.ratio:.3f} (p={c.p:.3g})" for c in bad))
-            lines.append(change_table(changes))
+        out = self.parent.parent.outcome()
+        check = next((c for c in out.checks if (c.group, c.name) == (self.parent.name, self.name)), None)
+        if check is None:
+            raise CheckFailed(f"no {self.name} verdict for {self.parent.name}; report: {out.run_dir / 'summary.md'}")
+        if check.outcome == "skipped":
+            pytest.skip(check.message)
+        if check.outcome == "failed":
+            raise CheckFailed(check.message)
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, CheckFailed):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -10,12 +9,12 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from . import __version__, atomic, envinfo
+from . import __version__, atomic, envinfo, plan
 from .analysis import latency
 from .analysis.determinism import Verdict
-from .records import Record
 from .analysis.stats import Change
-from .runner import JobOutcome
+from .jobs import JobOutcome
+from .records import Record
 from .suite import Suite
 
 SCHEMA_VERSION = 1
@@ -30,6 +29,8 @@ class BaselineResult:
     changes: dict[str, list[Change]] = field(default_factory=dict)  # profile -> latency gate rows
     sources: dict[str, str] = field(default_factory=dict)           # profile -> baseline file and provenance
     notes: list[str] = field(default_factory=list)
+    gated: dict[str, bool] = field(default_factory=dict)            # profile -> latency gated (same hardware)
+    unwritable: bool = False                                        # --update-baselines could not write a file
 
 
 @dataclass
@@ -46,6 +47,7 @@ class RunResult:
     latency: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # profile -> metric -> raw samples
     cost: list[Change] = field(default_factory=list)                         # deterministic vs default
     failures: list[Record] = field(default_factory=list)                     # requests that failed after retries
+    cost_label: str = ""                                                      # why the cost means less than it seems
 
     def all_verdicts(self) -> list[Verdict]:
         return self.verdicts + self.baseline.verdicts
@@ -66,17 +68,53 @@ def _clip(s: str, n: int = 110) -> str:
 SHARES = ("repeatability", "batch-invariance", "baseline")
 
 
-def verdict_table(verdicts: list[Verdict]) -> str:
-    def shares(v: Verdict) -> tuple[str, str]:
-        if v.property not in SHARES or v.expect == "-":
-            return "-", "-"
-        return ("n/a" if v.level == "text" else _pct(v.share_bitwise)), _pct(v.share_tokens)
+def _counts(v: Verdict) -> list[str | int]:
+    """bitwise / tokens / close / diverged; at text level bits cannot be seen and close needs logprobs."""
+    if v.property not in SHARES or v.expect == "-" or not v.sequences:
+        return ["-"] * 4
+    text = v.level == "text"
+    tokens = v.token_identical - v.bitwise
+    diverged = v.sequences - v.token_identical - v.close
+    return ["n/a" if text else v.bitwise, v.token_identical if text else tokens, "n/a" if text else v.close, diverged]
 
-    rows = [[v.property, v.expect, MARK[v.status], v.level if v.property in SHARES and v.sequences else "-", v.sequences, *shares(v),
-             v.max_unique or "-", _clip(v.worst.describe() if v.worst else ("-" if v.property in SHARES else v.reason), 90)]
-            for v in verdicts]
-    return tabulate(rows, headers=["property", "expect", "verdict", "compared on", "sequences", "bitwise", "identical",
-                                   "max unique outputs/prompt", "worst case"], tablefmt="github")
+
+def verdict_table(verdicts: list[Verdict]) -> str:
+    rows = [[v.property, v.expect, MARK[v.status], v.level if v.property in SHARES and v.sequences else "-", v.sequences,
+             *_counts(v), v.max_unique or "-"] for v in verdicts]
+    return tabulate(rows, headers=["property", "expect", "verdict", "compared on", "sequences", "bitwise", "tokens",
+                                   "close", "diverged", "max unique outputs/prompt"], tablefmt="github")
+
+
+def worst_lines(verdicts: list[Verdict]) -> list[str]:
+    """The worst case of each property, whole: printed below the table rather than cut to fit a column."""
+    return [f"  {v.property}: {v.worst.describe() if v.worst else v.reason}" for v in verdicts
+            if v.worst or (v.property not in SHARES and v.reason)]
+
+
+def sequences_md(v: Verdict) -> list[str]:
+    """Every sequence that is not bitwise, grouped by prompt, folded: which prompts drift, where and how far."""
+    rows = [c.row() for c in v.comparisons if c.level != "bitwise"]
+    if not rows:
+        return []
+    rows.sort(key=lambda r: (r["prompt_id"], r["first_token_step"] if r["first_token_step"] is not None else 1 << 30,
+                             r["batch_id"]))
+    body = [[r["prompt_id"], r["batch_id"], r["batch_size"], r["position"], r["level"], _step(r["first_bit_step"]),
+             _step(r["first_token_step"]), "-" if r["ref_margin"] is None else f"{r['ref_margin']:.3f}",
+             f"{_yn(r['ref_in_other_topk'])}/{_yn(r['other_in_ref_topk'])}",
+             "" if r["level"] in ("bitwise", "tokens") else f"{r['ref_token']!r} vs {r['other_token']!r}"] for r in rows]
+    prompts = len({r["prompt_id"] for r in rows})
+    table = tabulate(body, headers=["prompt", "batch", "size", "pos", "level", "first bit step", "first token step",
+                                    "ref margin", "in top-k (ref/other)", "tokens"], tablefmt="github")
+    return ["", f"<details><summary>{v.property}: {len(rows)} of {v.sequences} sequences not bitwise, over {prompts} "
+                f"prompts</summary>", "", table, "", "</details>", ""]
+
+
+def _step(x: int | None) -> str:
+    return "-" if x is None else str(x)
+
+
+def _yn(x: bool | None) -> str:
+    return "-" if x is None else ("yes" if x else "no")
 
 
 def jobs_table(jobs: list[JobOutcome]) -> str:
@@ -100,9 +138,8 @@ def failures_md(res: RunResult) -> list[str]:
     md = ["## Failed requests", "", tabulate(rows, headers=["profile", "prompt", "batch", "attempts", "error"],
                                              tablefmt="github"), ""]
     for j in res.jobs:
-        if j.server_log and any(r.profile == j.profile for r in res.failures):
-            from .server import log_tail
-            md += [f"Server log tail for `{j.profile}` ({j.server_log}):", "", "```", *log_tail(Path(j.server_log)), "```", ""]
+        if j.server_tail and any(r.profile == j.profile for r in res.failures):
+            md += [f"Server log tail for `{j.profile}` ({j.server_log}):", "", "```", *j.server_tail, "```", ""]
     return md
 
 
@@ -153,11 +190,13 @@ def console(res: RunResult) -> str:
     for p in res.suite.profiles:
         vs = [v for v in res.all_verdicts() if v.profile == p.name]
         if vs:
-            out += [f"profile {p.name}", verdict_table(vs), ""]
+            out += [f"profile {p.name}", verdict_table(vs), "worst cases:", *worst_lines(vs), ""]
         if p.name in res.baseline.changes:
-            out += [f"latency of {p.name} against the baseline", change_table(res.baseline.changes[p.name]), ""]
+            out += [f"latency of {p.name} against the baseline{_gated(res, p.name)}",
+                    change_table(res.baseline.changes[p.name]), ""]
     if res.cost:
-        out += ["determinism cost (deterministic against default, same run)", change_table(res.cost, "default", "deterministic"), ""]
+        out += [f"determinism cost (deterministic against default, same run){_cost_label(res)}",
+                change_table(res.cost, "default", "deterministic"), ""]
     if res.suite.endpoint is not None:
         if any(v.unique_outputs for v in res.verdicts):
             out += ["unique outputs per prompt (in brackets: distinct logprob patterns, where the server gives them)",
@@ -172,6 +211,14 @@ def console(res: RunResult) -> str:
     out += [f"note: {n}" for n in res.notes]
     out += [f"result: {res.result.upper()} (exit {res.exit_code}); report: {res.run_dir / 'summary.md'}"]
     return "\n".join(out)
+
+
+def _gated(res: RunResult, profile: str) -> str:
+    return "" if res.baseline.gated.get(profile) else " (shown, not gated: the baseline is from other hardware)"
+
+
+def _cost_label(res: RunResult) -> str:
+    return f" ({res.cost_label})" if res.cost_label else ""
 
 
 def summary_md(res: RunResult) -> str:
@@ -199,15 +246,16 @@ def summary_md(res: RunResult) -> str:
             md += [f"- **{v.property}** ({MARK[v.status]}): {v.reason}"]
             if v.worst:
                 md += [f"  - worst: {v.worst.describe()}"]
+            md += sequences_md(v)
         if p.name in res.baseline.sources:
             md += [f"- baseline: {res.baseline.sources[p.name]}"]
         md += [""]
         if p.name in res.baseline.changes:
-            md += ["Latency against the baseline (`+` worse, `-` better, `~` not significant, `x` not comparable, "
-                   "`!` failed):", "", change_table(res.baseline.changes[p.name]), ""]
+            md += [f"Latency against the baseline{_gated(res, p.name)} (`+` worse, `-` better, `~` not significant, "
+                   "`x` not comparable, `!` failed):", "", change_table(res.baseline.changes[p.name]), ""]
     if res.cost:
-        md += ["## Determinism cost", "", "The `deterministic` profile's latency relative to `default`, in the same run:", "",
-               change_table(res.cost, "default", "deterministic"), ""]
+        md += ["## Determinism cost", "", f"The `deterministic` profile's latency relative to `default`, in the same "
+               f"run{_cost_label(res)}:", "", change_table(res.cost, "default", "deterministic"), ""]
     if any(res.latency.values()):
         md += ["## Latency", "", latency_table(res.latency), ""]
     if any(v.unique_outputs for v in res.verdicts):
@@ -234,31 +282,24 @@ def to_json(res: RunResult) -> dict:
                   "profile_hash": s.profile_hash(s.profile(j.profile)), "worker": j.meta, "description": j.describe()}
                  for j in res.jobs],
         "device_key": res.baseline.device_key,
-        "verdicts": [{**dataclasses.asdict(v), "share_bitwise": v.share_bitwise, "share_tokens": v.share_tokens}
-                     for v in res.all_verdicts()],
+        "verdicts": [{**{k: val for k, val in dataclasses.asdict(v).items() if k != "comparisons"},
+                      "share_bitwise": v.share_bitwise, "share_tokens": v.share_tokens,
+                      "comparisons": [c.row() for c in v.comparisons]} for v in res.all_verdicts()],
+        "needles": {b.id: b.needle for b in plan.expand(s) if b.needle},
         "baselines": res.baseline.sources,
         "latency": {prof: {name: {**latency.percentiles(xs), "samples": xs} for name, xs in m.items()}
                     for prof, m in res.latency.items()},
         "perf": {prof: [{**dataclasses.asdict(c), "mark": c.mark} for c in cs] for prof, cs in res.baseline.changes.items()},
+        "perf_gated": res.baseline.gated,
         "determinism_cost": [{**dataclasses.asdict(c), "mark": c.mark} for c in res.cost],
+        "determinism_cost_label": res.cost_label,
         "failed_requests": [{k: getattr(r, k) for k in ("profile", "prompt_id", "batch_id", "error", "extra")}
                             for r in res.failures],
         "notes": res.notes,
     }
 
 
-def _finite(x):
-    """NaN is not JSON; an undefined statistic is written as null."""
-    if isinstance(x, float) and x != x or x in (float("inf"), float("-inf")):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
-
-
 def write(res: RunResult) -> None:
     res.run_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(res.run_dir / "summary.md", summary_md(res))
-    atomic.write_text(res.run_dir / "report.json", json.dumps(_finite(to_json(res)), indent=1))
+    atomic.write_json(res.run_dir / "report.json", to_json(res))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 
@@ -10,8 +9,8 @@ from tabulate import tabulate
 
 from . import __version__, atomic
 from .analysis import loadtime as lt
-from .loadtime import LoadRun
-from .report import _finite, change_table
+from .loadrun import LoadRun
+from .report import change_table
 
 
 def _s(x: float, fmt: str = ".2f") -> str:
@@ -41,11 +40,11 @@ def recommendation_lines(run: LoadRun) -> list[str]:
     return [r.describe(), *(f"    {line}" for line in r.lines)]
 
 
-def failures(run: LoadRun) -> list[str]:
+def failures(run: LoadRun, setting: str | None = None) -> list[str]:
     """One line per model and distinct error, so a model that never loads does not flood the report."""
     groups: dict[tuple[str, str], list] = {}
     for s in run.samples:
-        if s.status != "ok":
+        if s.status != "ok" and setting in (None, s.setting):
             groups.setdefault((s.model, s.error.split("' ", 1)[-1]), []).append(s)
     out = []
     for (model, err), ss in groups.items():
@@ -63,6 +62,8 @@ def console(run: LoadRun) -> str:
         out += ["size scaling (efficiency = sequential read time / load time)", sizes_table(run), ""]
     if run.changes:
         out += ["against the baseline", change_table(run.changes), ""]
+    if run.ungated:
+        out += ["against another hardware's baseline (shown, not gated)", change_table(run.ungated), ""]
     out += failures(run) + [f"note: {n}" for n in run.baseline_notes]
     res = {0: "PASS", 1: "FAIL", 2: "ERROR", 3: "ERROR"}[run.exit_code]
     out.append(f"result: {res} (exit {run.exit_code}); report: {run.run_dir / 'summary.md'}")
@@ -82,24 +83,28 @@ def summary_md(run: LoadRun) -> str:
     if run.sizes:
         md += ["## Scaling with size", "", "Load = read + to device + first forward (import excluded), at each model's "
                "fastest setting; efficiency = sequential read time of the same files / load time.", "", sizes_table(run), ""]
-    if run.plot:
-        md += [f"![load time against OMP_NUM_THREADS]({run.plot})", ""]
+    md += [f"![load time against OMP_NUM_THREADS]({run.plot})" if run.plot else f"({NO_PLOT})", ""]
     if run.changes:
         md += ["## Against the baseline", "", change_table(run.changes), ""]
+    if run.ungated:
+        md += ["## Against another hardware's baseline (shown, not gated)", "", change_table(run.ungated), ""]
     fails = failures(run)
     if fails or run.baseline_notes:
         md += ["## Notes", "", *[f"- {x}" for x in fails + run.baseline_notes], ""]
     return "\n".join(md)
 
 
+NO_PLOT = "no plot: matplotlib is not installed (pip install 'llm-determinism-harness[loadtime]')"
+
+
 def plot(run: LoadRun) -> str:
-    """loadtime.png: load time against the setting, one line per model, solid warm and dashed cold."""
+    """loadtime.png: load time against the setting, one line per model, solid warm and dashed cold; "" without
+    matplotlib."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        run.baseline_notes.append("no plot: matplotlib is not installed (pip install 'llm-determinism-harness[loadtime]')")
         return ""
     settings = list(run.suite.settings)
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -133,10 +138,12 @@ def to_json(run: LoadRun) -> dict:
                 **{k: v for k, v in dataclasses.asdict(run.recommendation).items() if k != "comparisons"},
                 "comparisons": [dataclasses.asdict(c) | {"mark": c.mark} for c in run.recommendation.comparisons]},
             "sizes": [dataclasses.asdict(r) | {"load_gbps": r.load_gbps, "efficiency": r.efficiency} for r in run.sizes],
-            "baseline": [dataclasses.asdict(c) | {"mark": c.mark} for c in run.changes], "notes": run.baseline_notes}
+            "baseline": [dataclasses.asdict(c) | {"mark": c.mark} for c in run.changes],
+            "baseline_not_gated": [dataclasses.asdict(c) | {"mark": c.mark} for c in run.ungated],
+            "notes": run.baseline_notes}
 
 
 def write(run: LoadRun) -> None:
     run.plot = plot(run)
     atomic.write_text(run.run_dir / "summary.md", summary_md(run))
-    atomic.write_text(run.run_dir / "report.json", json.dumps(_finite(to_json(run)), indent=1))
+    atomic.write_json(run.run_dir / "report.json", to_json(run))

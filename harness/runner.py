@@ -14,56 +14,18 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import harness
 
 from .errors import INFRA, USAGE, HarnessError
-from .plan import Batch, Job
-from .suite import Profile, Suite, Server
+from .jobs import Job, JobOutcome
+from .plan import Batch
+from .suite import Profile, Server, Suite
 
 PACKAGE_ROOT = str(Path(harness.__file__).resolve().parent.parent)
 POLL_S = 0.5
-
-
-@dataclass
-class JobOutcome:
-    name: str
-    profile: str
-    status: str                 # "ok" | "crashed" | "timeout" | "load-failed" | "server-failed" | "server-crashed"
-    returncode: int | None
-    wall_s: float
-    expected: int               # sequences planned
-    completed: int              # sequences on disk
-    records: str
-    log: str
-    stderr_tail: list[str] = field(default_factory=list)
-    meta: dict = field(default_factory=dict)
-    error: str = ""             # why the server would not start
-    server_log: str = ""        # the server's log, for a served model
-    server_stop: str = ""       # how the server ended
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def describe(self) -> str:
-        if self.ok:
-            return f"worker {self.name!r} finished {self.completed}/{self.expected} sequences"
-        if self.status == "server-failed":
-            return f"server for profile {self.profile!r} did not start: {self.error}"
-        if self.status == "server-crashed":
-            return (f"server for profile {self.profile!r} {self.server_stop}, after {self.completed}/{self.expected} "
-                    f"sequences; see {self.server_log}")
-        rc = self.returncode
-        how = {"timeout": f"timed out after {self.wall_s:.0f}s and was killed",
-               "load-failed": "could not load the model or device"}.get(self.status)
-        if how is None:
-            how = f"was killed by {signal.Signals(-rc).name}" if rc is not None and rc < 0 else f"exited with status {rc}"
-        tail = " | ".join(self.stderr_tail[-3:])
-        return f"worker {self.name!r} {how} after {self.completed}/{self.expected} sequences" + (f"; stderr: {tail}" if tail else "")
 
 
 def child_env(extra: dict[str, str | None]) -> dict[str, str]:
@@ -90,14 +52,12 @@ def prepare_model(ref: str, timeout_s: float = 1800) -> Path:
 
 
 def make_job(suite: Suite, profile: Profile, batches: list[Batch], model_dir: Path, run_dir: Path) -> Job:
-    for sub in ("jobs", "records", "logs"):
-        (run_dir / sub).mkdir(parents=True, exist_ok=True)
     name = profile.name
     return Job(name=name, profile=profile.name, adapter=suite.model.adapter, model_ref=suite.model.ref,
                model_dir=str(model_dir), dtype=suite.model.dtype, device=suite.model.device,
                torch_deterministic=profile.torch_deterministic, max_new_tokens=suite.generation.max_new_tokens,
-               top_logprobs=suite.generation.top_logprobs, prompts=[dataclasses.asdict(p) for p in suite.prompts],
-               batches=[dataclasses.asdict(b) for b in batches], records=str(run_dir / "records" / f"{name}.jsonl"),
+               top_logprobs=suite.generation.top_logprobs, prompts=tuple(dataclasses.asdict(p) for p in suite.prompts),
+               batches=tuple(batches), records=str(run_dir / "records" / f"{name}.jsonl"),
                meta=str(run_dir / "records" / f"{name}.meta.json"), seed=suite.seed)
 
 
@@ -122,9 +82,9 @@ class _LineCounter:
 def run_job(job: Job, env: dict[str, str | None], timeout_s: float, run_dir: Path,
             progress: Callable[[int], None] = lambda n: None) -> JobOutcome:
     job_path = run_dir / "jobs" / f"{job.name}.json"
-    job_path.write_text(json.dumps(dataclasses.asdict(job), indent=1), encoding="utf-8")
+    job_path.write_text(job.to_json(), encoding="utf-8")
     log = run_dir / "logs" / f"{job.name}.log"
-    expected = sum(len(b["prompt_ids"]) for b in job.batches)
+    expected = job.expected
     counter = _LineCounter(Path(job.records))
     start = time.monotonic()
     status = "ok"
@@ -152,6 +112,9 @@ def run_job(job: Job, env: dict[str, str | None], timeout_s: float, run_dir: Pat
     meta = {}
     if Path(job.meta).is_file():
         meta = json.loads(Path(job.meta).read_text(encoding="utf-8"))
+    if status == "ok" and rc == USAGE and not meta:  # the worker refused the job itself (an adapter that does not fit)
+        raise HarnessError(next((ln.removeprefix("error: ") for ln in reversed(tail) if ln.startswith("error:")),
+                                f"worker {job.name!r} refused its job; see {log}"), USAGE)
     if status == "ok" and rc != 0:
         status = "load-failed" if rc == INFRA and not meta else "crashed"
     if status == "ok" and completed < expected:
@@ -173,11 +136,12 @@ def run_served(suite: Suite, profile: Profile, job: Job, model_dir: Path, timeou
     """The worker as a client of the suite's server: started with this profile's environment (its flags set before
     the server's device libraries start), healthy before the first request, stopped after the last."""
     from . import server
-    from .adapters.endpoint import api_key
-    endpoint = {**dataclasses.asdict(suite.endpoint), "server": server_program(suite.server)}
+    from .wire import api_key
+    assert suite.endpoint is not None
+    job = dataclasses.replace(job, endpoint=suite.endpoint, server=server_program(suite.server))
     secret = api_key(suite.endpoint)
     if suite.server is None:  # already running: the profile's flags cannot reach it
-        out = run_job(dataclasses.replace(job, endpoint=endpoint), {}, timeout_s, run_dir, progress)
+        out = run_job(job, {}, timeout_s, run_dir, progress)
         scrub([Path(out.log)], secret)
         return out
     log = run_dir / "logs" / f"{job.name}.server.log"
@@ -185,16 +149,16 @@ def run_served(suite: Suite, profile: Profile, job: Job, model_dir: Path, timeou
     try:
         with server.started(suite.server, suite.endpoint, model=str(model_dir), device=suite.model.device,
                             dtype=suite.model.dtype, env=child_env(dict(profile.env)), log=log) as srv:
-            out = run_job(dataclasses.replace(job, endpoint={**endpoint, "base_url": srv.url}), {}, timeout_s, run_dir,
-                          progress)
+            out = run_job(dataclasses.replace(job, endpoint=dataclasses.replace(suite.endpoint, base_url=srv.url)), {},
+                          timeout_s, run_dir, progress)
     except server.ServerError as e:
         scrub([log], secret)
         return JobOutcome(name=job.name, profile=job.profile, status="server-failed", returncode=None,
-                          wall_s=time.monotonic() - start, expected=sum(len(b["prompt_ids"]) for b in job.batches),
+                          wall_s=time.monotonic() - start, expected=job.expected,
                           completed=0, records=job.records, log=str(log), stderr_tail=e.log_tail, error=str(e),
                           server_log=str(log))
     scrub([log, Path(out.log)], secret)
-    out.server_log, out.server_stop = str(log), srv.stopped
+    out.server_log, out.server_stop, out.server_tail = str(log), srv.stopped, server.log_tail(log)
     if out.meta:
         out.meta["load_s"] = {"server_start": srv.start_s, **out.meta.get("load_s", {})}
         out.meta["server"] = {"pid": srv.pid, "argv": srv.proc.args, "stopped": srv.stopped}

@@ -119,7 +119,7 @@ def started(spec: Server, endpoint: Endpoint, *, model: str, device: str, dtype:
 
 
 def _wait_healthy(run: Running, endpoint: Endpoint, timeout_s: float, t0: float) -> None:
-    from .adapters.endpoint import client_kwargs
+    from .wire import client_kwargs
     import httpx
     with httpx.Client(**client_kwargs(endpoint, timeout_s=5.0)) as client:
         while True:

@@ -1,28 +1,24 @@
 """Suite files: TOML validated into frozen dataclasses, with a case hash.
 
-Every error is a SuiteError whose message is one line naming the file, the key
-and what was expected; the CLI turns it into exit code 2.
+The reader is tomltable.py, the served parts ([server], [endpoint]) are served.py.
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # MindIE images ship Python 3.10 with tomli
-    import tomli as tomllib
+from .analysis.determinism import EXPECTATIONS
+from .served import MIB, Endpoint, Server, base_url, parse_endpoint, parse_server  # noqa: F401
+from .tomltable import SuiteError, Table, did_you_mean, read_toml, tomllib  # noqa: F401
 
 SUITE_FORMAT = 1
 DEVICES = ("cpu", "cuda", "npu")
 DTYPES = ("float32", "bfloat16", "float16")
-EXPECTATIONS = ("bitwise", "tokens", "vary", "report")
+BASELINE_LEVELS = ("bitwise", "tokens", "close", "report")
 PROPERTIES = ("repeatability", "batch-invariance")
 # kind -> allowed parameters with defaults; `seed` and `name` are allowed everywhere.
 SCHEDULE_PARAMS: dict[str, dict[str, Any]] = {
@@ -34,10 +30,6 @@ SCHEDULE_PARAMS: dict[str, dict[str, Any]] = {
 }
 SCHEDULE_PROPERTY = {"repeat": "repeatability", "permutation": "batch-invariance",
                      "batch-sizes": "batch-invariance", "needle": "batch-invariance"}
-
-
-class SuiteError(ValueError):
-    """A suite file is malformed; the message is one line for the user."""
 
 
 @dataclass(frozen=True)
@@ -101,44 +93,25 @@ class Generation:
     max_new_tokens: int = 64
     greedy: bool = True
     top_logprobs: int = 5
+    close_k: int = 0              # top-k for the `close` level; 0: every captured top_logprobs. Judges, shapes nothing
+
+    @property
+    def k(self) -> int:
+        return self.close_k or self.top_logprobs
+
+
+@dataclass(frozen=True)
+class BaselinePolicy:
+    """What a run must meet against a baseline, by how the baseline's device key relates to the run's."""
+    same_key: str = "bitwise"
+    other_software: str = "tokens"     # a torch, CANN, driver or transformers upgrade on the same hardware
+    other_hardware: str = "close"      # another chip or CPU model of the same device type (vLLM check_logprobs_close)
+
+    def level(self, tier: str) -> str:
+        return {"same key": self.same_key, "other software": self.other_software, "other hardware": self.other_hardware}[tier]
 
 
 LATENCY_METRICS = ("ttft", "tpot", "e2e", "tok_s")
-APIS = ("completions", "chat")
-PLACEHOLDERS = ("model", "port", "host", "device", "dtype")
-MIB = 1 << 20
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """An OpenAI-compatible server the harness talks to: where, which API, how securely, how patiently."""
-    base_url: str = "http://{host}:{port}"    # {host} and {port} come from [server]
-    api: str = "completions"                  # "completions" (raw text) or "chat" (messages)
-    model: str = ""                           # the request's "model"; "": the first id from GET /v1/models
-    health_path: str = "/health"
-    api_key_env: str = ""                     # name of the environment variable that holds the API key
-    ca_bundle: str = ""                       # https: CA bundle to verify the server with; "": the system store
-    client_cert: str = ""                     # mutual TLS (MindIE's default): client certificate and key, PEM
-    client_key: str = ""
-    verify: bool = True
-    request_timeout_s: float = 300.0
-    retries: int = 2                          # extra attempts after a transient failure (reset, timeout, 5xx, bad JSON)
-    backoff_s: float = 0.5                    # first back-off; doubles per attempt
-    max_body_bytes: int = 4 * MIB             # MindIE rejects messages over 4 MiB
-    ignore_eos: bool = True                   # sent where the server accepts it, so every sequence runs max_new_tokens
-    oversize_check: bool = False              # also send one body over max_body_bytes and expect a 4xx
-
-
-@dataclass(frozen=True)
-class Server:
-    """How to start the server per profile; without it the endpoint must already be running."""
-    command: str                              # template: {model} {port} {host} {device} {dtype}
-    host: str = "127.0.0.1"
-    port: int = 0                             # 0: a free port picked at each start
-    startup_timeout_s: float = 300.0
-    stop_grace_s: float = 10.0                # after SIGTERM, before SIGKILL
-
-
 @dataclass(frozen=True)
 class Perf:
     """How latency is sampled and gated: warm-up passes, measured passes, per-metric thresholds."""
@@ -147,9 +120,6 @@ class Perf:
     threshold: float = 0.05                         # default relative change that counts, per metric
     thresholds: tuple[tuple[str, float], ...] = ()  # metric -> threshold
     alpha: float = 0.05
-
-    def threshold_for(self, metric: str) -> float:
-        return dict(self.thresholds).get(metric, self.threshold)
 
 
 @dataclass(frozen=True)
@@ -165,6 +135,7 @@ class Suite:
     timeout_s: float = 1800.0
     description: str = ""
     perf: Perf | None = None            # a [perf] section: latency is sampled over passes and gated
+    baselines: BaselinePolicy = BaselinePolicy()
     model_overridden: bool = False      # --model replaced the suite's own model
     endpoint: Endpoint | None = None    # outputs come from an OpenAI-compatible server, not an in-process model
     server: Server | None = None        # ... which the harness starts per profile
@@ -173,7 +144,7 @@ class Suite:
         for p in self.profiles:
             if p.name == name:
                 return p
-        raise SuiteError(f"{self.path}: no profile {name!r}{_did_you_mean(name, [p.name for p in self.profiles])}")
+        raise SuiteError(f"{self.path}: no profile {name!r}{did_you_mean(name, [p.name for p in self.profiles])}")
 
     def with_overrides(self, *, model: str | None = None, device: str | None = None,
                        profiles: list[str] | None = None, adapter: str | None = None,
@@ -189,7 +160,7 @@ class Suite:
         if endpoint is not None:
             if ep is None:
                 raise SuiteError(f"--endpoint: {self.path} has no [endpoint] or [server] section; it runs an in-process model")
-            ep, server = dataclasses.replace(ep, base_url=_base_url(endpoint, "--endpoint")), None
+            ep, server = dataclasses.replace(ep, base_url=base_url(endpoint, "--endpoint")), None
         return dataclasses.replace(self, model=spec, profiles=chosen, endpoint=ep, server=server,
                                    model_overridden=self.model_overridden or spec.ref != self.model.ref)
 
@@ -197,13 +168,19 @@ class Suite:
     def case_hash(self) -> str:
         """Hash over everything that shapes outputs, except how they are run (profile, device, adapter)."""
         served = {} if self.endpoint is None else {"api": self.endpoint.api, "ignore_eos": self.endpoint.ignore_eos}
-        return _hash({"model": [self.model.ref, self.model.dtype], "generation": dataclasses.asdict(self.generation),
+        return _hash({"model": [self.model.ref, self.model.dtype], "generation": _generation_case(self.generation),
                       **({"endpoint": served} if served else {}),
                       "prompts": [_prompt_case(p) for p in self.prompts],
                       "schedules": [dataclasses.asdict(s) for s in self.schedules]})
 
     def profile_hash(self, profile: Profile) -> str:
         return _hash([self.case_hash, profile.env, profile.torch_deterministic])
+
+
+def _generation_case(g: Generation) -> dict:
+    d = dataclasses.asdict(g)
+    del d["close_k"]  # how outputs are judged, not what they are: baselines stay comparable when it changes
+    return d
 
 
 def _prompt_case(p: Prompt) -> dict:
@@ -219,82 +196,11 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _did_you_mean(name: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(name, options, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"{hint} (known: {', '.join(options)})" if options else hint
-
-
-class _Table:
-    """Reads one TOML table, checking types and rejecting unknown keys."""
-
-    def __init__(self, path: str, where: str, data: Any):
-        if not isinstance(data, dict):
-            raise SuiteError(f"{path}: {where}: expected a table, got {type(data).__name__}")
-        self.path, self.where, self.data, self.used = path, where, data, set()
-
-    def key(self, k: str) -> str:
-        return f"{self.where}.{k}" if self.where else k
-
-    def fail(self, k: str, msg: str) -> SuiteError:
-        return SuiteError(f"{self.path}: {self.key(k)}: {msg}")
-
-    def get(self, k: str, typ: type | tuple[type, ...], default: Any = ..., *, check=None, expect: str = "") -> Any:
-        self.used.add(k)
-        if k not in self.data:
-            if default is ...:
-                raise self.fail(k, f"missing; expected {expect or _tname(typ)}")
-            return default
-        v = self.data[k]
-        # bool is an int in Python; a suite saying `count = true` is a mistake.
-        if not isinstance(v, typ) or (isinstance(v, bool) and bool not in _as_tuple(typ)):
-            raise self.fail(k, f"expected {expect or _tname(typ)}, got {v!r}")
-        if check is not None and not check(v):
-            raise self.fail(k, f"expected {expect}, got {v!r}")
-        return v
-
-    def sub(self, k: str, default: Any = ...) -> _Table:
-        self.used.add(k)
-        if k not in self.data and default is not ...:
-            return _Table(self.path, self.key(k), default)
-        if k not in self.data:
-            raise self.fail(k, "missing table")
-        return _Table(self.path, self.key(k), self.data[k])
-
-    def only(self, keys: set[str]) -> None:
-        """Reject unknown keys before reading known ones, so a misspelt key is named as such."""
-        for k in self.data:
-            if k not in keys:
-                raise self.fail(k, f"unknown key{_did_you_mean(k, sorted(keys))}")
-
-    def done(self) -> None:
-        self.only(self.used)
-
-
-def _as_tuple(t: Any) -> tuple:
-    return t if isinstance(t, tuple) else (t,)
-
-
-def _tname(t: Any) -> str:
-    names = {str: "a string", int: "an integer", bool: "true or false", float: "a number", list: "a list", dict: "a table"}
-    return " or ".join(names.get(x, x.__name__) for x in _as_tuple(t))
-
-
-def read_toml(path: str | Path) -> dict:
-    """A suite file's TOML, or one SuiteError line naming the file."""
-    try:
-        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise SuiteError(f"{path}: cannot read suite file ({e.strerror or e})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SuiteError(f"{path}: not valid TOML: {e}") from None
-
-
 def load(path: str | Path) -> Suite:
     return parse(read_toml(path), str(path), base=Path(path).parent)
 
 
-def parse_head(root: _Table) -> tuple[str, int, str]:
+def parse_head(root: Table) -> tuple[str, int, str]:
     """The [suite] table every suite kind starts with: (name, seed, description)."""
     head = root.sub("suite")
     name = head.get("name", str, check=lambda s: s.strip() != "", expect="a non-empty string")
@@ -307,7 +213,7 @@ def parse_head(root: _Table) -> tuple[str, int, str]:
     return name, seed, description
 
 
-def parse_model(root: _Table) -> ModelSpec:
+def parse_model(root: Table) -> ModelSpec:
     m = root.sub("model", {})
     model = ModelSpec(ref=m.get("ref", str, ModelSpec.ref),
                       dtype=m.get("dtype", str, ModelSpec.dtype, check=lambda v: v in DTYPES, expect=f"one of {', '.join(DTYPES)}"),
@@ -318,7 +224,7 @@ def parse_model(root: _Table) -> ModelSpec:
 
 
 def parse(data: dict, p: str, base: Path = Path(".")) -> Suite:
-    root = _Table(p, "", data)
+    root = Table(p, "", data)
     name, seed, description = parse_head(root)
     model = parse_model(root)
 
@@ -326,6 +232,8 @@ def parse(data: dict, p: str, base: Path = Path(".")) -> Suite:
     gen = Generation(max_new_tokens=g.get("max_new_tokens", int, 64, check=lambda v: 1 <= v <= 32768, expect="an integer in [1, 32768]"),
                      greedy=g.get("greedy", bool, True, check=lambda v: v, expect="true (only greedy decoding is deterministic by construction)"),
                      top_logprobs=g.get("top_logprobs", int, 5, check=lambda v: 2 <= v <= 100, expect="an integer in [2, 100]"))
+    gen = dataclasses.replace(gen, close_k=g.get("close_k", int, 0, check=lambda v: 0 <= v <= gen.top_logprobs,
+                                                 expect=f"0 (all {gen.top_logprobs} captured) or an integer in [1, top_logprobs]"))
     g.done()
 
     prompts = _prompts(root.sub("prompts"), base)
@@ -335,10 +243,11 @@ def parse(data: dict, p: str, base: Path = Path(".")) -> Suite:
     r.done()
 
     perf = _perf(root.sub("perf")) if "perf" in data else None
+    policy = _baseline_policy(root.sub("baselines", {}))
     raw = root.get("schedules", list, expect="a list of [[schedules]] tables")
     if not raw:
         raise root.fail("schedules", "empty; add at least a [[schedules]] kind = \"solo\"")
-    schedules = tuple(_schedule(_Table(p, f"schedules[{i}]", s), seed, prompts) for i, s in enumerate(raw))
+    schedules = tuple(_schedule(Table(p, f"schedules[{i}]", s), seed, prompts) for i, s in enumerate(raw))
     names = [s.name for s in schedules]
     for n in names:
         if names.count(n) > 1:
@@ -351,11 +260,11 @@ def parse(data: dict, p: str, base: Path = Path(".")) -> Suite:
         raise root.fail("profiles", "empty; add at least [profiles.default]")
     profiles = tuple(_profile(pt.sub(n), n) for n in list(pt.data))
     pt.done()
-    server = _server(root.sub("server")) if "server" in data else None
+    server = parse_server(root.sub("server")) if "server" in data else None
     media = next((x for x in prompts if x.attachments), None)
     endpoint = None
     if server is not None or "endpoint" in data:
-        endpoint = _endpoint(root.sub("endpoint", {}), base, server)
+        endpoint = parse_endpoint(root.sub("endpoint", {}), base, server)
         if "adapter" in data.get("model", {}) and model.adapter != "endpoint":
             raise root.fail("model.adapter", f"{model.adapter!r} runs an in-process model; a suite with [endpoint] or "
                                              "[server] talks to a server (remove model.adapter)")
@@ -373,81 +282,21 @@ def parse(data: dict, p: str, base: Path = Path(".")) -> Suite:
                                    "(add [server] or [endpoint] with api = \"chat\")")
     root.done()
     return Suite(name=name, path=p, model=model, generation=gen, prompts=prompts, schedules=schedules,
-                 profiles=profiles, seed=seed, timeout_s=timeout, description=description, perf=perf,
+                 profiles=profiles, seed=seed, timeout_s=timeout, description=description, perf=perf, baselines=policy,
                  endpoint=endpoint, server=server)
 
 
-def _base_url(url: str, where: str) -> str:
-    from urllib.parse import urlsplit
-    u = urlsplit(url.replace("{host}", "h").replace("{port}", "1"))
-    if u.scheme not in ("http", "https") or not u.netloc:
-        raise SuiteError(f"{where}: expected an http:// or https:// URL such as https://10.0.0.5:1025, got {url!r}")
-    return url.rstrip("/")
-
-
-def _template_fields(template: str) -> list[str]:
-    import string
-    try:
-        return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError as e:
-        raise SuiteError(str(e)) from None
-
-
-def _server(t: _Table) -> Server:
-    cmd = t.get("command", str, check=lambda s: s.strip() != "",
-                expect="the command that starts the server, e.g. \"transformers serve {model} --port {port}\"")
-    try:
-        fields = _template_fields(cmd)
-    except SuiteError as e:
-        raise t.fail("command", f"malformed template ({e}); write literal braces as {{{{ and }}}}") from None
-    bad = [f for f in fields if f not in PLACEHOLDERS]
-    if bad:
-        raise t.fail("command", f"unknown placeholder {{{bad[0]}}}; known: {', '.join('{' + p + '}' for p in PLACEHOLDERS)}")
-    secs = dict(check=lambda v: v > 0, expect="a positive number of seconds")
-    srv = Server(command=cmd, host=t.get("host", str, "127.0.0.1", check=lambda s: s.strip() != "", expect="a host name or address"),
-                 port=t.get("port", int, 0, check=lambda v: 0 <= v <= 65535, expect="0 (pick a free port) or a port number"),
-                 startup_timeout_s=float(t.get("startup_timeout_s", (int, float), 300, **secs)),
-                 stop_grace_s=float(t.get("stop_grace_s", (int, float), 10, **secs)))
+def _baseline_policy(t: Table) -> BaselinePolicy:
+    d = BaselinePolicy()
+    lv = dict(check=lambda v: v in BASELINE_LEVELS, expect=f"one of {', '.join(BASELINE_LEVELS)}")
+    policy = BaselinePolicy(same_key=t.get("same_key", str, d.same_key, **lv),
+                            other_software=t.get("other_software", str, d.other_software, **lv),
+                            other_hardware=t.get("other_hardware", str, d.other_hardware, **lv))
     t.done()
-    if srv.port == 0 and "port" not in fields:
-        raise t.fail("command", "has no {port} placeholder, so set server.port to the port the command listens on")
-    return srv
+    return policy
 
 
-def _endpoint(t: _Table, base: Path, server: Server | None) -> Endpoint:
-    d = Endpoint()
-    url = t.get("base_url", str, d.base_url if server else ...,
-                expect="the server's URL, e.g. \"https://10.0.0.5:1025\" (or add a [server] section to start one)")
-    url = _base_url(url, f"{t.path}: {t.key('base_url')}")
-    if server is None and ("{host}" in url or "{port}" in url):
-        raise t.fail("base_url", "uses {host}/{port}, which only a [server] section can fill in")
-
-    def path(k: str) -> str:
-        v = t.get(k, str, "")
-        if v and not (base / v).is_file():
-            raise t.fail(k, f"file {base / v} not found")
-        return str((base / v).resolve()) if v else ""
-
-    secs = dict(check=lambda v: v > 0, expect="a positive number of seconds")
-    ep = Endpoint(base_url=url, api=t.get("api", str, d.api, check=lambda v: v in APIS, expect=f"one of {', '.join(APIS)}"),
-                  model=t.get("model", str, ""),
-                  health_path=t.get("health_path", str, d.health_path, check=lambda v: v.startswith("/"), expect="a path such as /health"),
-                  api_key_env=t.get("api_key_env", str, "", check=lambda v: v == "" or v.replace("_", "a").isalnum(),
-                                    expect="the NAME of an environment variable (the key itself never goes in a suite)"),
-                  ca_bundle=path("ca_bundle"), client_cert=path("client_cert"), client_key=path("client_key"),
-                  verify=t.get("verify", bool, True),
-                  request_timeout_s=float(t.get("request_timeout_s", (int, float), d.request_timeout_s, **secs)),
-                  retries=t.get("retries", int, d.retries, check=lambda v: 0 <= v <= 10, expect="an integer in [0, 10]"),
-                  backoff_s=float(t.get("backoff_s", (int, float), d.backoff_s, check=lambda v: v >= 0, expect="seconds, >= 0")),
-                  max_body_bytes=t.get("max_body_bytes", int, d.max_body_bytes, check=lambda v: v >= 1024, expect="a size in bytes, >= 1024"),
-                  ignore_eos=t.get("ignore_eos", bool, True), oversize_check=t.get("oversize_check", bool, False))
-    t.done()
-    if bool(ep.client_cert) != bool(ep.client_key):
-        raise t.fail("client_key" if ep.client_cert else "client_cert", "mutual TLS needs both client_cert and client_key")
-    return ep
-
-
-def _perf(t: _Table) -> Perf:
+def _perf(t: Table) -> Perf:
     frac = dict(check=lambda v: 0 < v < 10, expect="a relative change such as 0.05 (5%)")
     th = t.sub("thresholds", {})
     th.only(set(LATENCY_METRICS))
@@ -461,7 +310,7 @@ def _perf(t: _Table) -> Perf:
     return perf
 
 
-def _prompt(t: _Table, base: Path) -> Prompt:
+def _prompt(t: Table, base: Path) -> Prompt:
     t.only({"id", "text", "chat", "kind", "attachments"})
     files = t.get("attachments", list, [], check=lambda v: all(isinstance(x, str) and x for x in v),
                   expect="a list of image, audio or video file paths")
@@ -473,7 +322,7 @@ def _prompt(t: _Table, base: Path) -> Prompt:
     return pr
 
 
-def _attachment(t: _Table, fp: Path) -> Attachment:
+def _attachment(t: Table, fp: Path) -> Attachment:
     import mimetypes
     mime = mimetypes.guess_type(fp.name)[0] or ""
     if mime.split("/")[0] not in ("image", "audio", "video"):
@@ -485,7 +334,7 @@ def _attachment(t: _Table, fp: Path) -> Attachment:
     return Attachment(path=str(fp.resolve()), mime=mime, sha256=hashlib.sha256(data).hexdigest())
 
 
-def _prompts(t: _Table, base: Path) -> tuple[Prompt, ...]:
+def _prompts(t: Table, base: Path) -> tuple[Prompt, ...]:
     items = t.get("items", list, None)
     file = t.get("file", str, None)
     t.done()
@@ -505,9 +354,9 @@ def _prompts(t: _Table, base: Path) -> tuple[Prompt, ...]:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise SuiteError(f"{fp}:{n}: not valid JSON ({e.msg})") from None
-            out.append(_prompt(_Table(str(fp), f"line {n}", obj), fp.parent))
+            out.append(_prompt(Table(str(fp), f"line {n}", obj), fp.parent))
     else:
-        out = [_prompt(_Table(t.path, f"{t.key('items')}[{i}]", x), base) for i, x in enumerate(items)]
+        out = [_prompt(Table(t.path, f"{t.key('items')}[{i}]", x), base) for i, x in enumerate(items)]
     if not out:
         raise t.fail("file" if file else "items", "no prompts; add at least one")
     ids = [x.id for x in out]
@@ -517,11 +366,11 @@ def _prompts(t: _Table, base: Path) -> tuple[Prompt, ...]:
     return tuple(out)
 
 
-def _schedule(t: _Table, suite_seed: int, prompts: tuple[Prompt, ...]) -> Schedule:
+def _schedule(t: Table, suite_seed: int, prompts: tuple[Prompt, ...]) -> Schedule:
     kinds = list(SCHEDULE_PARAMS)
     kind = t.get("kind", str, expect=f"one of {', '.join(kinds)}")
     if kind not in SCHEDULE_PARAMS:
-        raise t.fail("kind", f"unknown schedule {kind!r}{_did_you_mean(kind, kinds)}")
+        raise t.fail("kind", f"unknown schedule {kind!r}{did_you_mean(kind, kinds)}")
     t.only({"kind", "name", "seed", *SCHEDULE_PARAMS[kind]})
     n = len(prompts)
     pos = dict(check=lambda v: v >= 1, expect="a positive integer")
@@ -549,7 +398,7 @@ def _schedule(t: _Table, suite_seed: int, prompts: tuple[Prompt, ...]) -> Schedu
     return s
 
 
-def _profile(t: _Table, name: str) -> Profile:
+def _profile(t: Table, name: str) -> Profile:
     env = t.sub("env", {})
     for k, v in env.data.items():
         if not isinstance(v, str):
@@ -559,7 +408,7 @@ def _profile(t: _Table, name: str) -> Profile:
     expect = []
     for dev in list(ex.data):
         if dev not in DEVICES:
-            raise ex.fail(dev, f"unknown device{_did_you_mean(dev, list(DEVICES))}")
+            raise ex.fail(dev, f"unknown device{did_you_mean(dev, list(DEVICES))}")
         v = ex.data[dev]
         if isinstance(v, str):
             per = {prop: v for prop in PROPERTIES}
@@ -568,7 +417,7 @@ def _profile(t: _Table, name: str) -> Profile:
             per = {}
             for prop in list(sub.data):
                 if prop not in PROPERTIES:
-                    raise sub.fail(prop, f"unknown property{_did_you_mean(prop, list(PROPERTIES))}")
+                    raise sub.fail(prop, f"unknown property{did_you_mean(prop, list(PROPERTIES))}")
                 per[prop] = sub.data[prop]
             sub.used.update(sub.data)
         for prop, e in per.items():

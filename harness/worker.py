@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from . import atomic
-from .plan import Job
+from .errors import INFRA, USAGE
+from .jobs import Adapter, Job
 from .records import Record
 
 
@@ -36,8 +37,12 @@ def peak_memory(device) -> dict[str, float]:
 
 def run(job: Job) -> int:
     from . import adapters
-    cls = adapters.get(job.adapter)
-    if getattr(cls, "remote", False):
+    try:
+        cls = adapters.get(job.adapter)
+    except adapters.AdapterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return USAGE
+    if cls.remote:
         adapter = cls(job)
         return _run(job, adapter, 0.0, adapter.describe, dict)
     t0 = time.perf_counter()
@@ -47,21 +52,21 @@ def run(job: Job) -> int:
         device = devices.prepare(job.device, deterministic=job.torch_deterministic)
     except devices.DeviceError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 3
+        return INFRA
     import_s = time.perf_counter() - t0
     return _run(job, cls(job, device), import_s, lambda: devices.describe(device),
                 lambda: {**peak_memory(device), "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()})
 
 
-def _run(job: Job, adapter, import_s: float, describe, after_load) -> int:
+def _run(job: Job, adapter: Adapter, import_s: float, describe, after_load) -> int:
     """Load, then every batch: one JSON line per sequence, flushed per batch."""
     from . import envinfo
     try:
         phases = {"import": import_s, **adapter.load()}
     except Exception as e:
-        what = str(e) if job.endpoint else f"model {job.model_ref!r} would not load on {job.device}: {type(e).__name__}: {e}"
+        what = str(e) if job.endpoint is not None else f"model {job.model_ref!r} would not load on {job.device}: {type(e).__name__}: {e}"
         print(f"error: {what}", file=sys.stderr)
-        return 3
+        return INFRA
     meta = {"job": job.name, "profile": job.profile, "pid": os.getpid(), "load_s": phases, **after_load(),
             "device": describe(), "host": envinfo.host(), "env": envinfo.relevant_env(os.environ)}
     meta_path = Path(job.meta)
@@ -71,21 +76,20 @@ def _run(job: Job, adapter, import_s: float, describe, after_load) -> int:
     tokens = sequences = 0
     with open(job.records, "a", encoding="utf-8") as out:
         for b in job.batches:
-            gens = adapter.generate([prompts[i] for i in b["prompt_ids"]])
-            for pos, (pid, g) in enumerate(zip(b["prompt_ids"], gens)):
-                rec = Record(profile=job.profile, prompt_id=pid, schedule=b["schedule"], kind=b["kind"],
-                             batch_id=b["id"], batch=list(b["prompt_ids"]), position=pos,
-                             repeat=b["repeat"], warmup=b["warmup"], **vars(g))
+            gens = adapter.generate([prompts[i] for i in b.prompt_ids])
+            for pos, (pid, g) in enumerate(zip(b.prompt_ids, gens)):
+                rec = Record(profile=job.profile, prompt_id=pid, schedule=b.schedule, kind=b.kind,
+                             batch_id=b.id, batch=list(b.prompt_ids), position=pos,
+                             repeat=b.repeat, warmup=b.warmup, **vars(g))
                 out.write(rec.to_json() + "\n")
                 tokens += g.output_tokens or len(g.tokens)
                 sequences += 1
             out.flush()  # a crash loses at most the batch in flight
     run_s = time.perf_counter() - t_run
     meta = {**meta, "run_s": run_s, "generated_tokens": tokens, "sequences": sequences, "tokens_per_s": tokens / run_s if run_s else 0.0}
-    if job.endpoint.get("oversize_check"):
-        meta["oversize"] = adapter.oversize()
-    if hasattr(adapter, "close"):
-        adapter.close()
+    if job.endpoint is not None and job.endpoint.oversize_check:
+        meta["oversize"] = adapter.oversize()  # type: ignore[attr-defined]  (the endpoint adapter's own check)
+    adapter.close()
     write_json_atomic(meta_path, meta)
     return 0
 
@@ -94,7 +98,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m harness.worker JOB.json", file=sys.stderr)
         return 2
-    job = Job(**json.loads(Path(argv[0]).read_text(encoding="utf-8")))
+    job = Job.from_json(Path(argv[0]).read_text(encoding="utf-8"))
     return run(job)
 
 

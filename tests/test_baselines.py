@@ -26,26 +26,86 @@ def _ref(pid: str = "a", tokens=(1, 2, 3)) -> Record:
                   topk_logprobs=[[-0.1, -2.0]] * n, token_times=[0.1 * (i + 1) for i in range(n)])
 
 
-def _baseline(case_hash: str = "c0ffee", n_prompts: int = 1) -> baselines.Baseline:
-    return baselines.build(suite="s", profile="default", case_hash=case_hash, device_key="cpu-avx2-t2-torch2.13",
-                           environment={}, reason="test", references=[_ref(f"p{i}") for i in range(n_prompts)],
-                           latency={"solo tpot": [0.05, 0.051]}, load_s=[3.2])
+CPU = {"device": "cpu", "cpu_capability": "AVX512", "cpu_model": "intel-6-167", "threads": "2", "torch": "2.13.0+cpu",
+       "transformers": "5.24.0"}
+
+
+def _baseline(case_hash: str = "c0ffee", n_prompts: int = 1, device: dict | None = None,
+              created: str = "") -> baselines.Baseline:
+    info = device or CPU
+    b = baselines.build(suite="s", profile="default", case_hash=case_hash, device_key=baselines.device_key(info),
+                        environment={"device": info}, reason="test", references=[_ref(f"p{i}") for i in range(n_prompts)],
+                        latency={"solo tpot": [0.05, 0.051]}, load_s=[3.2])
+    if created:
+        b.provenance["created"] = created
+    return b
 
 
 def test_device_key_names_device_chip_and_major_versions():
-    assert baselines.device_key({"device": "cpu", "cpu_capability": "AVX512", "threads": "2", "torch": "2.13.0+cpu"}) \
+    assert str(baselines.device_key({"device": "cpu", "cpu_capability": "AVX512", "threads": "2", "torch": "2.13.0+cpu"})) \
         == "cpu-avx512-t2-torch2.13"
-    assert baselines.device_key({"device": "npu", "chip": "Ascend910B3", "torch": "2.1.0", "torch_npu": "2.1.0.post6",
-                                 "cann": "8.0.RC2"}) == "npu-ascend910b3-torch2.1-torchnpu2.1-cann8.0"
-    assert baselines.device_key({"device": "cuda", "chip": "NVIDIA H100 80GB HBM3", "torch": "2.5.1", "cuda": "12.4"}) \
+    assert str(baselines.device_key({"device": "npu", "chip": "Ascend910B3", "torch": "2.1.0", "torch_npu": "2.1.0.post6",
+                                     "cann": "8.0.RC2"})) == "npu-ascend910b3-torch2.1-torchnpu2.1-cann8.0"
+    assert str(baselines.device_key({"device": "cuda", "chip": "NVIDIA H100 80GB HBM3", "torch": "2.5.1", "cuda": "12.4"})) \
         == "cuda-nvidia-h100-80gb-hbm3-torch2.5-cuda12.4"
     # Two AVX512 hosts of other microarchitectures pick other MKL/oneDNN kernels: their bits are not comparable.
-    assert baselines.device_key({"device": "cpu", "cpu_capability": "AVX512", "cpu_model": "intel-6-167", "threads": "2",
-                                 "torch": "2.13.0+cpu"}) == "cpu-avx512-intel-6-167-t2-torch2.13"
+    key = baselines.device_key(CPU)
+    assert (key.hardware, key.software) == ("cpu-avx512-intel-6-167-t2", "torch2.13-tf5.24")
+    assert str(key) == "cpu-avx512-intel-6-167-t2-torch2.13-tf5.24"
+    served = baselines.device_key({"device": "endpoint", "server": "vllm", "target": "npu", "host": "intel-6-167-c2"})
+    assert (served.hardware, served.software) == ("endpoint-npu-intel-6-167-c2", "vllm")
+
+
+def test_tiers_between_keys():
+    key = baselines.device_key(CPU)
+    assert key.tier(baselines.device_key(CPU)) == "same key"
+    assert key.tier(baselines.device_key({**CPU, "transformers": "5.30.1"})) == "other software"
+    assert key.tier(baselines.device_key({**CPU, "torch": "2.14.0"})) == "other software"
+    assert key.tier(baselines.device_key({**CPU, "cpu_model": "amd-26-2"})) == "other hardware"
+    assert key.tier(baselines.device_key({**CPU, "threads": "4"})) == "other hardware"
+    assert key.tier(baselines.device_key({"device": "npu", "chip": "Ascend910B3", "torch": "2.13.0"})) is None
+
+
+def test_store_prefers_this_key_then_this_hardware_then_this_device_type(tmp_path: Path):
+    store = baselines.Store(tmp_path)
+    here = baselines.device_key(CPU)
+    other_hw = {**CPU, "cpu_model": "amd-26-2"}
+    other_sw = {**CPU, "transformers": "5.30.1"}
+    assert isinstance(store.check(here, "s", "default", "c0ffee"), baselines.Missing)
+    baselines.write(store.path(baselines.device_key(other_hw), "s", "default"), _baseline(device=other_hw))
+    found = store.check(here, "s", "default", "c0ffee")
+    assert isinstance(found, baselines.Found) and found.tier == "other hardware" and not found.same_hardware
+    assert found.key.hardware == "cpu-avx512-amd-26-2-t2"
+    # Same hardware beats other hardware, even when older.
+    baselines.write(store.path(baselines.device_key(other_sw), "s", "default"),
+                    _baseline(device=other_sw, created="2000-01-01T00:00:00"))
+    found = store.check(here, "s", "default", "c0ffee")
+    assert found.tier == "other software" and found.same_hardware
+    target = store.update(here, "s", "default", _baseline())
+    assert target == tmp_path / str(here) / "s" / "default.json"
+    assert store.check(here, "s", "default", "c0ffee").tier == "same key"
+    # Recording one host's baseline removes no other's.
+    assert len(list(tmp_path.glob("*/s/default.json"))) == 3
+    # Another device type is never a stand-in.
+    npu = baselines.device_key({"device": "npu", "chip": "Ascend910B3", "torch": "2.13.0"})
+    assert isinstance(store.check(npu, "s", "default", "c0ffee"), baselines.Missing)
+
+
+def test_a_broken_file_under_this_key_is_unusable_but_another_hosts_is_passed_over(tmp_path: Path):
+    store = baselines.Store(tmp_path)
+    here = baselines.device_key(CPU)
+    other = baselines.device_key({**CPU, "cpu_model": "amd-26-2"})
+    store.path(other, "s", "default").parent.mkdir(parents=True)
+    store.path(other, "s", "default").write_text("{not json")
+    assert isinstance(store.check(here, "s", "default", "c0ffee"), baselines.Missing)
+    store.path(here, "s", "default").parent.mkdir(parents=True)
+    store.path(here, "s", "default").write_text("{not json")
+    found = store.check(here, "s", "default", "c0ffee")
+    assert isinstance(found, baselines.Unusable) and "corrupt baseline" in found.reason
 
 
 def test_cpu_model_from_cpuinfo():
-    from harness.devices import cpu_model
+    from harness.envinfo import cpu_model
     intel = "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\nflags\t: fpu amx_tile\n\nprocessor\t: 1\n"
     assert cpu_model(intel) == "intel-6-143"
     assert cpu_model("processor\t: 0\nCPU implementer\t: 0x48\nCPU part\t: 0xd01\n") == "arm-0x48-0xd01"
@@ -60,7 +120,7 @@ def test_environment_changes_name_what_moved_since_the_baseline():
 
 
 def test_round_trip_keeps_references_samples_and_provenance(tmp_path: Path):
-    p = baselines.path_for(tmp_path, "cpu-x", "s", "default")
+    p = tmp_path / "cpu-x" / "s" / "default.json"
     baselines.write(p, _baseline())
     b = baselines.load(p, "c0ffee")
     assert b.reference("p0").tokens == [1, 2, 3] and b.reference("p0").fingerprints[0].endswith("1")
@@ -89,15 +149,6 @@ def test_another_case_hash_is_not_comparable(tmp_path: Path):
     baselines.write(p, _baseline("aaaa"))
     with pytest.raises(baselines.BaselineError, match="case hash aaaa.*bbbb"):
         baselines.load(p, "bbbb")
-
-
-def test_find_prefers_the_same_key_then_the_same_device_type(tmp_path: Path):
-    baselines.write(baselines.path_for(tmp_path, "cpu-avx2-t4-torch2.13", "s", "default"), _baseline())
-    assert baselines.find(tmp_path, "cpu-avx512-t2-torch2.13", "s", "default", "cpu") == \
-        (tmp_path / "cpu-avx2-t4-torch2.13/s/default.json", False)
-    baselines.write(baselines.path_for(tmp_path, "cpu-avx512-t2-torch2.13", "s", "default"), _baseline())
-    assert baselines.find(tmp_path, "cpu-avx512-t2-torch2.13", "s", "default", "cpu")[1] is True
-    assert baselines.find(tmp_path, "x", "s", "default", "npu") == (None, False)
 
 
 def test_kill_during_writes_leaves_a_readable_baseline(tmp_path: Path):

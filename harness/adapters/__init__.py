@@ -28,6 +28,19 @@ def resolve(name: str) -> str:
     return table[name]
 
 
+class AdapterError(ValueError):
+    """The named adapter cannot be used; the message is one line naming it and what it lacks."""
+
+
 def get(name: str) -> Any:
-    module, _, attr = resolve(name).partition(":")
-    return getattr(importlib.import_module(module), attr)
+    """The adapter class, checked against the contract (harness.jobs.Adapter) when its entry point is resolved."""
+    from ..jobs import adapter_problem
+    target = resolve(name)
+    module, _, attr = target.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise AdapterError(f"adapter {name!r} ({target}) cannot be imported: {type(e).__name__}: {e}") from None
+    if problem := adapter_problem(cls):
+        raise AdapterError(f"adapter {name!r} ({target}) {problem}")
+    return cls

@@ -11,20 +11,17 @@ The API key is read from the environment variable the suite names and only ever 
 from __future__ import annotations
 
 import asyncio
-import base64
-import functools
 import hashlib
 import json
 import os
-import platform
-import ssl
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from ..plan import Job
+from .. import envinfo
+from ..jobs import Job
 from ..records import Generated
-from ..suite import MIB, Endpoint
+from ..served import Endpoint
+from ..wire import client_kwargs, encode, request_body, size_error
 
 # Fields a server may refuse (transformers serve answers 422 to unknown fields); dropped one by one at the probe.
 OPTIONAL = ("ignore_eos", "seed", "logprobs", "top_logprobs", "stream_options")
@@ -35,81 +32,6 @@ class RequestFailed(Exception):
     def __init__(self, message: str, retry: bool, status: int = 0):
         super().__init__(message)
         self.retry, self.status = retry, status
-
-
-def api_key(ep: Endpoint) -> str:
-    """The key from the environment; a named but missing variable is an input error, said before anything starts."""
-    if not ep.api_key_env:
-        return ""
-    key = os.environ.get(ep.api_key_env, "")
-    if not key:
-        raise ValueError(f"endpoint.api_key_env names {ep.api_key_env}, which is not set (or empty) in the environment")
-    return key
-
-
-def client_kwargs(ep: Endpoint, timeout_s: float | None = None) -> dict:
-    """httpx client settings: TLS verification on unless the suite turns it off, CA bundle, client certificate."""
-    import httpx
-    ctx = ssl.create_default_context(cafile=ep.ca_bundle or None)
-    if not ep.verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    if ep.client_cert:
-        ctx.load_cert_chain(ep.client_cert, ep.client_key)
-    key = api_key(ep)
-    t = timeout_s or ep.request_timeout_s
-    return {"verify": ctx, "timeout": httpx.Timeout(t, connect=min(t, 30.0)),
-            "headers": {"Authorization": f"Bearer {key}"} if key else {}}
-
-
-def request_body(ep: Endpoint, prompt: dict, *, max_tokens: int, top_logprobs: int, seed: int, model: str = "",
-                 stream: bool = True, dropped: frozenset[str] = frozenset()) -> dict:
-    body: dict = {"model": model} if model else {}
-    if ep.api == "chat":
-        body |= {"messages": [{"role": "user", "content": _content(prompt)}], "logprobs": True, "top_logprobs": top_logprobs}
-    else:
-        body |= {"prompt": prompt["text"], "logprobs": top_logprobs}
-    body |= {"max_tokens": max_tokens, "temperature": 0, "seed": seed, "stream": stream}
-    if stream:
-        body["stream_options"] = {"include_usage": True}
-    if ep.ignore_eos:
-        body["ignore_eos"] = True
-    return {k: v for k, v in body.items() if k not in dropped}
-
-
-def _content(prompt: dict) -> str | list[dict]:
-    """Plain text, or OpenAI content parts with each attachment inline as base64 (4/3 of the file's size)."""
-    if not prompt.get("attachments"):
-        return prompt["text"]
-    parts: list[dict] = [{"type": "text", "text": prompt["text"]}]
-    for a in prompt["attachments"]:
-        data = _base64(a["path"])
-        kind, sub = a["mime"].split("/", 1)
-        if kind == "audio":
-            parts.append({"type": "input_audio", "input_audio": {"data": data, "format": sub.removeprefix("x-")}})
-        else:
-            parts.append({"type": f"{kind}_url", f"{kind}_url": {"url": f"data:{a['mime']};base64,{data}"}})
-    return parts
-
-
-@functools.lru_cache(maxsize=64)
-def _base64(path: str) -> str:
-    return base64.b64encode(Path(path).read_bytes()).decode("ascii")
-
-
-def encode(body: dict) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-def size_error(prompt: dict, body: dict, limit: int) -> str:
-    """"" when the encoded body fits the limit; else one line naming the prompt."""
-    n = len(encode(body))
-    if n <= limit:
-        return ""
-    k = len(prompt.get("attachments", ()))
-    media = f" (its {k} attachment(s) count base64-encoded, 4/3 of their file size)" if k else ""
-    return (f"prompt {prompt['id']!r} makes a {n / MIB:.2f} MiB request body{media}, over the limit of {limit / MIB:.2f} MiB "
-            "(endpoint.max_body_bytes); shorten the prompt or raise the limit if the server accepts more")
 
 
 def _tid(token: str) -> int:
@@ -179,9 +101,9 @@ class EndpointAdapter:
 
     def __init__(self, job: Job, device=None):
         self.job = job
-        cfg = dict(job.endpoint)
-        self.server = cfg.pop("server", "external")
-        self.ep = Endpoint(**cfg)
+        assert job.endpoint is not None, "a served job carries its endpoint"
+        self.server = job.server
+        self.ep: Endpoint = job.endpoint
         self.url = self.ep.base_url + ("/v1/chat/completions" if self.ep.api == "chat" else "/v1/completions")
         self.loop = asyncio.new_event_loop()
         self.client = None
@@ -200,8 +122,8 @@ class EndpointAdapter:
         return {"probe": time.perf_counter() - t0}
 
     def describe(self) -> dict:
-        # A server the harness started runs on this host: its architecture and cores belong in the baseline key.
-        host = f"{platform.machine()}-c{os.cpu_count()}" if self.server != "external" else ""
+        # A server the harness started runs on this host: its CPU model and cores belong in the baseline key.
+        host = f"{envinfo.cpu_model()}-c{os.cpu_count()}" if self.server != "external" else ""
         return {"device": "endpoint", "server": self.server, "target": self.job.device, "host": host, "url": self.ep.base_url,
                 "api": self.ep.api, "model": self.model, "level": self.level, "dropped_fields": sorted(self.dropped)}
 

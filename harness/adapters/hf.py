@@ -9,13 +9,14 @@ import torch
 
 from .. import devices
 from ..fingerprint import fingerprint, to_hex
-from ..plan import Job
+from ..jobs import Job
 from ..records import Generated
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class HFAdapter:
+    remote = False
     def __init__(self, job: Job, device: torch.device, capture: bool = True):
         self.job, self.device = job, device
         self.capture = capture  # False only to measure what the per-step capture costs (tests/bench)
@@ -101,3 +102,6 @@ class HFAdapter:
                           finish_reason="stop" if done[r] else "length", fingerprints=fps[r], topk_ids=tids[r],
                           topk_logprobs=tlps[r], token_times=times[r], prompt_tokens=int(mask[r, :ids.shape[1]].sum()))
                 for r in range(rows)]
+
+    def close(self) -> None:
+        self.model = None  # the worker exits next; nothing else to release

@@ -6,7 +6,7 @@ from typing import Callable
 from ..records import Record
 from .determinism import Expectation, Verdict, compare, lowest_level, verdict
 
-BASELINE_EXPECTATIONS = ("bitwise", "tokens", "close")
+BASELINE_EXPECTATIONS = ("bitwise", "tokens", "close", "report")
 
 
 def references(records: list[Record]) -> list[Record]:
@@ -26,7 +26,7 @@ def evaluate(records: list[Record], reference: Callable[[str], Record | None], p
         raise ValueError(f"baseline expectation must be one of {', '.join(BASELINE_EXPECTATIONS)}, got {expect!r}")
     ours = references(records)
     level = lowest_level(ours)
-    if level == "text" and expect != "tokens":
+    if level == "text" and expect in ("bitwise", "close"):
         if expect == "close":
             note = "; ".join(filter(None, ["close needs logprobs and the server returned text only: tokens compared", note]))
         expect = "tokens"
@@ -43,7 +43,6 @@ def not_comparable(profile: str, reason: str) -> Verdict:
                    sequences=0, bitwise=0, token_identical=0)
 
 
-def missing(profile: str, where: str) -> Verdict:
-    return Verdict(profile=profile, property="baseline", expect="-", status="no baseline",
-                   reason=f"no baseline at {where}; create one with --update-baselines --reason '...'",
+def missing(profile: str, reason: str) -> Verdict:
+    return Verdict(profile=profile, property="baseline", expect="-", status="no baseline", reason=reason,
                    sequences=0, bitwise=0, token_identical=0)

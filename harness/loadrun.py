@@ -1,0 +1,80 @@
+"""The data of a load-time run: the suite, what is loaded, and what was measured. Plain data, shared by the
+sweep (loadtime.py) and its reports (report_loadtime.py)."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .analysis import loadtime as lt
+from .analysis import stats
+
+
+@dataclass(frozen=True)
+class LoadSuite:
+    name: str
+    path: str
+    model_ref: str
+    dtype: str
+    device: str
+    settings: tuple[str, ...]          # OMP_NUM_THREADS values; "unset" removes the variable
+    repeats: int                       # rounds for the suite's model
+    sizes: tuple[float, ...]           # synthetic checkpoints, billions of parameters
+    size_repeats: int
+    drop_caches: bool
+    threshold: float
+    alpha: float
+    timeout_s: float
+    seed: int = 0
+
+    @property
+    def case_hash(self) -> str:
+        from . import synthetic
+        body = [self.model_ref, self.dtype, [synthetic.config_dict(s) for s in self.sizes]]
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    return sorted(p for p in Path(model_dir).iterdir() if p.suffix in (".safetensors", ".bin", ".pt") and p.is_file())
+
+
+@dataclass
+class Target:
+    label: str              # "embedded" or "synthetic-0.5b"
+    model_dir: Path
+    dtype: str
+    params_b: float
+    repeats: int
+
+    @property
+    def files(self) -> list[Path]:
+        return weight_files(self.model_dir)
+
+    @property
+    def gb(self) -> float:
+        return sum(f.stat().st_size for f in self.files) / 1e9
+
+
+@dataclass
+class LoadRun:
+    suite: LoadSuite
+    run_id: str
+    run_dir: Path
+    samples: list[lt.LoadSample]
+    targets: list[Target]
+    cache_note: str
+    cold_ok: bool
+    reads: dict[str, tuple[float, bool]]          # label -> (seconds, cold)
+    device_info: dict
+    recommendation: lt.Recommendation | None = None
+    summaries: list[lt.SettingSummary] = dataclasses.field(default_factory=list)
+    sizes: list[lt.SizeRow] = dataclasses.field(default_factory=list)
+    changes: list[stats.Change] = dataclasses.field(default_factory=list)
+    ungated: list[stats.Change] = dataclasses.field(default_factory=list)   # against another hardware's baseline
+    baseline_notes: list[str] = dataclasses.field(default_factory=list)
+    not_comparable: bool = False
+    unwritable: bool = False
+    plot: str = ""
+    exit_code: int = 0

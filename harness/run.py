@@ -1,0 +1,151 @@
+"""One seam for every kind of run: the CLI, the pytest plugin and nox all go through `load` and `execute` here.
+
+A kind (determinism, served, load time; next tensor parallel, vLLM, sign-off) says how it parses its suite, which
+checks it will report (pytest items) and how it runs, analyses and reports. What every kind shares lives here:
+the options, the run directory, progress bars, the outcome and the exit-code rule. Adding a kind is its module
+plus one line in KINDS.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from .errors import CHECK_FAILED, INFRA, OK, USAGE, HarnessError
+from .tomltable import SuiteError, read_toml
+
+# kind -> "module:attr" of its Kind object; imported only when a suite of that kind is run.
+KINDS = {
+    "determinism": "harness.pipeline:DETERMINISM",
+    "served": "harness.pipeline:SERVED",
+    "loadtime": "harness.loadtime:KIND",
+}
+
+
+@dataclass
+class Options:
+    device: str | None = None
+    model: str | None = None
+    profiles: list[str] | None = None
+    out: Path = Path("reports")
+    timeout_s: float | None = None
+    progress: bool = True
+    adapter: str | None = None
+    baselines: Path = Path("baselines")
+    update_baselines: bool = False
+    reason: str = ""
+    endpoint: str | None = None        # URL of a server that is already running (the suite's [server] is not started)
+    drop_caches: bool | None = None    # load time: evict the model files before each cold load (None: the suite's)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """reports/<time>-<suite>[-n]: created once, never shared with another run."""
+    run_id: str
+    path: Path
+
+    @classmethod
+    def create(cls, out: Path, name: str) -> RunDir:
+        base = f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
+        Path(out).mkdir(parents=True, exist_ok=True)
+        for n in range(1, 10_000):
+            run_id = base if n == 1 else f"{base}-{n}"
+            try:
+                (Path(out) / run_id).mkdir()  # atomic: two runs started in the same second get two folders
+            except FileExistsError:
+                continue
+            d = cls(run_id, Path(out) / run_id)
+            for sub in ("jobs", "records", "logs"):
+                (d.path / sub).mkdir()
+            return d
+        raise HarnessError(f"{out}: no free run directory name for {base}", INFRA)
+
+
+class Progress:
+    """A tqdm bar on stderr (sparse when not a terminal, so CI logs stay short), or nothing when disabled."""
+
+    def __init__(self, desc: str, total: int, unit: str, enabled: bool = True):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr,
+                            mininterval=0.5 if sys.stderr.isatty() else 15, dynamic_ncols=True)
+
+    def to(self, n: int) -> None:
+        if self.bar is not None and n != self.bar.n:
+            self.bar.update(n - self.bar.n)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+CheckOutcome = Literal["passed", "failed", "skipped"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One reported check: a pytest item `SUITE::GROUP::NAME`, and a line of the console verdict."""
+    group: str                 # a profile, or a load-time setting
+    name: str                  # a property: batch-invariance, baseline, latency, ...
+    outcome: CheckOutcome
+    message: str = ""
+
+
+@dataclass
+class Outcome:
+    exit_code: int
+    console: str
+    run_dir: Path
+    checks: list[Check] = field(default_factory=list)
+
+
+def exit_code(*, infra: bool, unusable: bool, failed: bool) -> int:
+    """The one rule: 3 infrastructure, else 2 input that cannot be compared, else 1 a check failed, else 0."""
+    return INFRA if infra else USAGE if unusable else CHECK_FAILED if failed else OK
+
+
+class Kind(Protocol):
+    name: str
+
+    def load(self, path: Path, data: dict, opts: Options) -> Any:
+        """The validated suite from the file's TOML; HarnessError(USAGE) with one line for anything wrong in it."""
+        ...
+
+    def items(self, suite: Any) -> list[tuple[str, str]]:
+        """(group, name) of every check the run will report, known before it runs."""
+        ...
+
+    def execute(self, suite: Any, opts: Options) -> Outcome:
+        ...
+
+
+def kind_name(data: dict) -> str:
+    if "loadtime" in data:
+        return "loadtime"
+    if "server" in data or "endpoint" in data:
+        return "served"
+    return "determinism"
+
+
+def get(name: str) -> Kind:
+    module, _, attr = KINDS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def load(path: str | Path, opts: Options) -> tuple[Kind, Any]:
+    """The suite's kind and its validated suite, before any model loads or server starts."""
+    if opts.update_baselines and not opts.reason.strip():
+        raise HarnessError("--update-baselines needs --reason 'why these outputs and timings are the new truth'", USAGE)
+    try:
+        data = read_toml(path)
+    except SuiteError as e:
+        raise HarnessError(str(e), USAGE) from None
+    kind = get(kind_name(data))
+    return kind, kind.load(Path(path), data, opts)
