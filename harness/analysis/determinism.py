@@ -1,11 +1,12 @@
 """Determinism analysis: records in, verdicts out. Pure functions, no I/O, no torch."""
 from __future__ import annotations
 
+import builtins
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import sub
-from typing import Literal
+from typing import Iterable, Literal, Sequence, TypedDict
 
 from ..records import Record
 
@@ -19,6 +20,36 @@ LEVELS: tuple[Seen, ...] = ("logits", "logprobs", "text")       # best first
 
 BATCH_KINDS = ("permutation", "batch-sizes", "needle")
 PROPERTY_KINDS = {"repeatability": ("repeat",), "batch-invariance": BATCH_KINDS}
+
+
+class _Where(TypedDict):
+    """The fields every Comparison has, whatever its level."""
+    prompt_id: str
+    schedule: str
+    batch_id: str
+    batch: tuple[str, ...]
+    position: int
+    first_bit_step: int | None
+    first_token_step: int | None
+    max_dlogprob: float
+    unit: str
+
+
+class ComparisonRow(TypedDict):
+    """Comparison.row(): one line of the report's list of compared sequences."""
+    prompt_id: str
+    schedule: str
+    batch_id: str
+    batch_size: int
+    position: int
+    level: Level
+    first_bit_step: int | None
+    first_token_step: int | None
+    ref_margin: float | None
+    ref_in_other_topk: bool | None
+    other_in_ref_topk: bool | None
+    ref_token: str
+    other_token: str
 
 
 @dataclass(frozen=True)
@@ -63,20 +94,21 @@ class Comparison:
                 f"other's token in reference top-{self.k or 'k'}: {_yn(self.other_in_ref_topk)}; "
                 f"max |Δ logprob| before it {self.max_dlogprob:.3g}")
 
-    def row(self) -> dict:
+    def row(self) -> ComparisonRow:
         """Plain JSON-able values: one line of the report's list of compared sequences."""
-        return dict(prompt_id=self.prompt_id, schedule=self.schedule, batch_id=self.batch_id, batch_size=len(self.batch),
-                    position=self.position, level=self.level, first_bit_step=self.first_bit_step,
-                    first_token_step=self.first_token_step, ref_margin=self.ref_margin,
-                    ref_in_other_topk=self.ref_in_other_topk, other_in_ref_topk=self.other_in_ref_topk,
-                    ref_token=self.ref_token, other_token=self.other_token)
+        return ComparisonRow(prompt_id=self.prompt_id, schedule=self.schedule, batch_id=self.batch_id,
+                             batch_size=len(self.batch), position=self.position, level=self.level,
+                             first_bit_step=self.first_bit_step, first_token_step=self.first_token_step,
+                             ref_margin=self.ref_margin, ref_in_other_topk=self.ref_in_other_topk,
+                             other_in_ref_topk=self.other_in_ref_topk,
+                             ref_token=self.ref_token, other_token=self.other_token)
 
 
 def _yn(v: bool | None) -> str:
     return "n/a" if v is None else ("yes" if v else "no")
 
 
-def _first(a: list, b: list) -> int | None:
+def _first(a: Sequence[object], b: Sequence[object]) -> int | None:
     n = min(len(a), len(b))
     for i in range(n):
         if a[i] != b[i]:
@@ -99,8 +131,8 @@ def _max_dlogprob(ref: Record, other: Record, lo: int, hi: int) -> float:
     return d
 
 
-def lowest_level(records) -> Seen:
-    return max((r.level for r in records), key=LEVELS.index, default="logits")
+def lowest_level(records: Iterable[Record]) -> Seen:
+    return LEVELS[max((LEVELS.index(r.level) for r in records), default=0)]
 
 
 def compare(ref: Record, other: Record, k: int | None = None) -> Comparison:
@@ -116,9 +148,9 @@ def compare(ref: Record, other: Record, k: int | None = None) -> Comparison:
     # Steps before the first differing fingerprint have bit-identical logits: their Δ is 0, skip them.
     first = last if bit_step is None else min(bit_step, last)
     dmax = max(_max_dlogprob(ref, other, first, last - 1), _max_dlogprob(ref, other, last - 1, last))
-    base = dict(prompt_id=other.prompt_id, schedule=other.schedule, batch_id=other.batch_id, batch=tuple(other.batch),
-                position=other.position, first_bit_step=bit_step, first_token_step=tok_step, max_dlogprob=dmax,
-                unit="character" if text_only else "step")
+    base = _Where(prompt_id=other.prompt_id, schedule=other.schedule, batch_id=other.batch_id, batch=tuple(other.batch),
+                  position=other.position, first_bit_step=bit_step, first_token_step=tok_step, max_dlogprob=dmax,
+                  unit="character" if text_only else "step")
     if tok_step is None:
         return Comparison(level="bitwise" if bit_step is None else "tokens", **base)
     s = tok_step
@@ -162,24 +194,25 @@ class Verdict:
     failed: int = 0                      # sequences with no output (a request that failed), left out of the comparison
     comparisons: tuple[Comparison, ...] = ()   # every compared sequence, for the report to list
 
-    @property
+    # builtins.property: in this class body `property` names the str field above
+    @builtins.property
     def passed(self) -> bool:
         return self.status in ("pass", "report", "no baseline", "updated")
 
-    @property
+    @builtins.property
     def share_bitwise(self) -> float:
         return self.bitwise / self.sequences if self.sequences else 0.0
 
-    @property
+    @builtins.property
     def share_tokens(self) -> float:
         return self.token_identical / self.sequences if self.sequences else 0.0
 
-    @property
+    @builtins.property
     def share_close(self) -> float:
         """Share that meets "close": token-identical or a near-tie at the first divergence."""
         return (self.token_identical + self.close) / self.sequences if self.sequences else 0.0
 
-    @property
+    @builtins.property
     def max_unique(self) -> int:
         return max(self.unique_outputs.values(), default=0)
 
@@ -211,7 +244,7 @@ def worst(comps: list[Comparison]) -> Comparison | None:
         if hits:
             return min(hits, key=lambda c: (c.first_token_step, c.ref_margin if c.ref_margin is not None else 0.0))
     bits = [c for c in comps if c.level == "tokens" and c.unit != "character"]  # equal text: nothing to show
-    return min(bits, key=lambda c: c.first_bit_step) if bits else None
+    return min(bits, key=lambda c: c.first_bit_step or 0) if bits else None
 
 
 SEEN_AS = {"logits": "logits bits", "logprobs": "logprobs", "text": "text"}
@@ -257,16 +290,19 @@ def judge(expect: Expectation, comps: list[Comparison], level: Seen = "logits") 
     return "report", f"{nbit}/{n} bitwise, {_tally(comps, level)} (no assertion)"
 
 
-def verdict(profile: str, prop: str, expect: Expectation, comps: list[Comparison], level: Seen, note: str = "",
-            **more) -> Verdict:
-    """Judge the comparisons and count them; note is appended to the reason, more goes to the Verdict as is."""
+def verdict(profile: str, prop: str, expect: Expectation, comps: list[Comparison], level: Seen, note: str = "", *,
+            failed: int = 0, unique_outputs: dict[str, int] | None = None,
+            unique_bits: dict[str, int] | None = None) -> Verdict:
+    """Judge the comparisons and count them; note is appended to the reason, the rest goes to the Verdict as is."""
     status, reason = judge(expect, comps, level)
     if note:
         reason = f"{reason}; {note}"
     n = Counter(c.level for c in comps)
     return Verdict(profile=profile, property=prop, expect=expect, status=status, reason=reason, sequences=len(comps),
                    bitwise=n["bitwise"], token_identical=n["bitwise"] + n["tokens"], close=n["close"],
-                   worst=worst(comps), level=level, comparisons=tuple(comps), **more)
+                   worst=worst(comps), level=level, comparisons=tuple(comps), failed=failed,
+                   unique_outputs={} if unique_outputs is None else unique_outputs,
+                   unique_bits={} if unique_bits is None else unique_bits)
 
 
 def evaluate(records: list[Record], profile: str, prop: str, expect: Expectation, k: int | None = None) -> Verdict:
@@ -276,8 +312,8 @@ def evaluate(records: list[Record], profile: str, prop: str, expect: Expectation
     level = lowest_level(records)
     refs, others = _references(records, prop)
     comps = [compare(refs[r.prompt_id], r, k) for r in others if r.prompt_id in refs]
-    tok_sets: dict[str, set] = defaultdict(set)
-    bit_sets: dict[str, set] = defaultdict(set)
+    tok_sets: dict[str, set[tuple[int, ...]]] = defaultdict(set)
+    bit_sets: dict[str, set[tuple[str, ...]]] = defaultdict(set)
     for r in list(refs.values()) + others:
         if r.prompt_id in refs:
             tok_sets[r.prompt_id].add(tuple(r.tokens))

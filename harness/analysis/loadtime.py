@@ -55,15 +55,19 @@ class SettingSummary:
     peak_rss_mb: float
 
 
+def _median(xs: list[float]) -> float:
+    return float(np.median(xs)) if xs else math.nan
+
+
 def summarise(samples: list[LoadSample], model: str, settings: list[str]) -> list[SettingSummary]:
     out = []
     for st in settings:
         warm, cold = _ok(samples, model, st, False), _ok(samples, model, st, True)
         failed = sum(1 for s in samples if s.model == model and s.setting == st and s.status != "ok")
-        med = lambda xs: float(np.median(xs)) if xs else math.nan  # noqa: E731
-        phases = {p: med([s.phases[p] for s in warm if p in s.phases]) for p in PHASES}
+        phases = {p: _median([s.phases[p] for s in warm if p in s.phases]) for p in PHASES}
         out.append(SettingSummary(model=model, setting=st, n_warm=len(warm), n_cold=len(cold), failed=failed,
-                                  warm_p50=med([s.total for s in warm]), cold_p50=med([s.total for s in cold]),
+                                  warm_p50=_median([s.total for s in warm]),
+                                  cold_p50=_median([s.total for s in cold]),
                                   phases_p50=phases, peak_rss_mb=max((s.peak_rss_mb for s in warm + cold), default=math.nan)))
     return out
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, TypedDict
 
 import numpy as np
 from scipy import stats
 
-MARKS = {"regressed": "+", "improved": "-", "~": "~", "insufficient": "x", "not comparable": "x", "failed": "!"}
+ChangeStatus = Literal["regressed", "improved", "~", "insufficient", "not comparable", "failed"]
+MARKS: dict[ChangeStatus, str] = {"regressed": "+", "improved": "-", "~": "~", "insufficient": "x",
+                                  "not comparable": "x", "failed": "!"}
 _BOOT = 2000
 _POWER_Z = 0.8416  # one-sided z for 80% power in the detectable-change estimate
 
@@ -22,7 +25,7 @@ _POWER_Z = 0.8416  # one-sided z for 80% power in the detectable-change estimate
 @dataclass(frozen=True)
 class Change:
     metric: str
-    status: str                 # "regressed" | "improved" | "~" | "insufficient" | "not comparable" | "failed"
+    status: ChangeStatus
     n_before: int
     n_after: int
     before: float = math.nan    # median
@@ -39,6 +42,21 @@ class Change:
     @property
     def mark(self) -> str:
         return MARKS[self.status]
+
+
+class _Sizes(TypedDict):
+    """The Change fields known before anything is measured."""
+    metric: str
+    n_before: int
+    n_after: int
+    threshold: float
+    higher_is_better: bool
+
+
+class _Medians(TypedDict):
+    before: float
+    after: float
+    ratio: float
 
 
 def min_p(n1: int, n2: int) -> float:
@@ -84,19 +102,21 @@ def compare(metric: str, before: list[float], after: list[float], *, threshold: 
             higher_is_better: bool = False, seed: int = 0) -> Change:
     a = np.asarray([x for x in before if math.isfinite(x)], dtype=float)
     b = np.asarray([x for x in after if math.isfinite(x)], dtype=float)
-    base = dict(metric=metric, n_before=len(a), n_after=len(b), threshold=threshold, higher_is_better=higher_is_better)
+    base = _Sizes(metric=metric, n_before=len(a), n_after=len(b), threshold=threshold,
+                  higher_is_better=higher_is_better)
     if len(a) == 0 or len(b) == 0:
         return Change(status="failed", note="no samples on one side", **base)
     med_a, med_b = float(np.median(a)), float(np.median(b))
     ratio = med_b / med_a if med_a else math.inf
-    base.update(before=med_a, after=med_b, ratio=ratio)
+    meds = _Medians(before=med_a, after=med_b, ratio=ratio)
     if min_p(len(a), len(b)) >= alpha:
         need = min_samples(alpha)
         return Change(status="insufficient", note=f"{len(a)} vs {len(b)} samples can never reach p < {alpha}; "
-                      f"need at least {need} per side", **base)
+                      f"need at least {need} per side", **base, **meds)
     lo, hi = bootstrap_ratio(a, b, seed)
     p = float(stats.mannwhitneyu(a, b, alternative="two-sided").pvalue)
     worse = ratio < 1 / (1 + threshold) if higher_is_better else ratio > 1 + threshold
     better = ratio > 1 + threshold if higher_is_better else ratio < 1 / (1 + threshold)
-    status = "regressed" if worse and p < alpha else "improved" if better and p < alpha else "~"
-    return Change(status=status, ci_low=lo, ci_high=hi, p=p, detectable=detectable_change(a, b, alpha), **base)
+    status: ChangeStatus = "regressed" if worse and p < alpha else "improved" if better and p < alpha else "~"
+    return Change(status=status, ci_low=lo, ci_high=hi, p=p, detectable=detectable_change(a, b, alpha), **base,
+                  **meds)
