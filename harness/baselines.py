@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -36,14 +37,37 @@ class Baseline:
     environment: dict
     provenance: dict
     outputs: dict[str, dict]                      # prompt id -> reference sequence
-    latency: dict[str, list[float]] = field(default_factory=dict)   # raw samples per metric
+    latency: dict[str, list[float]] = field(default_factory=dict)   # raw samples per metric (the latest run)
     load_s: list[float] = field(default_factory=list)               # raw load-time samples
+    runs: list[dict[str, float]] = field(default_factory=list)      # per recorded run: metric -> median
+    thresholds: dict[str, float] = field(default_factory=dict)      # calibrated on this runner (harness calibrate)
+    calibration: dict = field(default_factory=dict)                 # how: runs, date, host, budget, per-row alpha
+
+    def run_medians_now(self) -> dict[str, float]:
+        """The medians of the one run a file from before run histories holds."""
+        return medians({**self.latency, **({"load": self.load_s} if self.load_s else {})})
+
+    def run_medians(self) -> dict[str, list[float]]:
+        """Metric -> the medians of every recorded run; files from before runs were kept count as one run."""
+        runs = self.runs or [self.run_medians_now()]
+        out: dict[str, list[float]] = {}
+        for r in runs:
+            for k, v in r.items():
+                out.setdefault(k, []).append(v)
+        return out
 
     def reference(self, prompt_id: str) -> Record:
         o = self.outputs[prompt_id]
         return Record(profile=self.profile, schedule="baseline", kind="baseline", batch_id="baseline", batch=[prompt_id],
                       position=0, token_times=[], **{k: o[k] for k in _OUTPUT_KEYS},
                       **{k: o.get(k, d) for k, d in _OPTIONAL_KEYS.items()})
+
+
+MAX_RUNS = 20   # run medians kept per baseline: enough for a stable spread, recent enough to mean this runner
+
+
+def medians(samples: dict[str, list[float]]) -> dict[str, float]:
+    return {k: float(statistics.median(v)) for k, v in samples.items() if v}
 
 
 def _mm(version: str) -> str:

@@ -31,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     lt = sub.add_parser("loadtime", help="the same as `harness run` on a load-time suite")
     lt.add_argument("suites", nargs="+", type=Path, metavar="SUITE", help="load-time suite TOML file(s)")
     add_run_options(lt.add_argument)
+    cal = sub.add_parser("calibrate", help="N A/A runs of a perf suite: run history and thresholds for this runner")
+    cal.add_argument("suites", nargs=1, type=Path, metavar="SUITE", help="a suite with a [perf] section")
+    cal.add_argument("--runs", type=int, default=10, help="A/A runs (default 10; at least 3)")
+    add_run_options(cal.add_argument)
     return p
 
 
@@ -73,10 +77,17 @@ def run_main(args) -> int:
     return code
 
 
+def calibrate_main(args) -> int:
+    from .calibrate import calibrate
+    code, lines = calibrate(args.suites[0], options(args), args.runs)
+    print("\n".join(lines), flush=True)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return run_main(args)
+        return (calibrate_main if args.command == "calibrate" else run_main)(args)
     except HarnessError as e:
         print(f"harness: error: {e}", file=sys.stderr)
         return e.code

@@ -36,6 +36,8 @@ class Job:
     seed: int = 0
     endpoint: Endpoint | None = None          # a served model: the URL filled in
     server: str = "external"                  # the program serving it, for the device key
+    server_pid: int = 0                       # its process: its CPU time is the measurement, not a neighbour's
+    paced: bool = False                       # wait for a line on stdin before each pass (interleaved profiles)
 
     @property
     def expected(self) -> int:

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import adapters, baselines, plan, profiles, report, runner
+from . import adapters, baselines, hostnoise, perfgate, plan, profiles, report, runner
 from .analysis import baseline as baseline_check
 from .analysis import determinism, latency
 from .errors import USAGE, HarnessError
@@ -59,10 +59,19 @@ def preflight(suite: Suite) -> None:
 
 def run_profiles(suite: Suite, model_dir: Path, run_dir: Path, opts: Options) -> list[JobOutcome]:
     batches = plan.expand(suite)
+    timeout = opts.timeout_s or suite.timeout_s
+    if suite.perf is not None and suite.perf.interleave and suite.endpoint is None and len(suite.profiles) > 1:
+        bars = [Progress(f"{suite.name}:{p.name}", plan.count_sequences(batches), "seq", opts.progress)
+                for p in suite.profiles]
+        try:
+            return runner.run_interleaved([(runner.make_job(suite, p, batches, model_dir, run_dir), dict(p.env), bar.to)
+                                           for p, bar in zip(suite.profiles, bars)], timeout, run_dir)
+        finally:
+            for bar in bars:
+                bar.close()
     outcomes = []
     for prof in suite.profiles:
         job = runner.make_job(suite, prof, batches, model_dir, run_dir)
-        timeout = opts.timeout_s or suite.timeout_s
         with Progress(f"{suite.name}:{prof.name}", plan.count_sequences(batches), "seq", opts.progress) as bar:
             if suite.endpoint is None:
                 outcomes.append(runner.run_job(job, dict(prof.env), timeout, run_dir, bar.to))
@@ -125,14 +134,30 @@ def against_baselines(suite: Suite, jobs: list[JobOutcome], records: dict[str, l
         if not found.same_hardware:
             out.notes.append(f"latency of {j.profile} shown, not gated: the baseline was measured on other hardware "
                              f"({found.key.hardware}, this run {key.hardware}); timings compare only on one hardware")
-        before = {**b.latency, **({"load": b.load_s} if b.load_s else {})}
-        after = dict(samples[j.profile])
-        if "load_s" in j.meta:
-            after["load"] = [sum(j.meta["load_s"].values())]
-        out.changes[j.profile] = latency.gate(before, after, dict(suite.perf.thresholds), suite.perf.threshold,
-                                              suite.perf.alpha, seed=suite.seed)
+        out.changes[j.profile] = perfgate.against(suite.perf, b, records[j.profile], j.meta, suite.seed)
         out.gated[j.profile] = found.same_hardware
+        out.found[j.profile] = b
+    if suite.perf is not None:
+        _decide(suite, jobs, records, out)
     return out
+
+
+def _decide(suite: Suite, jobs: list[JobOutcome], records: dict[str, list[Record]], out: report.BaselineResult) -> None:
+    """One false-alarm budget for every gated row of the run; a row that only noisy passes decide is `noisy`."""
+    assert suite.perf is not None
+    gated = {p: cs for p, cs in out.changes.items() if out.gated.get(p)}
+    decided, out.alpha_row = perfgate.decide(gated, suite.perf.budget)
+    for j in jobs:
+        if j.profile not in decided:
+            continue
+        noisy = perfgate.noisy_passes(j.meta, suite.perf.noise_share)
+        without = perfgate.against(suite.perf, out.found[j.profile], [r for r in records[j.profile] if r.repeat not in noisy],
+                                   j.meta, suite.seed) if noisy else []
+        out.changes[j.profile] = perfgate.recheck(decided[j.profile], without, noisy, out.alpha_row)
+    if gated:
+        rows = sum(len(cs) for cs in gated.values())
+        out.notes.append(f"false-alarm budget {suite.perf.budget:g} per run over {rows} gated latency rows "
+                         f"(Holm-Bonferroni; the smallest p is compared with {out.alpha_row:.2g})")
 
 
 def _update(suite: Suite, store: baselines.Store, key: baselines.DeviceKey, sdir: str, j: JobOutcome,
@@ -147,6 +172,16 @@ def _update(suite: Suite, store: baselines.Store, key: baselines.DeviceKey, sdir
                         environment={"device": j.meta["device"], "host": j.meta.get("host", {}), "env": j.meta.get("env", {})},
                         reason=opts.reason, references=baseline_check.references(records), latency=samples,
                         load_s=[load_s] if load_s else [])
+    if suite.perf is not None:
+        # Timings accumulate run by run under one key, so the gate can see how far runs drift on this runner.
+        prev = store.check(key, sdir, j.profile, suite.case_hash)
+        keep = isinstance(prev, baselines.Found) and prev.tier == "same key" and not opts.fresh_runs
+        old = prev.baseline if keep and isinstance(prev, baselines.Found) else None
+        b.runs = ((old.runs or [old.run_medians_now()]) if old else []) + [baselines.medians(
+            {**samples, **({"load": [load_s]} if load_s else {})})]
+        b.runs = b.runs[-baselines.MAX_RUNS:]
+        if old:
+            b.thresholds, b.calibration = old.thresholds, old.calibration
     try:
         target = store.update(key, sdir, j.profile, b)
     except OSError as e:
@@ -158,12 +193,12 @@ def _update(suite: Suite, store: baselines.Store, key: baselines.DeviceKey, sdir
                                bitwise=0, token_identical=0, level=determinism.lowest_level(records))
 
 
-def determinism_cost(suite: Suite, samples: dict[str, dict[str, list[float]]]):
-    """The deterministic profile's latency relative to the default one, measured in the same run."""
-    if suite.perf is None or "default" not in samples or "deterministic" not in samples:
+def noise_notes(suite: Suite, jobs: list[JobOutcome]) -> list[str]:
+    """Every measured pass that ran beside other work, and what that work was."""
+    if suite.perf is None:
         return []
-    return latency.gate(samples["default"], samples["deterministic"], dict(suite.perf.thresholds), suite.perf.threshold,
-                        suite.perf.alpha, seed=suite.seed)
+    return [f"profile {j.profile} pass {k} ran beside other work: {hostnoise.describe(p)}"
+            for j in jobs for k, p in sorted(perfgate.noisy_passes(j.meta, suite.perf.noise_share).items())]
 
 
 def input_limit(jobs: list[JobOutcome]) -> list[determinism.Verdict]:
@@ -251,8 +286,10 @@ def execute(suite: Suite, opts: Options) -> report.RunResult:
                      failed=not all(v.passed for v in every_verdict)
                      or any(c.status == "regressed" for p, cs in base.changes.items() if base.gated.get(p) for c in cs))
     res = report.RunResult(suite=suite, run_id=rd.run_id, run_dir=rd.path, jobs=jobs, verdicts=verdicts, exit_code=code,
-                           notes=notes + ([flags] if flags else []) + served_notes(suite, jobs) + base.notes,
-                           started=started, baseline=base, latency=samples, cost=determinism_cost(suite, samples),
+                           notes=notes + ([flags] if flags else []) + served_notes(suite, jobs) + base.notes
+                           + noise_notes(suite, jobs),
+                           started=started, baseline=base, latency=samples,
+                           cost=perfgate.cost(suite.perf, {j.profile: j for j in jobs}, records, suite.seed) if suite.perf else [],
                            failures=failures, cost_label="" if not flags else "flags inert here: any difference is noise "
                            "or torch.use_deterministic_algorithms, not the Ascend switches")
     report.write(res)

@@ -13,6 +13,7 @@ from . import __version__, atomic, envinfo, plan
 from .analysis import latency
 from .analysis.determinism import Verdict
 from .analysis.stats import Change
+from .baselines import Baseline
 from .jobs import JobOutcome
 from .records import Record
 from .suite import Suite
@@ -31,6 +32,8 @@ class BaselineResult:
     notes: list[str] = field(default_factory=list)
     gated: dict[str, bool] = field(default_factory=dict)            # profile -> latency gated (same hardware)
     unwritable: bool = False                                        # --update-baselines could not write a file
+    found: dict[str, Baseline] = field(default_factory=dict)        # profile -> the baseline compared with
+    alpha_row: float = float("nan")                                 # the smallest per-row alpha the budget implied
 
 
 @dataclass

@@ -39,6 +39,7 @@ class Options:
     reason: str = ""
     endpoint: str | None = None        # URL of a server that is already running (the suite's [server] is not started)
     drop_caches: bool | None = None    # load time: evict the model files before each cold load (None: the suite's)
+    fresh_runs: bool = False           # an update starts the baseline's run history anew (calibration's first run)
 
 
 @dataclass(frozen=True)
@@ -78,12 +79,15 @@ class Progress:
         if self.bar is not None and n != self.bar.n:
             self.bar.update(n - self.bar.n)
 
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
     def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.close()
 
 
 CheckOutcome = Literal["passed", "failed", "skipped"]

@@ -8,6 +8,7 @@ recorded with its exit status and stderr tail; the other jobs still run.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ from typing import Callable
 import harness
 
 from .errors import INFRA, USAGE, HarnessError
-from .jobs import Job, JobOutcome
+from .jobs import Job, JobOutcome, WorkerStatus
 from .plan import Batch
 from .suite import Profile, Server, Suite
 
@@ -79,48 +80,119 @@ class _LineCounter:
         return self.lines
 
 
+class _Worker:
+    """One worker process: started in its own session (a timeout kills it and anything it started), its records
+    counted as they land."""
+
+    def __init__(self, job: Job, env: dict[str, str | None], run_dir: Path, progress: Callable[[int], None]):
+        job_path = run_dir / "jobs" / f"{job.name}.json"
+        job_path.write_text(job.to_json(), encoding="utf-8")
+        self.job, self.progress = job, progress
+        self.log = run_dir / "logs" / f"{job.name}.log"
+        self.counter = _LineCounter(Path(job.records))
+        self.start = time.monotonic()
+        self.status: WorkerStatus = "ok"
+        with open(self.log, "wb") as logf:
+            self.proc = subprocess.Popen([sys.executable, "-m", "harness.worker", str(job_path)], env=child_env(env),
+                                         stdin=subprocess.PIPE if job.paced else subprocess.DEVNULL, stdout=logf,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+    def alive(self, timeout_s: float) -> bool:
+        """Still running within its time; a worker past it is killed and marked."""
+        self.progress(self.counter.poll())
+        if self.proc.poll() is not None:
+            return False
+        if time.monotonic() - self.start > timeout_s:
+            self.status = "timeout"
+            self.kill()
+            return False
+        return True
+
+    def go(self) -> None:
+        """Let a paced worker take its next step (load, or one pass)."""
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(b"go\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # it died; finish() says how
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def finish(self) -> JobOutcome:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait()
+        job, log = self.job, self.log
+        completed = self.counter.poll()
+        self.progress(completed)
+        rc, status = self.proc.returncode, self.status
+        tail = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()][-20:]
+        meta = {}
+        if Path(job.meta).is_file():
+            meta = json.loads(Path(job.meta).read_text(encoding="utf-8"))
+        if status == "ok" and rc == USAGE and not meta:  # the worker refused the job itself (an adapter that does not fit)
+            raise HarnessError(next((ln.removeprefix("error: ") for ln in reversed(tail) if ln.startswith("error:")),
+                                    f"worker {job.name!r} refused its job; see {log}"), USAGE)
+        if status == "ok" and rc != 0:
+            status = "load-failed" if rc == INFRA and not meta else "crashed"
+        if status == "ok" and completed < job.expected:
+            status = "crashed"
+        return JobOutcome(name=job.name, profile=job.profile, status=status, returncode=rc,
+                          wall_s=time.monotonic() - self.start, expected=job.expected, completed=completed,
+                          records=job.records, log=str(log), stderr_tail=tail, meta=meta)
+
+
 def run_job(job: Job, env: dict[str, str | None], timeout_s: float, run_dir: Path,
             progress: Callable[[int], None] = lambda n: None) -> JobOutcome:
-    job_path = run_dir / "jobs" / f"{job.name}.json"
-    job_path.write_text(job.to_json(), encoding="utf-8")
-    log = run_dir / "logs" / f"{job.name}.log"
-    expected = job.expected
-    counter = _LineCounter(Path(job.records))
-    start = time.monotonic()
-    status = "ok"
-    with open(log, "wb") as logf:
-        # Own session: a timeout kills the worker and anything it started (torchrun ranks, servers).
-        proc = subprocess.Popen([sys.executable, "-m", "harness.worker", str(job_path)], env=child_env(env),
-                                stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            while proc.poll() is None:
-                progress(counter.poll())
-                if time.monotonic() - start > timeout_s:
-                    status = "timeout"
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                    break
-                time.sleep(POLL_S)
-        except BaseException:  # Ctrl-C: take the worker down with us, keep what it wrote
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise
-    completed = counter.poll()
-    progress(completed)
-    rc = proc.returncode
-    tail = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()][-20:]
-    meta = {}
-    if Path(job.meta).is_file():
-        meta = json.loads(Path(job.meta).read_text(encoding="utf-8"))
-    if status == "ok" and rc == USAGE and not meta:  # the worker refused the job itself (an adapter that does not fit)
-        raise HarnessError(next((ln.removeprefix("error: ") for ln in reversed(tail) if ln.startswith("error:")),
-                                f"worker {job.name!r} refused its job; see {log}"), USAGE)
-    if status == "ok" and rc != 0:
-        status = "load-failed" if rc == INFRA and not meta else "crashed"
-    if status == "ok" and completed < expected:
-        status = "crashed"
-    return JobOutcome(name=job.name, profile=job.profile, status=status, returncode=rc, wall_s=time.monotonic() - start,
-                      expected=expected, completed=completed, records=job.records, log=str(log), stderr_tail=tail, meta=meta)
+    w = _Worker(job, env, run_dir, progress)
+    try:
+        while w.alive(timeout_s):
+            time.sleep(POLL_S)
+    except BaseException:  # Ctrl-C: take the worker down with us, keep what it wrote
+        w.kill()
+        raise
+    return w.finish()
+
+
+def pass_sizes(job: Job) -> list[int]:
+    """Sequences per pass (warm-up passes included), in the order the worker runs them."""
+    return [sum(len(b.prompt_ids) for b in grp) for _, grp in itertools.groupby(job.batches, key=lambda b: (b.warmup, b.repeat))]
+
+
+def run_interleaved(jobs: list[tuple[Job, dict[str, str | None], Callable[[int], None]]], timeout_s: float,
+                    run_dir: Path) -> list[JobOutcome]:
+    """Profiles compared with each other take turns, pass by pass, each in its own long-lived process with its own
+    environment: loads one after the other, then passes A B, B A, A B ... so that drift and a neighbour on the
+    runner fall on both sides alike (and linear drift cancels). Each worker's time limit scales with the number of
+    workers, since it waits while the others measure."""
+    workers = [_Worker(dataclasses.replace(job, paced=True), env, run_dir, progress) for job, env, progress in jobs]
+    limit = timeout_s * len(workers)
+
+    def step(w: _Worker, done: Callable[[], bool]) -> None:
+        w.go()
+        while w.alive(limit) and not done():
+            time.sleep(0.05)
+
+    try:
+        for w in workers:
+            step(w, lambda w=w: Path(w.job.meta).is_file())
+        need = list(itertools.accumulate(pass_sizes(workers[0].job)))
+        for k, n in enumerate(need):
+            for w in workers if k % 2 == 0 else workers[::-1]:
+                step(w, lambda w=w, n=n: w.counter.poll() >= n)
+        for w in workers:
+            if w.proc.stdin is not None:
+                w.proc.stdin.close()
+            while w.alive(limit):
+                time.sleep(0.05)
+    except BaseException:
+        for w in workers:
+            w.kill()
+        raise
+    return [w.finish() for w in workers]
 
 
 def server_program(spec: Server | None) -> str:

@@ -112,6 +112,8 @@ class BaselinePolicy:
 
 
 LATENCY_METRICS = ("ttft", "tpot", "e2e", "tok_s")
+
+
 @dataclass(frozen=True)
 class Perf:
     """How latency is sampled and gated: warm-up passes, measured passes, per-metric thresholds."""
@@ -119,7 +121,10 @@ class Perf:
     repeats: int = 1
     threshold: float = 0.05                         # default relative change that counts, per metric
     thresholds: tuple[tuple[str, float], ...] = ()  # metric -> threshold
-    alpha: float = 0.05
+    alpha: float = 0.05                             # for comparisons that gate nothing (the determinism cost)
+    budget: float = 0.01                            # chance that an A/A run flags any gated row (family-wise)
+    interleave: bool = True                         # profiles take turns pass by pass (false: models too big for two)
+    noise_share: float = 0.25                       # a pass during which other processes used more CPU is noisy
 
 
 @dataclass(frozen=True)
@@ -305,7 +310,12 @@ def _perf(t: Table) -> Perf:
     perf = Perf(warmup=t.get("warmup", int, 0, check=lambda v: v >= 0, expect="a non-negative integer"),
                 repeats=t.get("repeats", int, 1, check=lambda v: v >= 1, expect="a positive integer"),
                 threshold=float(t.get("threshold", (int, float), 0.05, **frac)), thresholds=per,
-                alpha=float(t.get("alpha", float, 0.05, check=lambda v: 0 < v < 0.5, expect="a significance level such as 0.05")))
+                alpha=float(t.get("alpha", float, 0.05, check=lambda v: 0 < v < 0.5, expect="a significance level such as 0.05")),
+                budget=float(t.get("false_alarm_budget", float, 0.01, check=lambda v: 0 < v < 0.5,
+                                   expect="the family-wise false-alarm rate per run, such as 0.01")),
+                interleave=t.get("interleave", bool, True),
+                noise_share=float(t.get("noise_share", float, 0.25, check=lambda v: 0 < v <= 1,
+                                        expect="a share of the host's CPU, such as 0.25")))
     t.done()
     return perf
 

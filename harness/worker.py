@@ -7,13 +7,14 @@ Exit 0 when every batch ran, 3 when the device or model cannot be used.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from . import atomic
+from . import atomic, hostnoise
 from .errors import INFRA, USAGE
 from .jobs import Adapter, Job
 from .records import Record
@@ -36,6 +37,8 @@ def peak_memory(device) -> dict[str, float]:
 
 
 def run(job: Job) -> int:
+    if job.paced and not sys.stdin.readline():  # loads take turns too: the runner says when
+        return INFRA
     from . import adapters
     try:
         cls = adapters.get(job.adapter)
@@ -72,21 +75,30 @@ def _run(job: Job, adapter: Adapter, import_s: float, describe, after_load) -> i
     meta_path = Path(job.meta)
     write_json_atomic(meta_path, meta)
     prompts = {p["id"]: p for p in job.prompts}
-    t_run = time.perf_counter()
+    own = {os.getpid()} | ({job.server_pid} if job.server_pid else set())
+    run_s = 0.0
     tokens = sequences = 0
+    passes = []
     with open(job.records, "a", encoding="utf-8") as out:
-        for b in job.batches:
-            gens = adapter.generate([prompts[i] for i in b.prompt_ids])
-            for pos, (pid, g) in enumerate(zip(b.prompt_ids, gens)):
-                rec = Record(profile=job.profile, prompt_id=pid, schedule=b.schedule, kind=b.kind,
-                             batch_id=b.id, batch=list(b.prompt_ids), position=pos,
-                             repeat=b.repeat, warmup=b.warmup, **vars(g))
-                out.write(rec.to_json() + "\n")
-                tokens += g.output_tokens or len(g.tokens)
-                sequences += 1
-            out.flush()  # a crash loses at most the batch in flight
-    run_s = time.perf_counter() - t_run
-    meta = {**meta, "run_s": run_s, "generated_tokens": tokens, "sequences": sequences, "tokens_per_s": tokens / run_s if run_s else 0.0}
+        for (warmup, repeat), group in itertools.groupby(job.batches, key=lambda b: (b.warmup, b.repeat)):
+            if job.paced and not sys.stdin.readline():
+                break  # the runner closed the pipe: the run was stopped
+            before, t_pass, started = hostnoise.snapshot(), time.perf_counter(), time.time()
+            for b in group:
+                gens = adapter.generate([prompts[i] for i in b.prompt_ids])
+                for pos, (pid, g) in enumerate(zip(b.prompt_ids, gens)):
+                    rec = Record(profile=job.profile, prompt_id=pid, schedule=b.schedule, kind=b.kind,
+                                 batch_id=b.id, batch=list(b.prompt_ids), position=pos,
+                                 repeat=b.repeat, warmup=b.warmup, **vars(g))
+                    out.write(rec.to_json() + "\n")
+                    tokens += g.output_tokens or len(g.tokens)
+                    sequences += 1
+                out.flush()  # a crash loses at most the batch in flight
+            run_s += time.perf_counter() - t_pass
+            passes.append({"repeat": repeat, "warmup": warmup, "started": started, "seconds": time.perf_counter() - t_pass,
+                           **hostnoise.between(before, hostnoise.snapshot(), own)})
+    meta = {**meta, "run_s": run_s, "generated_tokens": tokens, "sequences": sequences,
+            "tokens_per_s": tokens / run_s if run_s else 0.0, "passes": passes}
     if job.endpoint is not None and job.endpoint.oversize_check:
         meta["oversize"] = adapter.oversize()  # type: ignore[attr-defined]  (the endpoint adapter's own check)
     adapter.close()

@@ -51,16 +51,18 @@ def metric_kind(name: str) -> str:
 
 
 def gate(before: dict[str, list[float]], after: dict[str, list[float]], thresholds: dict[str, float],
-         default_threshold: float = 0.05, alpha: float = 0.05, seed: int = 0) -> list[stats.Change]:
-    """Compare every gated metric present on either side; `itl` is reported, not gated."""
+         default_threshold: float = 0.05, alpha: float = 0.05, seed: int = 0,
+         runs: dict[str, list[float]] | None = None) -> list[stats.Change]:
+    """Compare every gated metric present on either side; `itl` is reported, not gated. `thresholds` by full name
+    (calibrated, "solo tpot") or by metric ("tpot"); `runs`: the baseline's per-run medians by full name."""
     out = []
     for name in sorted(set(before) | set(after)):
         kind = metric_kind(name)
         if kind == "itl":
             continue
-        thr = thresholds.get(kind, default_threshold)
+        thr = thresholds.get(name, thresholds.get(kind, default_threshold))
         out.append(stats.compare(name, before.get(name, []), after.get(name, []), threshold=thr, alpha=alpha,
-                                 higher_is_better=kind in HIGHER_IS_BETTER, seed=seed))
+                                 higher_is_better=kind in HIGHER_IS_BETTER, seed=seed, runs=(runs or {}).get(name, ())))
     return out
 
 

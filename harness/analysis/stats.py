@@ -1,23 +1,28 @@
 """Regression statistics that do not cry wolf on a noisy runner.
 
-A metric regresses only when two things hold: the ratio of medians is worse than
-the threshold, and a Mann-Whitney U test says the two sample sets differ. The
-ratio carries a seeded bootstrap 95% interval, and each comparison reports the
-smallest change its samples could detect, so a quiet `~` on a noisy box is not
-mistaken for proof of no change.
+A metric regresses only when two things hold: the ratio of medians is worse than the threshold, and the
+difference is significant. Samples within one run share that run's state (clock, neighbours, cache), so when
+the baseline holds several runs, significance means "unlike the baseline's runs": the new run's median against
+a prediction interval of the baseline runs' medians (log scale, Student t). With one baseline run the between-run
+spread is unknown, and a Mann-Whitney U test of the samples stands in (it sees within-run noise only; the
+threshold absorbs the drift). One run gates many rows, so the run has one false-alarm budget (Holm-Bonferroni
+over its gated rows), not one per row. The ratio carries a seeded bootstrap 95% interval, and each row reports the
+smallest change it could detect, so a quiet `~` on a noisy box is not mistaken for proof of no change.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, TypedDict
 
 import numpy as np
 from scipy import stats
 
-ChangeStatus = Literal["regressed", "improved", "~", "insufficient", "not comparable", "failed"]
+ChangeStatus = Literal["regressed", "improved", "~", "insufficient", "not comparable", "failed", "noisy"]
 MARKS: dict[ChangeStatus, str] = {"regressed": "+", "improved": "-", "~": "~", "insufficient": "x",
-                                  "not comparable": "x", "failed": "!"}
+                                  "not comparable": "x", "failed": "!", "noisy": "?"}
 _BOOT = 2000
 _POWER_Z = 0.8416  # one-sided z for 80% power in the detectable-change estimate
 
@@ -38,10 +43,27 @@ class Change:
     threshold: float = 0.05
     higher_is_better: bool = False
     note: str = ""
+    runs: int = 0               # baseline runs the p-value was judged against (0: the samples, Mann-Whitney)
 
     @property
     def mark(self) -> str:
         return MARKS[self.status]
+
+    @property
+    def worse(self) -> bool:
+        return self.ratio < 1 / (1 + self.threshold) if self.higher_is_better else self.ratio > 1 + self.threshold
+
+    @property
+    def better(self) -> bool:
+        return self.ratio > 1 + self.threshold if self.higher_is_better else self.ratio < 1 / (1 + self.threshold)
+
+    def decided(self, alpha: float) -> Change:
+        """The status at a per-row significance level (the run's budget decides it; see `family`)."""
+        if self.status not in ("regressed", "improved", "~") or self.p != self.p:
+            return self
+        status: ChangeStatus = ("regressed" if self.worse and self.p < alpha else
+                                "improved" if self.better and self.p < alpha else "~")
+        return dataclasses.replace(self, status=status)
 
 
 class _Sizes(TypedDict):
@@ -98,8 +120,53 @@ def bootstrap_ratio(before: np.ndarray, after: np.ndarray, seed: int = 0) -> tup
     return float(lo), float(hi)
 
 
+def between_runs(runs: Sequence[float], after: float, alpha: float) -> tuple[float, float]:
+    """(p, detectable) of one run's median against the medians of earlier runs: a prediction interval on the log
+    scale, so a ratio and its inverse are equally far. Needs two or more runs."""
+    logs = np.log(np.asarray(runs, dtype=float))
+    n, sd = len(logs), float(np.std(logs, ddof=1))
+    scale = sd * math.sqrt(1 + 1 / n)
+    if scale == 0:
+        return (0.0 if math.log(after) != float(np.mean(logs)) else 1.0), 0.0
+    t = (math.log(after) - float(np.mean(logs))) / scale
+    p = float(2 * stats.t.sf(abs(t), n - 1))
+    detectable = math.expm1((float(stats.t.ppf(1 - alpha / 2, n - 1)) + _POWER_Z) * scale)
+    return p, detectable
+
+
+CALIBRATION_FLOOR = 0.01   # a lucky quiet calibration must not make a 0.3% wobble a regression
+
+
+def calibrated_threshold(run_medians: Sequence[float], alpha: float) -> float:
+    """The relative change one more A/A run exceeds with probability `alpha`, from the spread of earlier runs'
+    medians (the same prediction interval `between_runs` tests against). NaN with fewer than three runs."""
+    logs = np.log(np.asarray([x for x in run_medians if math.isfinite(x) and x > 0], dtype=float))
+    n = len(logs)
+    if n < 3:
+        return math.nan
+    half = float(stats.t.ppf(1 - alpha / 2, n - 1)) * float(np.std(logs, ddof=1)) * math.sqrt(1 + 1 / n)
+    return max(CALIBRATION_FLOOR, math.expm1(half))
+
+
+def family(changes: list[Change], budget: float) -> tuple[list[Change], float]:
+    """Holm-Bonferroni over a run's gated rows: the chance that an A/A run flags any row stays within `budget`.
+    Returns the rows with their statuses decided, and the smallest per-row alpha used (budget / rows)."""
+    tested = sorted((c.p, i) for i, c in enumerate(changes) if c.p == c.p and c.status in ("regressed", "improved", "~"))
+    m = len(tested)
+    if m == 0:
+        return changes, budget
+    alphas: dict[int, float] = {}
+    rejecting = True
+    for rank, (p, i) in enumerate(tested):
+        level = budget / (m - rank)
+        rejecting = rejecting and p <= level
+        alphas[i] = level if rejecting else 0.0   # after the first acceptance nothing further is significant
+    return [c.decided(alphas[i]) if i in alphas else c for i, c in enumerate(changes)], budget / m
+
+
 def compare(metric: str, before: list[float], after: list[float], *, threshold: float = 0.05, alpha: float = 0.05,
-            higher_is_better: bool = False, seed: int = 0) -> Change:
+            higher_is_better: bool = False, seed: int = 0, runs: Sequence[float] = ()) -> Change:
+    """`runs`: the baseline runs' medians of this metric; with two or more, p is judged against their spread."""
     a = np.asarray([x for x in before if math.isfinite(x)], dtype=float)
     b = np.asarray([x for x in after if math.isfinite(x)], dtype=float)
     base = _Sizes(metric=metric, n_before=len(a), n_after=len(b), threshold=threshold,
@@ -114,9 +181,15 @@ def compare(metric: str, before: list[float], after: list[float], *, threshold: 
         return Change(status="insufficient", note=f"{len(a)} vs {len(b)} samples can never reach p < {alpha}; "
                       f"need at least {need} per side", **base, **meds)
     lo, hi = bootstrap_ratio(a, b, seed)
-    p = float(stats.mannwhitneyu(a, b, alternative="two-sided").pvalue)
-    worse = ratio < 1 / (1 + threshold) if higher_is_better else ratio > 1 + threshold
-    better = ratio > 1 + threshold if higher_is_better else ratio < 1 / (1 + threshold)
-    status: ChangeStatus = "regressed" if worse and p < alpha else "improved" if better and p < alpha else "~"
-    return Change(status=status, ci_low=lo, ci_high=hi, p=p, detectable=detectable_change(a, b, alpha), **base,
-                  **meds)
+    good_runs = [r for r in runs if math.isfinite(r) and r > 0]
+    if len(good_runs) >= 2 and med_b > 0:
+        p, detectable = between_runs(good_runs, med_b, alpha)
+        note = ""
+    else:
+        p = float(stats.mannwhitneyu(a, b, alternative="two-sided").pvalue)
+        detectable = detectable_change(a, b, alpha)
+        note = ("the baseline holds one run: its run-to-run spread is unknown, so p is within-run (Mann-Whitney) and "
+                "the threshold absorbs drift") if len(good_runs) == 1 else ""
+    c = Change(status="~", ci_low=lo, ci_high=hi, p=p, detectable=detectable, note=note, runs=len(good_runs)
+               if len(good_runs) >= 2 else 0, **base, **meds)
+    return c.decided(alpha)
