@@ -214,6 +214,11 @@ def analyse(run: LoadRun, baseline_root: Path, update: bool, reason: str) -> Non
                                       f"hardware ({found.key.hardware}, this run {key.hardware}); {hint}")
 
 
+def _family(run: LoadRun) -> None:
+    """One false-alarm budget (the suite's alpha) over every gated load-time row of the run (Holm)."""
+    run.changes, _ = stats.family(run.changes, run.suite.alpha)
+
+
 def checks(run: LoadRun) -> list[Check]:
     out = []
     for st in run.suite.settings:
@@ -247,6 +252,7 @@ class LoadtimeKind:
     def execute(self, suite: LoadSuite, opts: Options) -> Outcome:
         run = sweep(suite, opts.out, opts.progress)
         analyse(run, opts.baselines, opts.update_baselines, opts.reason)
+        _family(run)
         run.exit_code = exit_code(infra=any(x.status != "ok" for x in run.samples) or run.unwritable,
                                   unusable=run.not_comparable, failed=any(c.status == "regressed" for c in run.changes))
         report_loadtime.write(run)
