@@ -100,6 +100,7 @@ def test_find_prefers_the_same_key_then_the_same_device_type(tmp_path: Path):
     assert baselines.find(tmp_path, "x", "s", "default", "npu") == (None, False)
 
 
+@pytest.mark.process
 def test_kill_during_writes_leaves_a_readable_baseline(tmp_path: Path):
     """A real process rewriting a large baseline in a loop is killed with SIGKILL at several moments."""
     p = tmp_path / "cpu-x" / "s" / "default.json"

@@ -10,7 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from .helpers import ROOT, load_report, only_run_dir, run_cli, write_suite
+
+pytestmark = pytest.mark.process  # every test runs the CLI and real worker processes
 
 PROMPTS = ", ".join(f'{{id = "p{i}", text = "Tell me fact number {i} about the sea.", chat = true}}' for i in range(40))
 SUITE = f"""

@@ -15,6 +15,8 @@ import pytest
 
 from .helpers import ROOT, load_report, only_run_dir, run_cli, write_suite
 
+pytestmark = pytest.mark.process  # every test runs the CLI and a real server process
+
 FAKE = f"{sys.executable} {ROOT / 'tests' / 'fake_openai.py'}"
 KEY = "sk-test-8c1f0e77d2a94b5c"
 

@@ -70,6 +70,8 @@ PROMPTS_4 = [{"id": str(i), "chat": True, "text": t} for i, t in enumerate([
     "Explain gravity to a ten-year-old.", "Return a JSON object with the keys name, age and city."])]
 
 
+@pytest.mark.integration
+@pytest.mark.process  # embedded_dir converts the model in a child process
 def test_capture_overhead_on_the_embedded_model(benchmark, adapter):
     """Fingerprint + top-k + timestamps per step, against the same loop with greedy argmax only."""
     def gen(capture: bool, prompts=PROMPTS_4):

@@ -10,7 +10,7 @@ import pytest
 
 from ..helpers import load_report, run_cli, write_suite
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.process]  # the real model, through the CLI in a subprocess
 
 SUITE = """
 [suite]
