@@ -1,5 +1,5 @@
 """Sessions: determinism (the nightly job), serving (the same through a server), perf (latency gate), loadtime,
-bench (the harness's own speed), tests. Torch is pinned to a CPU-friendly build by default;
+bench (the harness's own speed), unit (the fast lane), tests (all). Torch is pinned to a CPU-friendly build by default;
 on an Ascend runner use `nox --no-venv` so the CANN image's torch and torch_npu are used."""
 from __future__ import annotations
 
@@ -78,7 +78,15 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
+def unit(session: nox.Session) -> None:
+    """The fast lane (under a minute on 2 cores): no subprocesses, servers or real model. Markers: pyproject.toml."""
+    _install(session, "dev")
+    session.run("python", "-m", "pytest", "tests", "-m", "not process and not integration", "--benchmark-skip",
+                *session.posargs)
+
+
+@nox.session
 def tests(session: nox.Session) -> None:
-    """The harness's own tests, including a run of the real embedded model."""
+    """The harness's own tests, all of them (the fast lane's and those marked process or integration)."""
     _install(session, "dev")
     session.run("python", "-m", "pytest", "tests", "--benchmark-skip", *session.posargs)

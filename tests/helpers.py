@@ -17,6 +17,18 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 900) -> subpro
                           timeout=timeout, env={**os.environ, **(env or {})}, cwd=ROOT)
 
 
+def install_adapter(tmp: Path, name: str, module: str, source: str, cls: str) -> dict[str, str]:
+    """A real installed distribution (dist-info with a `harness.adapters` entry point) on PYTHONPATH, as a user
+    would ship one: the env to run the CLI with, so its worker processes find the adapter too."""
+    site = tmp / "site"
+    dist = site / f"{module}-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (site / f"{module}.py").write_text(textwrap.dedent(source))
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[harness.adapters]\n{name} = {module}:{cls}\n")
+    return {"PYTHONPATH": str(site)}
+
+
 def write_suite(path: Path, body: str) -> Path:
     path.write_text(textwrap.dedent(body), encoding="utf-8")
     return path

@@ -9,6 +9,8 @@ import pytest
 
 from .helpers import load_report, run_cli, write_suite
 
+pytestmark = pytest.mark.process  # every test runs the CLI and real worker processes
+
 SUITE = """
 [suite]
 name = "tinyperf"

@@ -151,6 +151,7 @@ def test_another_case_hash_is_not_comparable(tmp_path: Path):
         baselines.load(p, "bbbb")
 
 
+@pytest.mark.process
 def test_kill_during_writes_leaves_a_readable_baseline(tmp_path: Path):
     """A real process rewriting a large baseline in a loop is killed with SIGKILL at several moments."""
     p = tmp_path / "cpu-x" / "s" / "default.json"

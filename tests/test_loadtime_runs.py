@@ -14,6 +14,8 @@ import pytest
 
 from .helpers import ROOT, only_run_dir, run_cli, write_suite
 
+pytestmark = pytest.mark.process  # every test runs the CLI and real loader processes
+
 SUITE = """
 [suite]
 name = "tinyload"

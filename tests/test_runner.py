@@ -10,7 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-from .helpers import ROOT, load_report, only_run_dir, run_cli, write_suite
+import pytest
+
+from .helpers import ROOT, install_adapter, load_report, only_run_dir, run_cli, write_suite
+
+pytestmark = pytest.mark.process  # every test runs the CLI and real worker processes
 
 PROMPTS = ", ".join(f'{{id = "p{i}", text = "Tell me fact number {i} about the sea.", chat = true}}' for i in range(40))
 SUITE = f"""
@@ -72,13 +76,32 @@ def test_killed_worker_mid_run(tmp_path: Path, tiny_model: Path):
     assert any(v["profile"] == "second" and v["sequences"] == 40 for v in rep["verdicts"])
 
 
+HANG = '''
+import time
+from harness.adapters.hf import HFAdapter
+
+
+class HangAdapter(HFAdapter):
+    """The real adapter, stuck in its first generate call."""
+
+    def generate(self, prompts):
+        while True:
+            time.sleep(60)
+'''
+
+
 def test_worker_timeout_is_killed_and_reported(tmp_path: Path, tiny_model: Path):
+    # A worker that never finishes, so the timeout is certain (a real one only times out if it happens to be slow).
+    env = install_adapter(tmp_path, "hang", "hang_adapter", HANG, "HangAdapter")
     out = tmp_path / "r"
-    p = run_cli("run", str(_suite(tmp_path, tiny_model)), "--out", str(out), "--profile", "first", "--worker-timeout", "4")
-    assert p.returncode == 3
+    p = run_cli("run", str(_suite(tmp_path, tiny_model)), "--out", str(out), "--profile", "first", "--adapter", "hang",
+                "--worker-timeout", "3", env=env)
+    assert p.returncode == 3, p.stdout + p.stderr
     job = load_report(out)["jobs"][0]
-    assert job["status"] == "timeout" and "timed out after 4s" in job["description"]
-    assert job["completed"] < job["expected"]
+    assert job["status"] == "timeout" and job["completed"] == 0 < job["expected"]
+    # The runner polls every 0.5 s and reports the worker's wall time, so "after 3s" may read "after 4s".
+    assert 3 <= job["wall_s"] < 10 and f"timed out after {job['wall_s']:.0f}s and was killed" in job["description"]
+    assert f"timed out after {job['wall_s']:.0f}s" in p.stdout
 
 
 def test_model_that_will_not_load_exit_3(tmp_path: Path):

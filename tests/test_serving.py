@@ -15,6 +15,8 @@ import pytest
 
 from .helpers import ROOT, load_report, only_run_dir, run_cli, write_suite
 
+pytestmark = pytest.mark.process  # every test runs the CLI and a real server process
+
 FAKE = f"{sys.executable} {ROOT / 'tests' / 'fake_openai.py'}"
 KEY = "sk-test-8c1f0e77d2a94b5c"
 
@@ -221,6 +223,21 @@ def test_pytest_items_for_a_served_suite_include_the_input_limit(tmp_path: Path)
     assert "expected a 4xx rejection, got HTTP 200" in (text.text or text.get("message", "")) and "Traceback" not in p.stdout
 
 
+def _wait_healthy(url: str, srv: subprocess.Popen, timeout_s: float = 30) -> None:
+    """Poll the health path: a fixed sleep is too short on a loaded runner and wasted time on an idle one."""
+    import httpx
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert srv.poll() is None, f"the server exited with status {srv.returncode} before it was healthy"
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{url} not healthy within {timeout_s:.0f}s")
+
+
 def test_a_running_endpoint_gets_one_profile_and_a_note_that_flags_were_not_applied(tmp_path: Path):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -229,7 +246,7 @@ def test_a_running_endpoint_gets_one_profile_and_a_note_that_flags_were_not_appl
     srv = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_openai.py"), "--port", str(port)],
                            stderr=subprocess.DEVNULL)
     try:
-        time.sleep(1.0)
+        _wait_healthy(f"http://127.0.0.1:{port}/health", srv)
         suite = _suite(tmp_path)
         p = run_cli("run", str(suite), "--endpoint", f"http://127.0.0.1:{port}", "--profile", "deterministic",
                     "--out", str(tmp_path / "out"))

@@ -177,6 +177,7 @@ def test_prompt_file_errors(tmp_path: Path):
         S.load(f)
 
 
+@pytest.mark.process
 def test_cli_malformed_suite_exit_2_one_line(tmp_path: Path):
     f = write_suite(tmp_path / "bad.toml", GOOD.replace("trials = 2", "trails = 2"))
     p = run_cli("run", str(f), "--out", str(tmp_path / "r"))
@@ -187,6 +188,7 @@ def test_cli_malformed_suite_exit_2_one_line(tmp_path: Path):
     assert not (tmp_path / "r").exists()  # nothing runs before every suite is valid
 
 
+@pytest.mark.process
 def test_cli_usage_errors_exit_2(tmp_path: Path):
     assert run_cli("run", str(tmp_path / "missing.toml")).returncode == 2
     p = run_cli("run", str(ROOT / "suites" / "determinism.toml"), "--profile", "nope")

@@ -15,7 +15,7 @@ from harness.suite import load as load_suite
 
 from ..helpers import ROOT, load_report, only_run_dir, run_cli, write_suite
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.process]  # the real model, through the CLI in a subprocess
 
 SUITE = """
 [suite]
@@ -107,5 +107,7 @@ def test_pytest_plugin_items_and_failure_report(tmp_path: Path, embedded_dir: Pa
     text = failure.text or failure.get("message", "")
     assert "expected 'bitwise'" in text and "worst case: prompt" in text and "logits bits first differ" in text
     assert "Traceback" not in text
-    assert "mini.toml::deterministic::batch-invariance FAILED" in p.stdout or "FAILED" in p.stdout
+    # pytest's short summary names each failed item by node id: this one, and only this one.
+    failed = [ln for ln in p.stdout.splitlines() if ln.startswith("FAILED ")]
+    assert [ln.split(" - ", 1)[0] for ln in failed] == ["FAILED mini.toml::deterministic::batch-invariance"], p.stdout
     assert load_report(tmp_path / "reports")["exit_code"] == 1

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import re
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from ..helpers import load_report, run_cli, write_suite
+from ..helpers import install_adapter, load_report, run_cli, write_suite
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.process]  # the real model, through the CLI in a subprocess
 
 SUITE = """
 [suite]
@@ -61,14 +60,7 @@ class SlowAdapter(HFAdapter):
 
 
 def _plugin(tmp: Path) -> dict[str, str]:
-    """A real installed distribution (dist-info with entry_points.txt) on PYTHONPATH: how a user would ship one."""
-    site = tmp / "site"
-    dist = site / "slow_adapter-1.0.dist-info"
-    dist.mkdir(parents=True)
-    (site / "slow_adapter.py").write_text(textwrap.dedent(SLOW))
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: slow-adapter\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[harness.adapters]\nslow = slow_adapter:SlowAdapter\n")
-    return {"PYTHONPATH": str(site)}
+    return install_adapter(tmp, "slow", "slow_adapter", SLOW, "SlowAdapter")
 
 
 def test_a_15_percent_slower_adapter_regresses_tpot(tmp_path: Path, embedded_dir: Path):

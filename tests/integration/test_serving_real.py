@@ -11,7 +11,7 @@ import pytest
 
 from ..helpers import ROOT, load_report, only_run_dir, run_cli, write_suite
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.process]  # the real model, through the CLI in a subprocess
 
 SUITE = f"""
 [suite]
