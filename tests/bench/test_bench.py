@@ -55,11 +55,10 @@ def adapter(embedded_dir: Path):
     import torch
 
     from harness.adapters.hf import HFAdapter
-    from harness.plan import Job
+    from harness.jobs import Job
     torch.manual_seed(0)
-    job = Job(name="bench", profile="bench", adapter="hf", model_ref="smollm2-135m", model_dir=str(embedded_dir),
-              dtype="float32", device="cpu", torch_deterministic=False, max_new_tokens=32, top_logprobs=5, prompts=[],
-              batches=[], records="", meta="")
+    job = Job(name="bench", profile="bench", model_ref="smollm2-135m", model_dir=str(embedded_dir), device="cpu",
+              dtype="float32", records="", meta="", max_new_tokens=32, top_logprobs=5)
     a = HFAdapter(job, torch.device("cpu"))
     a.load()
     return a

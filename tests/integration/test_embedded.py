@@ -13,7 +13,7 @@ from harness import plan
 from harness.records import read_jsonl
 from harness.suite import load as load_suite
 
-from ..helpers import ROOT, load_report, only_run_dir, run_cli, write_suite
+from ..helpers import load_report, only_run_dir, run_cli, write_suite
 
 pytestmark = [pytest.mark.integration, pytest.mark.process]  # the real model, through the CLI in a subprocess
 
