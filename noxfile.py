@@ -65,8 +65,34 @@ def loadtime(session: nox.Session) -> None:
     regression against the baseline. Options after `--`: --device, --model, --no-drop-caches,
     --update-baselines --reason TEXT, or another suite file."""
     _install(session, "gguf,loadtime")
-    suite = next((a for a in session.posargs if a.endswith(".toml")), "suites/loadtime.toml")
-    session.run("python", "-m", "harness.cli", "loadtime", suite, *[a for a in session.posargs if not a.endswith(".toml")])
+    _pytest_suites(session, ["suites/loadtime.toml"], "reports/junit-loadtime.xml")
+
+
+@nox.session
+def calibrate(session: nox.Session) -> None:
+    """N A/A runs of the perf suite on this runner: the baseline's run history and per-metric thresholds that keep
+    an A/A run within the suite's false-alarm budget. Options after `--`: --runs N (default 10), --device, ..."""
+    _install(session, "gguf")
+    suite = next((a for a in session.posargs if a.endswith(".toml")), "suites/perf.toml")
+    session.run("python", "-m", "harness.cli", "calibrate", suite, *[a for a in session.posargs if not a.endswith(".toml")])
+
+
+@nox.session
+def gaterates(session: nox.Session) -> None:
+    """How often the latency gate cries wolf (A/A, leave one out) and catches a 5% / 10% slowdown, with the shipped
+    perf suite on this runner. About 40 perf runs: give it the machine to itself."""
+    _install(session, "dev")
+    session.run("python", "-m", "tests.bench.gate_rates", *(session.posargs or ["--calibrate", "10", "--slow", "0.10:10",
+                                                                               "--slow", "0.05:10"]))
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff (lint and format) over everything; mypy --strict over the analysis and the suite model."""
+    session.install("ruff>=0.15", "mypy>=1.18", "numpy", "scipy", "scipy-stubs", "tomli>=2.0; python_version < '3.11'")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy")
 
 
 @nox.session

@@ -221,8 +221,8 @@ def run_served(suite: Suite, profile: Profile, job: Job, model_dir: Path, timeou
     try:
         with server.started(suite.server, suite.endpoint, model=str(model_dir), device=suite.model.device,
                             dtype=suite.model.dtype, env=child_env(dict(profile.env)), log=log) as srv:
-            out = run_job(dataclasses.replace(job, endpoint=dataclasses.replace(suite.endpoint, base_url=srv.url)), {},
-                          timeout_s, run_dir, progress)
+            out = run_job(dataclasses.replace(job, endpoint=dataclasses.replace(suite.endpoint, base_url=srv.url),
+                                              server_pid=srv.pid), {}, timeout_s, run_dir, progress)
     except server.ServerError as e:
         scrub([log], secret)
         return JobOutcome(name=job.name, profile=job.profile, status="server-failed", returncode=None,

@@ -1,0 +1,121 @@
+"""How often the latency gate cries wolf, and how often it catches a real slowdown, on this runner with the shipped
+perf suite: `python -m tests.bench.gate_rates --calibrate 10 --slow 0.10:10 --slow 0.05:10` (or `nox -s gaterates`).
+
+1. Calibrate: N A/A runs become the baseline's run history and its per-metric thresholds (`harness calibrate`).
+2. A/A false alarms: each calibration run judged against the other N-1 (leave one out), every gated row of both
+   profiles under the suite's one false-alarm budget, exactly as the gate judges a new run.
+3. Detection: runs with every forward pass slowed by a set fraction, through an adapter installed by entry point,
+   against the calibrated baseline; a run is caught when it exits 1 with a regressed TPOT row.
+Needs the machine to itself: run nothing else beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from harness import baselines
+from harness.analysis import latency, stats
+
+from ..helpers import ROOT, install_adapter
+
+SLOW = """
+import time
+from harness.adapters.hf import HFAdapter
+import os
+
+FRACTION = float(os.environ["HARNESS_SLOW_FRACTION"])
+
+
+class SlowAdapter(HFAdapter):
+    def load(self):
+        phases = super().load()
+        forward = self.model.forward
+
+        def slow(*args, **kwargs):
+            t = time.perf_counter()
+            out = forward(*args, **kwargs)
+            time.sleep(FRACTION * (time.perf_counter() - t))
+            return out
+
+        self.model.forward = slow
+        return phases
+"""
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    import os
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, **(env or {})})
+
+
+def leave_one_out(files: list[Path], budget: float) -> tuple[int, int, list[str]]:
+    """(A/A runs flagged, runs judged, the flagged rows): each recorded run against the others' spread."""
+    per_profile = {f.stem: baselines.load(f, json.loads(f.read_text())["case_hash"]) for f in files}
+    n = min(len(b.runs) for b in per_profile.values())
+    flagged, rows_hit = 0, []
+    for i in range(n):
+        rows = []
+        for prof, b in per_profile.items():
+            others = [r for j, r in enumerate(b.runs) if j != i]
+            for name, after in b.runs[i].items():
+                kind = latency.metric_kind(name)
+                if kind == "itl":
+                    continue
+                before = [r[name] for r in others if name in r]
+                thr = b.thresholds.get(name, 0.05)
+                ratio = after / float(np.median(before))
+                p, _ = stats.between_runs(before, after, budget)
+                rows.append(stats.Change(f"{prof} {name}", "~", len(before), 1, float(np.median(before)), after,
+                                         ratio, p=p, threshold=thr, higher_is_better=kind in latency.HIGHER_IS_BETTER))
+        decided, _ = stats.family(rows, budget)
+        hit = [c.metric for c in decided if c.status in ("regressed", "improved")]
+        flagged += bool(hit)
+        rows_hit += [f"run {i}: {m}" for m in hit]
+    return flagged, n, rows_hit
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--suite", default="suites/perf.toml")
+    ap.add_argument("--calibrate", type=int, default=10)
+    ap.add_argument("--slow", action="append", default=[], metavar="FRACTION:RUNS")
+    ap.add_argument("--budget", type=float, default=0.01)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="gate-rates-"))
+    store = tmp / "baselines"
+    t0 = time.time()
+    r = cli("calibrate", args.suite, "--runs", str(args.calibrate), "--baselines", str(store), "--out", str(tmp / "cal"))
+    print(r.stdout[-3000:], r.stderr[-2000:] if r.returncode else "", flush=True)
+    if r.returncode != 0:
+        return r.returncode
+    files = sorted(store.glob("*/perf/*.json"))
+    flagged, n, hits = leave_one_out(files, args.budget)
+    print(f"A/A: {flagged}/{n} runs flagged (leave one out, budget {args.budget}); {hits}", flush=True)
+    env = install_adapter(tmp, "slow", "slow_adapter", SLOW, "SlowAdapter")
+    for spec in args.slow:
+        frac, runs = spec.split(":")
+        caught = 0
+        for k in range(int(runs)):
+            out = tmp / f"slow-{frac}-{k}"
+            r = cli("run", args.suite, "--baselines", str(store), "--out", str(out), "--adapter", "slow",
+                    env={**env, "HARNESS_SLOW_FRACTION": frac})
+            rep = json.loads(next(out.glob("*/report.json")).read_text())
+            tpot = [c for rows in rep["perf"].values() for c in rows if c["metric"].endswith("tpot")]
+            hit = r.returncode == 1 and any(c["status"] == "regressed" for c in tpot)
+            caught += hit
+            print(f"slow {frac} run {k}: exit {r.returncode}; tpot ratios "
+                  + ", ".join(f"{c['ratio']:.3f} {c['status']}" for c in tpot), flush=True)
+        print(f"detection at +{float(frac):.0%} per forward pass: {caught}/{runs} runs", flush=True)
+    print(f"total {time.time() - t0:.0f} s; files in {tmp}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
