@@ -123,3 +123,56 @@ def test_a_hog_halfway_through_is_named_and_is_not_a_determinism_cost(tmp_path: 
     assert any("cpu-hog" in n for n in rep["notes"]), rep["notes"]
     moved = [c for c in rep["determinism_cost"] if c["status"] in ("regressed", "improved")]
     assert not moved, moved
+
+
+ONE = SUITE.split("[profiles.deterministic]")[0]
+
+
+def test_calibrate_keeps_the_run_history_and_fits_thresholds(tmp_path: Path, tiny_model: Path):
+    suite = write_suite(tmp_path / "turns.toml", ONE.format(model=tiny_model, repeats=2))
+    store = tmp_path / "baselines"
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "calibrate", str(suite), "--runs", "3", "--baselines",
+                        str(store), "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert p.returncode == 0, p.stdout + p.stderr
+    (f,) = store.glob("*/turns/default.json")
+    b = json.loads(f.read_text())
+    assert len(b["runs"]) == 3 and b["calibration"]["runs"] == 3 and b["calibration"]["budget"] == 0.01
+    assert set(b["thresholds"]) == {"solo ttft", "solo tpot", "solo e2e", "solo tok_s", "load"}
+    assert all(t >= 0.01 for t in b["thresholds"].values())
+    assert "default: 3 runs, per-row alpha 0.002" in p.stdout   # budget 0.01 over 5 gated rows
+    # The next run is judged against the three runs' spread, under the calibrated thresholds.
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(suite), "--baselines", str(store), "--out",
+                        str(tmp_path / "next")], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode in (0, 1), r.stdout + r.stderr
+    rows = {c["metric"]: c for c in load_report(tmp_path / "next")["perf"]["default"]}
+    assert rows["solo tpot"]["runs"] == 3 and rows["solo tpot"]["threshold"] == b["thresholds"]["solo tpot"]
+
+
+def test_timings_against_another_hardwares_baseline_are_shown_not_gated(tmp_path: Path, tiny_model: Path):
+    suite = write_suite(tmp_path / "turns.toml", ONE.format(model=tiny_model, repeats=2))
+    store = tmp_path / "baselines"
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(suite), "--baselines", str(store), "--out",
+                        str(tmp_path / "a"), "--update-baselines", "--reason", "elsewhere"],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert p.returncode == 0, p.stdout + p.stderr
+    # The same file, as if recorded on another CPU model ten times slower: a gate would call this an improvement.
+    (f,) = store.glob("*/turns/default.json")
+    b = json.loads(f.read_text())
+    b["environment"]["device"]["cpu_model"] = "intel-6-85"
+    b["latency"] = {k: [10 * x for x in v] for k, v in b["latency"].items()}
+    b["runs"] = []
+    other = store / "cpu-elsewhere" / "turns" / "default.json"
+    other.parent.mkdir(parents=True)
+    other.write_text(json.dumps(b))
+    f.unlink()
+    junit = tmp_path / "junit.xml"
+    r = subprocess.run([sys.executable, "-m", "pytest", "-p", "harness.pytest_plugin", str(suite), "-o", "testpaths=",
+                        "-q", "-rs", f"--junitxml={junit}", "--baselines", str(store), "--out", str(tmp_path / "b"),
+                        "-p", "no:cacheprovider"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "shown, not gated" in r.stdout and "other hardware" in r.stdout
+    rep = load_report(tmp_path / "b")
+    assert rep["perf_gated"] == {"default": False}
+    assert any(c["status"] == "improved" for c in rep["perf"]["default"])   # shown as it is, but gates nothing
+    v = next(v for v in rep["verdicts"] if v["property"] == "baseline")
+    assert v["expect"] == "close" and "no baseline for this hardware" in v["reason"]
