@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .tomltable import SuiteError, Table
+from .tomltable import Rule, SuiteError, Table
 
 APIS = ("completions", "chat")
 PLACEHOLDERS = ("model", "port", "host", "device", "dtype")
@@ -68,7 +68,7 @@ def parse_server(t: Table) -> Server:
     bad = [f for f in fields if f not in PLACEHOLDERS]
     if bad:
         raise t.fail("command", f"unknown placeholder {{{bad[0]}}}; known: {', '.join('{' + p + '}' for p in PLACEHOLDERS)}")
-    secs = dict(check=lambda v: v > 0, expect="a positive number of seconds")
+    secs = Rule(check=lambda v: v > 0, expect="a positive number of seconds")
     srv = Server(command=cmd, host=t.get("host", str, "127.0.0.1", check=lambda s: s.strip() != "", expect="a host name or address"),
                  port=t.get("port", int, 0, check=lambda v: 0 <= v <= 65535, expect="0 (pick a free port) or a port number"),
                  startup_timeout_s=float(t.get("startup_timeout_s", (int, float), 300, **secs)),
@@ -93,7 +93,7 @@ def parse_endpoint(t: Table, base: Path, server: Server | None) -> Endpoint:
             raise t.fail(k, f"file {base / v} not found")
         return str((base / v).resolve()) if v else ""
 
-    secs = dict(check=lambda v: v > 0, expect="a positive number of seconds")
+    secs = Rule(check=lambda v: v > 0, expect="a positive number of seconds")
     ep = Endpoint(base_url=url, api=t.get("api", str, d.api, check=lambda v: v in APIS, expect=f"one of {', '.join(APIS)}"),
                   model=t.get("model", str, ""),
                   health_path=t.get("health_path", str, d.health_path, check=lambda v: v.startswith("/"), expect="a path such as /health"),

@@ -13,7 +13,7 @@ from typing import Any
 
 from .analysis.determinism import EXPECTATIONS
 from .served import MIB, Endpoint, Server, base_url, parse_endpoint, parse_server  # noqa: F401
-from .tomltable import SuiteError, Table, did_you_mean, read_toml, tomllib  # noqa: F401
+from .tomltable import Rule, SuiteError, Table, did_you_mean, read_toml, tomllib  # noqa: F401
 
 SUITE_FORMAT = 1
 DEVICES = ("cpu", "cuda", "npu")
@@ -182,13 +182,13 @@ class Suite:
         return _hash([self.case_hash, profile.env, profile.torch_deterministic])
 
 
-def _generation_case(g: Generation) -> dict:
+def _generation_case(g: Generation) -> dict[str, Any]:
     d = dataclasses.asdict(g)
     del d["close_k"]  # how outputs are judged, not what they are: baselines stay comparable when it changes
     return d
 
 
-def _prompt_case(p: Prompt) -> dict:
+def _prompt_case(p: Prompt) -> dict[str, Any]:
     d = dataclasses.asdict(p)
     if p.attachments:
         d["attachments"] = [[a.mime, a.sha256] for a in p.attachments]  # content, not where this checkout keeps it
@@ -228,7 +228,7 @@ def parse_model(root: Table) -> ModelSpec:
     return model
 
 
-def parse(data: dict, p: str, base: Path = Path(".")) -> Suite:
+def parse(data: dict[str, Any], p: str, base: Path = Path(".")) -> Suite:
     root = Table(p, "", data)
     name, seed, description = parse_head(root)
     model = parse_model(root)
@@ -293,7 +293,7 @@ def parse(data: dict, p: str, base: Path = Path(".")) -> Suite:
 
 def _baseline_policy(t: Table) -> BaselinePolicy:
     d = BaselinePolicy()
-    lv = dict(check=lambda v: v in BASELINE_LEVELS, expect=f"one of {', '.join(BASELINE_LEVELS)}")
+    lv = Rule(check=lambda v: v in BASELINE_LEVELS, expect=f"one of {', '.join(BASELINE_LEVELS)}")
     policy = BaselinePolicy(same_key=t.get("same_key", str, d.same_key, **lv),
                             other_software=t.get("other_software", str, d.other_software, **lv),
                             other_hardware=t.get("other_hardware", str, d.other_hardware, **lv))
@@ -302,7 +302,7 @@ def _baseline_policy(t: Table) -> BaselinePolicy:
 
 
 def _perf(t: Table) -> Perf:
-    frac = dict(check=lambda v: 0 < v < 10, expect="a relative change such as 0.05 (5%)")
+    frac = Rule(check=lambda v: 0 < v < 10, expect="a relative change such as 0.05 (5%)")
     th = t.sub("thresholds", {})
     th.only(set(LATENCY_METRICS))
     per = tuple((m, float(th.get(m, (int, float), **frac))) for m in LATENCY_METRICS if m in th.data)
@@ -383,8 +383,8 @@ def _schedule(t: Table, suite_seed: int, prompts: tuple[Prompt, ...]) -> Schedul
         raise t.fail("kind", f"unknown schedule {kind!r}{did_you_mean(kind, kinds)}")
     t.only({"kind", "name", "seed", *SCHEDULE_PARAMS[kind]})
     n = len(prompts)
-    pos = dict(check=lambda v: v >= 1, expect="a positive integer")
-    size = dict(check=lambda v: 0 <= v, expect="0 (all prompts) or a positive integer")
+    pos = Rule(check=lambda v: v >= 1, expect="a positive integer")
+    size = Rule(check=lambda v: 0 <= v, expect="0 (all prompts) or a positive integer")
     params: dict[str, Any] = {}
     spec = SCHEDULE_PARAMS[kind]
     if "count" in spec:

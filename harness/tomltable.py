@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import difflib
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -16,8 +17,17 @@ else:  # MindIE images ship Python 3.10 with tomli
     import tomli as tomllib
 
 
+__all__ = ["Rule", "SuiteError", "Table", "did_you_mean", "read_toml", "tomllib"]
+
+
 class SuiteError(ValueError):
     """A suite file is malformed; the message is one line for the user."""
+
+
+class Rule(TypedDict):
+    """A value check and how to say what it expects, shared by several keys: `t.get(k, int, 0, **rule)`."""
+    check: Callable[[Any], bool]
+    expect: str
 
 
 def did_you_mean(name: str, options: list[str]) -> str:
@@ -32,7 +42,8 @@ class Table:
     def __init__(self, path: str, where: str, data: Any):
         if not isinstance(data, dict):
             raise SuiteError(f"{path}: {where}: expected a table, got {type(data).__name__}")
-        self.path, self.where, self.data, self.used = path, where, data, set()
+        self.path, self.where, self.data = path, where, data
+        self.used: set[str] = set()
 
     def key(self, k: str) -> str:
         return f"{self.where}.{k}" if self.where else k
@@ -40,7 +51,8 @@ class Table:
     def fail(self, k: str, msg: str) -> SuiteError:
         return SuiteError(f"{self.path}: {self.key(k)}: {msg}")
 
-    def get(self, k: str, typ: type | tuple[type, ...], default: Any = ..., *, check=None, expect: str = "") -> Any:
+    def get(self, k: str, typ: type | tuple[type, ...], default: Any = ..., *,
+            check: Callable[[Any], bool] | None = None, expect: str = "") -> Any:
         self.used.add(k)
         if k not in self.data:
             if default is ...:
@@ -72,7 +84,7 @@ class Table:
         self.only(self.used)
 
 
-def _as_tuple(t: Any) -> tuple:
+def _as_tuple(t: Any) -> tuple[Any, ...]:
     return t if isinstance(t, tuple) else (t,)
 
 
@@ -81,10 +93,11 @@ def _tname(t: Any) -> str:
     return " or ".join(names.get(x, x.__name__) for x in _as_tuple(t))
 
 
-def read_toml(path: str | Path) -> dict:
+def read_toml(path: str | Path) -> dict[str, Any]:
     """A suite file's TOML, or one SuiteError line naming the file."""
     try:
-        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        data: dict[str, Any] = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        return data
     except OSError as e:
         raise SuiteError(f"{path}: cannot read suite file ({e.strerror or e})") from None
     except tomllib.TOMLDecodeError as e:
