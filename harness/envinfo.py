@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import platform
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 _RELEVANT = re.compile(r"^(ATB_|HCCL_|LCCL_|OMP_|MKL_|NPU_|PYTORCH_NPU_|ASCEND_|CUBLAS_|VLLM_|CLOSE_MATMUL_K_SHIFT$|HARNESS_)")
 _SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)

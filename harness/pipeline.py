@@ -123,7 +123,7 @@ def against_baselines(suite: Suite, jobs: list[JobOutcome], records: dict[str, l
         note = "" if found.tier == "same key" else (
             f"no baseline for this {'hardware' if found.tier == 'other hardware' else 'software'} ({key}); "
             f"compared with {found.key} at level {expect}; {_record_hint(suite)}")
-        v = baseline_check.evaluate(records[j.profile], lambda pid: b.reference(pid) if pid in b.outputs else None,
+        v = baseline_check.evaluate(records[j.profile], lambda pid, b=b: b.reference(pid) if pid in b.outputs else None,
                                     j.profile, expect, note, k=suite.generation.k)
         if not v.passed and (changed := baselines.environment_changes(b.environment.get("device", {}), j.meta["device"])):
             v = dataclasses.replace(v, reason=f"{v.reason}; since the baseline: {', '.join(changed)}")

@@ -15,10 +15,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from .suite import Endpoint, Server
 
@@ -119,8 +119,9 @@ def started(spec: Server, endpoint: Endpoint, *, model: str, device: str, dtype:
 
 
 def _wait_healthy(run: Running, endpoint: Endpoint, timeout_s: float, t0: float) -> None:
-    from .wire import client_kwargs
     import httpx
+
+    from .wire import client_kwargs
     with httpx.Client(**client_kwargs(endpoint, timeout_s=5.0)) as client:
         while True:
             rc = run.proc.poll()

@@ -430,7 +430,7 @@ def _profile(t: Table, name: str) -> Profile:
                     raise sub.fail(prop, f"unknown property{did_you_mean(prop, list(PROPERTIES))}")
                 per[prop] = sub.data[prop]
             sub.used.update(sub.data)
-        for prop, e in per.items():
+        for e in per.values():
             if e not in EXPECTATIONS:
                 raise ex.fail(dev, f"expected one of {', '.join(EXPECTATIONS)} (or a table of them per property), got {e!r}")
         ex.used.add(dev)

@@ -50,6 +50,7 @@ def run(job: Job) -> int:
         return _run(job, adapter, 0.0, adapter.describe, dict)
     t0 = time.perf_counter()
     import torch  # noqa: F401  (timed: import is a load phase on NPU images)
+
     from . import devices
     try:
         device = devices.prepare(job.device, deterministic=job.torch_deterministic)

@@ -55,9 +55,9 @@ def _steps(choice: dict, api: str) -> list[_Step]:
                       [(t.get("token", ""), float(t.get("logprob", 0.0))) for t in e.get("top_logprobs") or []])
                 for e in lp.get("content") or []]
     tops = lp.get("top_logprobs") or []
-    return [_Step(tok, float(l if l is not None else 0.0),
+    return [_Step(tok, float(lp_ if lp_ is not None else 0.0),
                   sorted(((k, float(v)) for k, v in (tops[i] or {}).items()), key=lambda kv: -kv[1]) if i < len(tops) else [])
-            for i, (tok, l) in enumerate(zip(lp.get("tokens") or [], lp.get("token_logprobs") or []))]
+            for i, (tok, lp_) in enumerate(zip(lp.get("tokens") or [], lp.get("token_logprobs") or []))]
 
 
 def _piece(choice: dict, api: str) -> str:

@@ -88,8 +88,11 @@ class HFAdapter:
             for r in range(rows):
                 if done[r]:
                     continue
-                toks[r].append(nxt_h[r]); fps[r].append(to_hex(fp_h[r]))
-                tids[r].append(ids_h[r]); tlps[r].append(lps_h[r]); times[r].append(now)
+                toks[r].append(nxt_h[r])
+                fps[r].append(to_hex(fp_h[r]))
+                tids[r].append(ids_h[r])
+                tlps[r].append(lps_h[r])
+                times[r].append(now)
                 done[r] = nxt_h[r] in self.eos
             if all(done) or step == steps - 1:
                 break

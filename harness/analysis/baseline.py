@@ -1,7 +1,7 @@
 """Outputs against the golden baseline: each prompt's solo reference against the stored one. Pure functions."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..records import Record
 from .determinism import Expectation, Verdict, compare, lowest_level, verdict

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import builtins
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import sub
-from typing import Iterable, Literal, Sequence, TypedDict
+from typing import Literal, TypedDict
 
 from ..records import Record
 
