@@ -113,3 +113,40 @@ def test_another_case_hash_exits_2(setup, tiny_model: Path):
     write_suite(suite, SUITE.format(model=tiny_model, tokens=9))  # generation changed: outputs not comparable
     r = _run(suite, store, tmp / "r1")
     assert r.returncode == 2 and "case hash" in r.stdout and "Traceback" not in r.stdout + r.stderr
+
+
+def _as_other_hardware(store: Path) -> Path:
+    """The recorded baseline, moved as if made on another CPU model of the same device type."""
+    f = _only_file(store)
+    b = json.loads(f.read_text())
+    b["environment"]["device"]["cpu_model"] = "intel-6-85"
+    other = store / "cpu-elsewhere" / f.parent.name / "default.json"
+    other.parent.mkdir(parents=True)
+    other.write_text(json.dumps(b))
+    f.unlink()
+    return other
+
+
+def test_another_hardwares_baseline_is_met_at_close_and_an_unrelated_continuation_fails_naming_its_prompt(setup):
+    suite, store, tmp = setup
+    suite.write_text(suite.read_text().replace('ref = "', 'dtype = "bfloat16"\nref = "'))
+    assert _run(suite, store, tmp / "r0", "--update-baselines", "--reason", "there").returncode == 0
+    other = _as_other_hardware(store)
+    r = _run(suite, store, tmp / "r1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    v = load_report(tmp / "r1")["verdicts"][0]
+    assert v["property"] == "baseline" and v["expect"] == "close" and v["status"] == "pass"
+    assert "no baseline for this hardware" in v["reason"] and "compared with cpu-avx" in v["reason"]
+    assert len(v["comparisons"]) == 4 and {c["prompt_id"] for c in v["comparisons"]} == {"a", "b", "c", "d"}
+    # Prompt c's reference becomes unrelated text: other tokens from step 0, none in the other side's top-k.
+    b = json.loads(other.read_text())
+    ref = b["outputs"]["c"]
+    ref["tokens"] = [t + 7 for t in ref["tokens"]]
+    ref["topk_ids"] = [[t + 7 + j for j in range(len(ids))] for t, ids in zip(ref["tokens"], ref["topk_ids"])]
+    ref["pieces"] = ["<unrelated>"] * len(ref["tokens"])
+    other.write_text(json.dumps(b))
+    r = _run(suite, store, tmp / "r2")
+    assert r.returncode == 1, r.stdout + r.stderr
+    v = load_report(tmp / "r2")["verdicts"][0]
+    assert v["status"] == "fail" and v["expect"] == "close" and v["worst"]["prompt_id"] == "c"
+    assert "prompt 'c'" in r.stdout and "3/4" in v["reason"]
