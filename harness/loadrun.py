@@ -76,5 +76,6 @@ class LoadRun:
     baseline_notes: list[str] = dataclasses.field(default_factory=list)
     not_comparable: bool = False
     unwritable: bool = False
+    ungated_note: str = ""                        # why load times were shown but not gated
     plot: str = ""
     exit_code: int = 0

@@ -132,13 +132,16 @@ def against_baselines(suite: Suite, jobs: list[JobOutcome], records: dict[str, l
         if suite.perf is None:
             continue
         if not found.same_hardware:
-            out.notes.append(f"latency of {j.profile} shown, not gated: the baseline was measured on other hardware "
-                             f"({found.key.hardware}, this run {key.hardware}); timings compare only on one hardware")
+            out.ungated_note = (f"latency shown, not gated: the baselines were measured on other hardware "
+                                f"({found.key.hardware}; this run {key.hardware}), and timings compare only on one "
+                                f"hardware; {_record_hint(suite)}")
         out.changes[j.profile] = perfgate.against(suite.perf, b, records[j.profile], j.meta, suite.seed)
         out.gated[j.profile] = found.same_hardware
         out.found[j.profile] = b
     if suite.perf is not None:
         _decide(suite, jobs, records, out)
+    if out.ungated_note:
+        out.notes.append(out.ungated_note)   # said once for the run, not once per profile
     return out
 
 
@@ -309,8 +312,7 @@ def checks(res: report.RunResult) -> list[Check]:
                 changes = res.baseline.changes.get(p.name)
                 bad = [c for c in changes or [] if c.status == "regressed"]
                 if changes is None or not res.baseline.gated.get(p.name):
-                    skip = next((n for n in res.baseline.notes if n.startswith(f"latency of {p.name} ")),
-                                "no latency baseline to compare with")
+                    skip = res.baseline.ungated_note if changes is not None else "no latency baseline to compare with"
                 elif bad:
                     lines += ["latency regressed: " + "; ".join(f"{c.metric} x{c.ratio:.3f} (p={c.p:.3g})" for c in bad),
                               report.change_table(changes)]

@@ -34,6 +34,7 @@ class BaselineResult:
     unwritable: bool = False                                        # --update-baselines could not write a file
     found: dict[str, Baseline] = field(default_factory=dict)        # profile -> the baseline compared with
     alpha_row: float = float("nan")                                 # the smallest per-row alpha the budget implied
+    ungated_note: str = ""                                          # why timings were shown but not gated
 
 
 @dataclass
