@@ -90,9 +90,15 @@ def verdict_table(verdicts: list[Verdict]) -> str:
 
 
 def worst_lines(verdicts: list[Verdict]) -> list[str]:
-    """The worst case of each property, whole: printed below the table rather than cut to fit a column."""
-    return [f"  {v.property}: {v.worst.describe() if v.worst else v.reason}" for v in verdicts
-            if v.worst or (v.property not in SHARES and v.reason)]
+    """The worst case of each property, whole: printed below the table rather than cut to fit a column; for the
+    baseline also what it was compared with and at which level."""
+    out = []
+    for v in verdicts:
+        if v.property == "baseline" and v.expect != "-":
+            out.append(f"  baseline: {v.reason}")
+        if v.worst or (v.property not in SHARES and v.reason):
+            out.append(f"  {v.property}: {v.worst.describe() if v.worst else v.reason}")
+    return out
 
 
 def sequences_md(v: Verdict) -> list[str]:
@@ -194,7 +200,7 @@ def console(res: RunResult) -> str:
     for p in res.suite.profiles:
         vs = [v for v in res.all_verdicts() if v.profile == p.name]
         if vs:
-            out += [f"profile {p.name}", verdict_table(vs), "worst cases:", *worst_lines(vs), ""]
+            out += [f"profile {p.name}", verdict_table(vs), "worst cases and baseline:", *worst_lines(vs), ""]
         if p.name in res.baseline.changes:
             out += [f"latency of {p.name} against the baseline{_gated(res, p.name)}",
                     change_table(res.baseline.changes[p.name]), ""]
