@@ -61,7 +61,8 @@ def between(a: Snapshot | None, b: Snapshot | None, own: set[int], top: int = 3)
     used = {pid: b.procs[pid][2] - a.procs[pid][2] for pid in b.procs if pid in a.procs}
     own_ticks = sum(t for pid, t in used.items() if pid in mine)
     others = max(0, b.busy - a.busy - own_ticks - (b.steal - a.steal))
-    busiest = sorted(((t, pid) for pid, t in used.items() if pid not in mine and t > 0), reverse=True)[:top]
+    # at least 1% of the machine: a kernel thread's odd tick is not a neighbour
+    busiest = sorted(((t, pid) for pid, t in used.items() if pid not in mine and t >= total / 100), reverse=True)[:top]
     try:
         load1 = os.getloadavg()[0]
     except OSError:

@@ -35,6 +35,13 @@ def against(perf: Perf, b: Baseline, records: list[Record], meta: dict, seed: in
                         perf.threshold, perf.budget, seed=seed, runs=b.run_medians())
 
 
+def ungated(rows: list[stats.Change]) -> list[stats.Change]:
+    """Rows against another hardware's baseline: the figures stay, the verdict is `x` (a timing from another
+    machine is no evidence of a regression or an improvement)."""
+    return [dataclasses.replace(c, status="not comparable", note="other hardware: shown, not gated")
+            if c.status in ("regressed", "improved", "~") else c for c in rows]
+
+
 def decide(rows: dict[str, list[stats.Change]], budget: float) -> tuple[dict[str, list[stats.Change]], float]:
     """The run's gated rows, all profiles together, under one family-wise budget (Holm)."""
     flat = [(p, c) for p, cs in rows.items() for c in cs]

@@ -135,7 +135,8 @@ def against_baselines(suite: Suite, jobs: list[JobOutcome], records: dict[str, l
             out.ungated_note = (f"latency shown, not gated: the baselines were measured on other hardware "
                                 f"({found.key.hardware}; this run {key.hardware}), and timings compare only on one "
                                 f"hardware; {_record_hint(suite)}")
-        out.changes[j.profile] = perfgate.against(suite.perf, b, records[j.profile], j.meta, suite.seed)
+        rows = perfgate.against(suite.perf, b, records[j.profile], j.meta, suite.seed)
+        out.changes[j.profile] = rows if found.same_hardware else perfgate.ungated(rows)
         out.gated[j.profile] = found.same_hardware
         out.found[j.profile] = b
     if suite.perf is not None:

@@ -22,7 +22,7 @@ def test_between_runs_knows_drift_that_the_samples_do_not():
     base, new = _run(rng), _run(rng)
     within = stats.compare("solo tpot", base, new)                   # Mann-Whitney: sees only within-run noise
     across = stats.compare("solo tpot", base, new, runs=history)    # against the spread of 10 earlier runs
-    assert across.runs == 10 and "one run" not in across.note
+    assert across.runs == 10 and "1 baseline run" not in across.note
     assert across.p > within.p
     assert across.detectable > within.detectable   # the honest figure: what the gate can see between runs
 
@@ -30,7 +30,7 @@ def test_between_runs_knows_drift_that_the_samples_do_not():
 def test_a_single_run_baseline_says_its_spread_is_unknown():
     rng = np.random.default_rng(1)
     c = stats.compare("solo tpot", _run(rng), _run(rng), runs=[0.05])
-    assert c.runs == 0 and "one run" in c.note
+    assert c.runs == 0 and "1 baseline run" in c.note
 
 
 def test_family_budget_keeps_aa_runs_quiet_and_still_catches_a_real_regression():

@@ -188,8 +188,8 @@ def compare(metric: str, before: list[float], after: list[float], *, threshold: 
     else:
         p = float(stats.mannwhitneyu(a, b, alternative="two-sided").pvalue)
         detectable = detectable_change(a, b, alpha)
-        note = ("the baseline holds one run: its run-to-run spread is unknown, so p is within-run (Mann-Whitney) and "
-                "the threshold absorbs drift") if len(good_runs) == 1 else ""
+        # one run: its run-to-run spread is unknown, so p is within-run and the threshold absorbs drift
+        note = "1 baseline run: within-run p" if len(good_runs) == 1 else ""
     c = Change(status="~", ci_low=lo, ci_high=hi, p=p, detectable=detectable, note=note, runs=len(good_runs)
                if len(good_runs) >= 2 else 0, **base, **meds)
     return c.decided(alpha)
