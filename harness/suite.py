@@ -13,7 +13,7 @@ from typing import Any
 
 from .analysis.determinism import EXPECTATIONS
 from .served import MIB, Endpoint, Server, base_url, parse_endpoint, parse_server  # noqa: F401
-from .tomltable import SuiteError, Table, did_you_mean, read_toml, tomllib  # noqa: F401
+from .tomltable import SuiteError, Table, decode, did_you_mean, read_bytes, read_toml, tomllib  # noqa: F401
 
 SUITE_FORMAT = 1
 DEVICES = ("cpu", "cuda", "npu")
@@ -328,9 +328,9 @@ def _attachment(t: Table, fp: Path) -> Attachment:
     if mime.split("/")[0] not in ("image", "audio", "video"):
         raise t.fail("attachments", f"{fp.name}: not an image, audio or video file by its extension (.png, .jpg, .wav, .mp4, ...)")
     try:
-        data = fp.read_bytes()
-    except OSError as e:
-        raise t.fail("attachments", f"cannot read {fp} ({e.strerror or e})") from None
+        data = read_bytes(fp, "the attachment")
+    except SuiteError as e:
+        raise t.fail("attachments", str(e)) from None
     return Attachment(path=str(fp.resolve()), mime=mime, sha256=hashlib.sha256(data).hexdigest())
 
 
@@ -344,10 +344,11 @@ def _prompts(t: Table, base: Path) -> tuple[Prompt, ...]:
     if file is not None:
         fp = base / file
         try:
-            lines = fp.read_text(encoding="utf-8").splitlines()
-        except OSError as e:
-            raise t.fail("file", f"cannot read {fp} ({e.strerror or e})") from None
-        for n, line in enumerate(lines, 1):
+            raw = read_bytes(fp, "the prompt file")
+        except SuiteError as e:
+            raise t.fail("file", str(e)) from None
+        # Only \n ends a JSONL line: a prompt may hold U+2028 or a form feed, which splitlines() would cut at.
+        for n, line in enumerate(decode(raw, fp).split("\n"), 1):
             if not line.strip():
                 continue
             try:

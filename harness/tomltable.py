@@ -81,12 +81,27 @@ def _tname(t: Any) -> str:
     return " or ".join(names.get(x, x.__name__) for x in _as_tuple(t))
 
 
+def decode(raw: bytes, path: str | Path) -> str:
+    """UTF-8 text (a leading byte-order mark, as some Windows editors write, is dropped), or one SuiteError line
+    naming the line and the first byte that is not UTF-8."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise SuiteError(f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x}); save the file as UTF-8") from None
+
+
+def read_bytes(path: str | Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        raise SuiteError(f"{path}: cannot read {what} ({getattr(e, 'strerror', None) or e})") from None
+
+
 def read_toml(path: str | Path) -> dict:
     """A suite file's TOML, or one SuiteError line naming the file."""
     try:
-        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise SuiteError(f"{path}: cannot read suite file ({e.strerror or e})") from None
+        return tomllib.loads(decode(read_bytes(path, "suite file"), path))
     except tomllib.TOMLDecodeError as e:
         raise SuiteError(f"{path}: not valid TOML: {e}") from None
 

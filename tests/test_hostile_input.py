@@ -1,0 +1,79 @@
+"""Hostile and careless input (issue #13): each reproduction ends in one line naming the file, key or value and
+what to do, with exit 2 (input) or 3 (environment), before any model loads where it can be known then, and never
+with a traceback. Runs go through the real CLI in-process with a fake model (tests/fakes.py)."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from harness import cli
+
+from . import fakes
+from .helpers import write_suite
+
+SUITE = """
+[suite]
+name = "{name}"
+version = 1
+[model]
+ref = "fake-model"
+[generation]
+max_new_tokens = 3
+[prompts]
+{prompts}
+[[schedules]]
+kind = "solo"
+[[schedules]]
+kind = "repeat"
+[profiles.default]
+"""
+ITEMS = 'items = [{id = "a", text = "one"}, {id = "b", text = "two"}]'
+
+
+def suite(tmp_path: Path, *, name: str = "s", prompts: str = ITEMS, file: str = "s.toml") -> Path:
+    return write_suite(tmp_path / file, SUITE.format(name=name, prompts=prompts))
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path: Path) -> list[str]:
+    """The models 'prepared' by runs in this test: none may be, when the input is refused."""
+    return fakes.install(monkeypatch, tmp_path / "model")
+
+
+def harness(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main([str(a) for a in argv])
+        except SystemExit as e:  # argparse
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def refused(code: int, err: str, *words: str, exit: int = 2) -> str:
+    """One line on stderr, with the words that tell the user what is wrong."""
+    assert code == exit, (code, err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("harness") and " error: " in err, err
+    for w in words:
+        assert w in err, (w, err)
+    return err
+
+
+def test_suite_file_not_utf8(tmp_path: Path, fake):
+    bad = tmp_path / "b.toml"
+    bad.write_bytes(b"\xe9\n")
+    code, _, err = harness("run", bad, "--out", tmp_path / "out")
+    refused(code, err, str(bad), "not UTF-8", "byte 0xe9")
+    assert not fake and not (tmp_path / "out").exists()
+
+
+def test_prompt_file_not_utf8(tmp_path: Path, fake):
+    (tmp_path / "p.jsonl").write_bytes(b'{"id":"a","text":"one"}\n{"id":"c","text":"caf\xe9"}\n')
+    code, _, err = harness("run", suite(tmp_path, prompts='file = "p.jsonl"'), "--out", tmp_path / "out")
+    refused(code, err, "p.jsonl:2", "not UTF-8")
+    assert not fake
