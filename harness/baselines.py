@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from . import __version__, atomic
+from .errors import one_line
 from .records import Record
 
 SCHEMA_VERSION = 1
@@ -25,6 +26,9 @@ _OPTIONAL_KEYS = {"level": "logits"}   # added after schema 1 was first written;
 
 class BaselineError(ValueError):
     """The baseline exists but cannot be compared; the message is one line naming the file and what to do."""
+
+    def __init__(self, message: str):
+        super().__init__(one_line(message))
 
 
 @dataclass

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .errors import one_line
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # MindIE images ship Python 3.10 with tomli
@@ -18,6 +20,9 @@ else:  # MindIE images ship Python 3.10 with tomli
 
 class SuiteError(ValueError):
     """A suite file is malformed; the message is one line for the user."""
+
+    def __init__(self, message: str):
+        super().__init__(one_line(message))
 
 
 def did_you_mean(name: str, options: list[str]) -> str:

@@ -77,3 +77,12 @@ def test_prompt_file_not_utf8(tmp_path: Path, fake):
     code, _, err = harness("run", suite(tmp_path, prompts='file = "p.jsonl"'), "--out", tmp_path / "out")
     refused(code, err, "p.jsonl:2", "not UTF-8")
     assert not fake
+
+
+@pytest.mark.parametrize("key", ["a\nb", "\x1b[31mred", "x\u2028y", "\x85", "\u202egnp.exe"])
+def test_hostile_keys_are_named_escaped_on_one_line(tmp_path: Path, fake, key: str):
+    f = suite(tmp_path)
+    f.write_text(f.read_text().replace("[model]\n", f"[model]\n{json.dumps(key)} = 1\n"), encoding="utf-8")
+    code, _, err = harness("run", f, "--out", tmp_path / "out")
+    line = refused(code, err, "model.", "unknown key")
+    assert key not in line and key.encode("unicode_escape").decode() in line
