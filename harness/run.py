@@ -50,17 +50,20 @@ class RunDir:
     @classmethod
     def create(cls, out: Path, name: str) -> RunDir:
         base = f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
-        Path(out).mkdir(parents=True, exist_ok=True)
-        for n in range(1, 10_000):
-            run_id = base if n == 1 else f"{base}-{n}"
-            try:
-                (Path(out) / run_id).mkdir()  # atomic: two runs started in the same second get two folders
-            except FileExistsError:
-                continue
-            d = cls(run_id, Path(out) / run_id)
-            for sub in ("jobs", "records", "logs"):
-                (d.path / sub).mkdir()
-            return d
+        try:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            for n in range(1, 10_000):
+                run_id = base if n == 1 else f"{base}-{n}"
+                try:
+                    (Path(out) / run_id).mkdir()  # atomic: two runs started in the same second get two folders
+                except FileExistsError:
+                    continue
+                d = cls(run_id, Path(out) / run_id)
+                for sub in ("jobs", "records", "logs"):
+                    (d.path / sub).mkdir()
+                return d
+        except OSError as e:  # --out itself was checked before the run: this is the disk or its permissions
+            raise HarnessError(f"--out {out}: cannot create the run directory ({e.strerror or e})", INFRA) from None
         raise HarnessError(f"{out}: no free run directory name for {base}", INFRA)
 
 
@@ -139,10 +142,25 @@ def get(name: str) -> Kind:
     return getattr(importlib.import_module(module), attr)
 
 
+def directory_option(flag: str, path: Path) -> None:
+    """A directory the run writes to, created if missing: a file there, or above it, is refused before any model
+    loads rather than failing after the run."""
+    p = Path(path)
+    if "\0" in str(p):
+        raise HarnessError(f"{flag} {str(p)!r}: a path cannot contain a NUL byte", USAGE)
+    for d in (p, *p.parents):
+        if d.is_dir():
+            return
+        if d.exists() or d.is_symlink():
+            raise HarnessError(f"{flag} {p}: {d} is not a directory; name a directory (it is created if missing)", USAGE)
+
+
 def load(path: str | Path, opts: Options) -> tuple[Kind, Any]:
     """The suite's kind and its validated suite, before any model loads or server starts."""
     if opts.update_baselines and not opts.reason.strip():
         raise HarnessError("--update-baselines needs --reason 'why these outputs and timings are the new truth'", USAGE)
+    directory_option("--out", opts.out)
+    directory_option("--baselines", opts.baselines)
     try:
         data = read_toml(path)
     except SuiteError as e:

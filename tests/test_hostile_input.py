@@ -86,3 +86,26 @@ def test_hostile_keys_are_named_escaped_on_one_line(tmp_path: Path, fake, key: s
     code, _, err = harness("run", f, "--out", tmp_path / "out")
     line = refused(code, err, "model.", "unknown key")
     assert key not in line and key.encode("unicode_escape").decode() in line
+
+
+@pytest.mark.parametrize("flag, where", [("--out", "a-file"), ("--out", "a-file/sub"), ("--baselines", "a-file"),
+                                         ("--baselines", "a-file/sub")])
+def test_a_file_where_a_directory_goes_is_refused_before_the_model_loads(tmp_path: Path, fake, flag: str, where: str):
+    (tmp_path / "a-file").write_text("not a directory\n")
+    args = {"--out": tmp_path / "out", "--baselines": tmp_path / "bl", flag: tmp_path / where}
+    code, _, err = harness("run", suite(tmp_path), *(x for kv in args.items() for x in kv))
+    refused(code, err, f"{flag} {tmp_path / where}", "is not a directory")
+    assert not fake  # refused before any model was prepared
+    assert (tmp_path / "a-file").read_text() == "not a directory\n"
+
+
+@pytest.mark.parametrize("value", ["-5", "0", "nan", "inf", "-inf", "1e400", "soon"])
+def test_worker_timeout_must_be_a_positive_finite_number(tmp_path: Path, fake, value: str):
+    code, _, err = harness("run", suite(tmp_path), "--out", tmp_path / "out", f"--worker-timeout={value}")
+    refused(code, err, "--worker-timeout", repr(value))
+    assert not fake and not (tmp_path / "out").exists()
+
+
+def test_worker_timeout_accepts_seconds(tmp_path: Path, fake):
+    code, out, err = harness("run", suite(tmp_path), "--out", tmp_path / "out", "--worker-timeout", "0.5")
+    assert code == 0, out + err
