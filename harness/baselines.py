@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Literal
 
 from . import __version__, atomic
-from .errors import one_line
+from .errors import HarnessError, one_line
+from .paths import inside
 from .records import Record
 
 SCHEMA_VERSION = 1
@@ -57,7 +58,8 @@ def _mm(version: str) -> str:
 
 
 def slug(s: str) -> str:
-    return re.sub(r"[^a-z0-9.]+", "-", s.lower()).strip("-").strip(".") or "unknown"
+    """A safe directory-name part: ASCII letters, digits, '.' and '-', never '.' or '..', at most 64 characters."""
+    return re.sub(r"[^a-z0-9.]+", "-", s.lower()).strip("-").strip(".")[:64] or "unknown"
 
 
 Tier = Literal["same key", "other software", "other hardware"]
@@ -158,13 +160,16 @@ class Store:
         self.root = Path(root)
 
     def path(self, key: DeviceKey, suite: str, profile: str) -> Path:
-        return self.root / str(key) / suite / f"{profile}.json"
+        return inside(self.root, self.root / str(key) / suite / f"{profile}.json")
 
     def check(self, key: DeviceKey, suite: str, profile: str, case_hash: str) -> Found | Missing | Unusable:
         """This key's baseline; else the newest of the same hardware (other software); else the newest of the same
         device type (other hardware). A file under this run's key that cannot be compared is Unusable, never
         skipped; other keys' files that cannot be read are passed over."""
-        exact = self.path(key, suite, profile)
+        try:
+            exact = self.path(key, suite, profile)
+        except HarnessError as e:
+            return Unusable(self.root, str(e))
         if exact.is_file():
             try:
                 return Found(exact, load(exact, case_hash), key, "same key")

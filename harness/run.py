@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from .errors import CHECK_FAILED, INFRA, OK, USAGE, HarnessError
+from .paths import SAFE_RULE, inside, safe_name, shown
 from .tomltable import SuiteError, read_toml
 
 # kind -> "module:attr" of its Kind object; imported only when a suite of that kind is run.
@@ -49,7 +50,10 @@ class RunDir:
 
     @classmethod
     def create(cls, out: Path, name: str) -> RunDir:
+        if not safe_name(name):  # suites check it; this guards any other caller
+            raise HarnessError(f"run directory name {shown(name)} {SAFE_RULE}", USAGE)
         base = f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
+        inside(out, Path(out) / base)
         try:
             Path(out).mkdir(parents=True, exist_ok=True)
             for n in range(1, 10_000):

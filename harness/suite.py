@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .analysis.determinism import EXPECTATIONS
+from .paths import SAFE_RULE, safe_name, shown
 from .served import MIB, Endpoint, Server, base_url, parse_endpoint, parse_server  # noqa: F401
 from .tomltable import SuiteError, Table, decode, did_you_mean, read_bytes, read_toml, tomllib  # noqa: F401
 
@@ -203,7 +204,9 @@ def load(path: str | Path) -> Suite:
 def parse_head(root: Table) -> tuple[str, int, str]:
     """The [suite] table every suite kind starts with: (name, seed, description)."""
     head = root.sub("suite")
-    name = head.get("name", str, check=lambda s: s.strip() != "", expect="a non-empty string")
+    name = head.get("name", str, expect="a name such as \"determinism\"")
+    if not safe_name(name):  # it names the run directory and the baseline folder
+        raise head.fail("name", f"{shown(name)} {SAFE_RULE}")
     version = head.get("version", int, expect=f"the suite format version, {SUITE_FORMAT}")
     if version != SUITE_FORMAT:
         raise head.fail("version", f"unsupported suite format {version}; this harness reads version {SUITE_FORMAT}")
@@ -258,6 +261,9 @@ def parse(data: dict, p: str, base: Path = Path(".")) -> Suite:
     pt = root.sub("profiles")
     if not pt.data:
         raise root.fail("profiles", "empty; add at least [profiles.default]")
+    for n in pt.data:
+        if not safe_name(n):  # it names the worker's files and the baseline file
+            raise root.fail("profiles", f"{shown(n)} {SAFE_RULE}")
     profiles = tuple(_profile(pt.sub(n), n) for n in list(pt.data))
     pt.done()
     server = parse_server(root.sub("server")) if "server" in data else None

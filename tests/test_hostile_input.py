@@ -109,3 +109,94 @@ def test_worker_timeout_must_be_a_positive_finite_number(tmp_path: Path, fake, v
 def test_worker_timeout_accepts_seconds(tmp_path: Path, fake):
     code, out, err = harness("run", suite(tmp_path), "--out", tmp_path / "out", "--worker-timeout", "0.5")
     assert code == 0, out + err
+
+
+# Traversal, absolute, NUL, over-long (bytes and characters), empty, hidden, and Unicode look-alikes of "x", "/"
+# and "." (fullwidth x, fullwidth solidus, one dot leader).
+UNSAFE = ["x/../../escaped", "..", ".", "/abs/escaped", "a\0b", "a" * 101, "é" * 130, "", " ", "-x", ".hidden",
+          "a b", "a\\b", "ｘ", "..／..／x", "\u2024\u2024", "x\u2024y", "*", "a\nb"]
+RULE = "may use only letters, digits, '.', '_' and '-' (at most 100), starting with a letter or digit"
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("name", UNSAFE)
+def test_unsafe_suite_names_are_refused_before_anything_is_written(tmp_path: Path, fake, name: str):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    f = suite(tmp_path / "a" / "b", name="@")
+    f.write_text(f.read_text().replace('"@"', json.dumps(name)), encoding="utf-8")
+    before = _tree(tmp_path)
+    code, _, err = harness("run", f, "--out", tmp_path / "a" / "b" / "runs" / "out", "--baselines", tmp_path / "bl",
+                           "--update-baselines", "--reason", "r")
+    refused(code, err, f"{f}: suite.name: ", RULE)
+    assert not fake and _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("name", UNSAFE)
+def test_unsafe_profile_names_are_refused_before_anything_is_written(tmp_path: Path, fake, name: str):
+    f = suite(tmp_path)
+    f.write_text(f.read_text().replace("[profiles.default]", f"[profiles.{json.dumps(name)}]"), encoding="utf-8")
+    before = _tree(tmp_path)
+    code, _, err = harness("run", f, "--out", tmp_path / "out", "--baselines", tmp_path / "bl",
+                           "--update-baselines", "--reason", "r")
+    refused(code, err, f"{f}: profiles: ", RULE)
+    assert not fake and _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("name", ["s", "S-1.2_x", "a" * 100, "0"])
+def test_safe_names_run(tmp_path: Path, fake, name: str):
+    code, out, err = harness("run", suite(tmp_path, name=name), "--out", tmp_path / "out", "--baselines",
+                             tmp_path / "bl", "--update-baselines", "--reason", "r")
+    assert code == 0, out + err
+    assert [p.name for p in (tmp_path / "out").iterdir()][0].endswith(f"-{name}")
+    assert len(list((tmp_path / "bl").rglob(f"{name}/default.json"))) == 1
+
+
+@pytest.mark.parametrize("name", ["/" + "../" * 6 + "escaped", "x/" + "../" * 7 + "escaped", "/abs/escaped", "a\0b",
+                                  "x" * 256, "é" * 128])
+def test_paths_built_from_names_stay_inside_their_root(tmp_path: Path, name: str):
+    """The second line of defence, for a name that got past the suite's checks: .. and / that climb out of the
+    root, an absolute name, a NUL, a name over 255 bytes."""
+    from harness.baselines import DeviceKey, Store
+    from harness.errors import USAGE, HarnessError
+    from harness.paths import inside
+    from harness.run import RunDir
+    root = tmp_path / "a" / "root"
+    refusals = [lambda: inside(root, root / "sub" / name), lambda: RunDir.create(root / "out", name),
+                lambda: Store(root).path(DeviceKey("cpu", "cpu-x", "torch2"), name, "default"),
+                lambda: Store(root).path(DeviceKey("cpu", "cpu-x", "torch2"), "s", name)]
+    for refuse in refusals:
+        with pytest.raises(HarnessError) as e:
+            refuse()
+        assert e.value.code == USAGE and len(str(e.value).splitlines()) == 1
+    assert _tree(tmp_path) == set()  # nothing made, inside or out
+
+
+@pytest.mark.parametrize("name", ["ｘ", "..／..／x", "\u2024\u2024", "a..b", "x" * 255])
+def test_look_alikes_are_ordinary_names_inside_the_root(tmp_path: Path, name: str):
+    from harness.paths import inside
+    assert inside(tmp_path, tmp_path / name) == tmp_path / name
+
+
+def test_model_names_and_device_key_parts_become_safe_directory_names():
+    from harness import baselines
+    for ref in ["/m/../..", "/m/ｘ", "/m/..／..／x", "/m/" + "é" * 200, "/m/a b/", "/m/\u2024\u2024"]:
+        d = baselines.suite_dir("s", ref, True)
+        assert d.startswith("s@") and "/" not in d and len(d.encode()) <= 100 and d[2:] not in ("", ".", "..")
+    key = baselines.device_key({"device": "cpu", "cpu_capability": "../..", "cpu_model": "/etc/" + "x" * 300,
+                                "threads": "../1", "torch": "2.1/../.."})
+    assert "/" not in str(key) and len(str(key).encode()) < 255 and ".." not in str(key).split("-")
+
+
+def test_model_cache_names_are_cut_to_fit(tmp_path: Path, monkeypatch):
+    from harness import models
+    gguf = tmp_path / ("é" * 120 + ".gguf")  # 245 bytes: a legal file name whose cache name would not be
+    gguf.write_bytes(b"weights")
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(models, "_convert_gguf", lambda src, dest: (dest.mkdir(parents=True),
+                                                                    (dest / "config.json").write_text("{}")))
+    out = models.prepare(str(gguf))
+    assert out.parent == tmp_path / "cache" / "models" and (out / "config.json").is_file()
+    assert len(f"{out.name}.tmp-4194304".encode()) <= 255
