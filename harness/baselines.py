@@ -221,6 +221,58 @@ def write(path: Path, b: Baseline) -> None:
     atomic.write_text(path, json.dumps({"schema_version": SCHEMA_VERSION, **vars(b)}, indent=1, sort_keys=True) + "\n")
 
 
+def _listof(ok):
+    return lambda v: isinstance(v, list) and all(ok(x) for x in v)
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+_TEXT = (lambda v: isinstance(v, str), "a string")
+_TABLE = (lambda v: isinstance(v, dict), "an object")
+_STRINGS = (_listof(lambda v: isinstance(v, str)), "a list of strings")
+# Everything a run reads of a baseline, and what it must be: checked on load, so that a damaged file is "not
+# comparable" with one line, never a KeyError or TypeError in the middle of a comparison.
+_FIELDS = {"suite": _TEXT, "profile": _TEXT, "case_hash": _TEXT, "device_key": _TEXT, "environment": _TABLE,
+           "provenance": _TABLE, "outputs": _TABLE, "load_s": (_listof(_num), "a list of numbers"),
+           "latency": (lambda v: isinstance(v, dict) and all(_listof(_num)(x) for x in v.values()),
+                       "an object of lists of numbers")}
+_OUTPUT_FIELDS = {"prompt_id": _TEXT, "tokens": (_listof(_int), "a list of integers"), "pieces": _STRINGS,
+                  "text": _TEXT, "finish_reason": _TEXT, "fingerprints": _STRINGS,
+                  "topk_ids": (_listof(_listof(_int)), "a list of lists of integers"),
+                  "topk_logprobs": (_listof(_listof(_num)), "a list of lists of numbers"),
+                  "level": (lambda v: v in ("logits", "logprobs", "text"), "logits, logprobs or text")}
+_KEY_FIELDS = ("device", "target", "host", "server", "cpu_capability", "cpu_model", "threads", "chip", "torch", "cuda",
+               "torch_npu", "cann", "transformers")   # what device_key reads
+
+
+def _problem(b: Baseline) -> str:
+    """What makes a parsed baseline unusable, or ""."""
+    for k, (ok, what) in _FIELDS.items():
+        if not ok(getattr(b, k)):
+            return f"{k}: expected {what}"
+    device = b.environment.get("device", {})
+    if not isinstance(device, dict) or not all(isinstance(device.get(k, ""), (str, int)) for k in _KEY_FIELDS):
+        return "environment.device: expected an object of strings"
+    for pid, o in b.outputs.items():
+        if not isinstance(o, dict):
+            return f"outputs.{pid}: expected an object"
+        if missing := [k for k in _OUTPUT_KEYS if k not in o]:
+            return f"outputs.{pid}: {', '.join(missing)} missing"
+        for k, (ok, what) in _OUTPUT_FIELDS.items():
+            if k in o and not ok(o[k]):
+                return f"outputs.{pid}.{k}: expected {what}"
+        n = len(o["tokens"])
+        if len(o["pieces"]) != n or any(len(o[k]) not in (0, n) for k in ("fingerprints", "topk_ids", "topk_logprobs")):
+            return f"outputs.{pid}: {n} tokens without one piece (and fingerprint and top-k, where kept) per token"
+    return ""
+
+
 def load(path: Path, case_hash: str) -> Baseline:
     how = "rerun with --update-baselines --reason '...' to replace it"
     try:
@@ -239,6 +291,8 @@ def load(path: Path, case_hash: str) -> Baseline:
         b = Baseline(**data)
     except TypeError as e:
         raise BaselineError(f"{path}: malformed baseline ({e}); {how}") from None
+    if problem := _problem(b):
+        raise BaselineError(f"{path}: malformed baseline ({problem}); {how}")
     if b.case_hash != case_hash:
         raise BaselineError(f"{path}: made for case hash {b.case_hash}, the suite now hashes to {case_hash} "
                             f"(prompts, model, dtype, generation or schedules changed); {how}")

@@ -200,3 +200,44 @@ def test_model_cache_names_are_cut_to_fit(tmp_path: Path, monkeypatch):
     out = models.prepare(str(gguf))
     assert out.parent == tmp_path / "cache" / "models" and (out / "config.json").is_file()
     assert len(f"{out.name}.tmp-4194304".encode()) <= 255
+
+
+def _only(root: Path, pattern: str) -> Path:
+    found = list(root.rglob(pattern))
+    assert len(found) == 1, found
+    return found[0]
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda d: d["outputs"].update(a={}), "outputs.a: prompt_id, tokens,"),   # the reproduction
+    (lambda d: d["outputs"]["a"].pop("topk_ids"), "outputs.a: topk_ids missing"),
+    (lambda d: d["outputs"]["a"].update(tokens="123"), "outputs.a.tokens: expected a list of integers"),
+    (lambda d: d["outputs"]["a"].update(tokens=[True, 1, 2]), "outputs.a.tokens: expected a list of integers"),
+    (lambda d: d["outputs"]["a"].update(pieces=["1"]), "outputs.a: 3 tokens without one piece"),
+    (lambda d: d["outputs"]["a"].update(topk_logprobs=[["x"]] * 3), "outputs.a.topk_logprobs: expected a list of lists"),
+    (lambda d: d["outputs"]["a"].update(level="bits"), "outputs.a.level: expected logits, logprobs or text"),
+    (lambda d: d["outputs"].update(a=[]), "outputs.a: expected an object"),
+    (lambda d: d.update(outputs=[]), "outputs: expected an object"),
+    (lambda d: d.update(environment={"device": "cpu"}), "environment.device: expected an object"),
+    (lambda d: d["environment"]["device"].update(torch=["2.1"]), "environment.device: expected an object"),
+    (lambda d: d.update(provenance=None), "provenance: expected an object"),
+    (lambda d: d.update(latency={"solo tpot": ["fast"]}), "latency: expected an object of lists of numbers"),
+    (lambda d: d.update(load_s=7), "load_s: expected a list of numbers"),
+    (lambda d: d.pop("outputs"), "missing 1 required positional argument: 'outputs'"),
+])
+def test_damaged_baselines_are_not_comparable_and_the_report_is_written(tmp_path: Path, fake, damage, words):
+    f = suite(tmp_path)
+    code, out, err = harness("run", f, "--out", tmp_path / "r0", "--baselines", tmp_path / "bl", "--update-baselines",
+                             "--reason", "first")
+    assert code == 0, out + err
+    b = _only(tmp_path / "bl", "default.json")
+    data = json.loads(b.read_text())
+    damage(data)
+    b.write_text(json.dumps(data))
+    code, out, err = harness("run", f, "--out", tmp_path / "r1", "--baselines", tmp_path / "bl")
+    assert code == 2 and "Traceback" not in out + err, out + err
+    rep = json.loads(_only(tmp_path / "r1", "report.json").read_text())
+    assert _only(tmp_path / "r1", "summary.md").is_file()
+    v = next(v for v in rep["verdicts"] if v["property"] == "baseline")
+    assert v["status"] == "not comparable" and words in v["reason"] and str(b) in v["reason"], v["reason"]
+    assert len([ln for ln in out.splitlines() if "malformed baseline" in ln]) == 1
