@@ -241,3 +241,37 @@ def test_damaged_baselines_are_not_comparable_and_the_report_is_written(tmp_path
     v = next(v for v in rep["verdicts"] if v["property"] == "baseline")
     assert v["status"] == "not comparable" and words in v["reason"] and str(b) in v["reason"], v["reason"]
     assert len([ln for ln in out.splitlines() if "malformed baseline" in ln]) == 1
+
+
+LOADTIME = """
+[suite]
+name = "lt"
+version = 1
+[model]
+ref = "fake-model"
+[loadtime]
+omp = [1]
+repeats = 1
+drop_caches = false
+"""
+
+
+@pytest.mark.parametrize("kind", ["determinism", "loadtime"])
+@pytest.mark.parametrize("blocked", ["a file where the key's folder goes", "/proc"])
+def test_unwritable_baselines_exit_3_and_keep_the_report(tmp_path: Path, fake, kind: str, blocked: str):
+    """Root ignores read-only permissions, so the write is made to fail another way: a regular file where the device
+    key's folder must go, or a store under /proc, where nothing can be created."""
+    from harness.baselines import device_key
+    f = suite(tmp_path) if kind == "determinism" else write_suite(tmp_path / "lt.toml", LOADTIME)
+    store = tmp_path / "bl"
+    if blocked == "/proc":
+        store = Path("/proc/self/harness-baselines")
+    else:
+        store.mkdir()
+        (store / str(device_key(fakes.DEVICE))).write_text("in the way\n")
+    code, out, err = harness("run", f, "--out", tmp_path / "out", "--baselines", store, "--update-baselines",
+                             "--reason", "r")
+    assert code == 3 and "Traceback" not in out + err, out + err
+    assert _only(tmp_path / "out", "summary.md").is_file() and _only(tmp_path / "out", "report.json").is_file()
+    lines = [ln for ln in out.splitlines() if "cannot write the baseline" in ln]
+    assert len(lines) == 1 and str(store) in lines[0], out
