@@ -393,6 +393,8 @@ def _schedule(t: Table, suite_seed: int, prompts: tuple[Prompt, ...]) -> Schedul
                       expect="a non-empty list of positive integers")
         params["sizes"] = tuple(sizes)
     if "trials" in spec:
+        if n < 2:  # min_size's default (2) is not checked against the prompts, and the plan would fail mid-run
+            raise t.fail("kind", "a needle schedule needs at least 2 prompts (the target and a filler); add a prompt")
         params["trials"] = t.get("trials", int, spec["trials"], **pos)
         params["min_size"] = t.get("min_size", int, 2, check=lambda v: 2 <= v <= n,
                                    expect=f"an integer in [2, {n}] (the number of prompts)")

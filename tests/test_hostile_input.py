@@ -275,3 +275,11 @@ def test_unwritable_baselines_exit_3_and_keep_the_report(tmp_path: Path, fake, k
     assert _only(tmp_path / "out", "summary.md").is_file() and _only(tmp_path / "out", "report.json").is_file()
     lines = [ln for ln in out.splitlines() if "cannot write the baseline" in ln]
     assert len(lines) == 1 and str(store) in lines[0], out
+
+
+def test_a_needle_among_one_prompt_is_refused_before_the_run(tmp_path: Path, fake):
+    f = suite(tmp_path, prompts='items = [{id = "a", text = "one"}]')
+    f.write_text(f.read_text() + '[[schedules]]\nkind = "needle"\n', encoding="utf-8")
+    code, _, err = harness("run", f, "--out", tmp_path / "out")
+    refused(code, err, "schedules[2].kind: a needle schedule needs at least 2 prompts")
+    assert not fake
