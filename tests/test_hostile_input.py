@@ -283,3 +283,105 @@ def test_a_needle_among_one_prompt_is_refused_before_the_run(tmp_path: Path, fak
     code, _, err = harness("run", f, "--out", tmp_path / "out")
     refused(code, err, "schedules[2].kind: a needle schedule needs at least 2 prompts")
     assert not fake
+
+
+# ---- a server that cannot be reached, or a proxy in front of it: the message names the cause ----------------------
+
+SERVED = """
+[suite]
+name = "served"
+version = 1
+[endpoint]
+base_url = "{url}"
+api = "chat"
+retries = 0
+request_timeout_s = 10
+{extra}
+[generation]
+max_new_tokens = 2
+[prompts]
+items = [{{id = "a", text = "one"}}]
+[[schedules]]
+kind = "solo"
+[profiles.default]
+"""
+
+
+def _served_failure(tmp_path: Path, url: str, extra: str = "") -> str:
+    f = write_suite(tmp_path / "served.toml", SERVED.format(url=url, extra=extra))
+    code, out, err = harness("run", f, "--out", tmp_path / "out", "--baselines", tmp_path / "bl")
+    assert code == 3 and "Traceback" not in out + err, out + err
+    job = json.loads(_only(tmp_path / "out", "report.json").read_text())["jobs"][0]
+    assert job["status"] == "load-failed" and "could not load the model or device" not in job["description"]
+    assert job["description"] in out
+    return job["description"]
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_refused_connection_is_named(tmp_path: Path):
+    url = f"http://127.0.0.1:{_free_port()}"
+    assert f"server at {url} refused the connection" in _served_failure(tmp_path, url)
+
+
+NGINX_400 = (b"<html>\r\n<head><title>400 No required SSL certificate was sent</title></head>\r\n<body>\r\n<center>"
+             b"<h1>400 Bad Request</h1></center>\r\n<center>No required SSL certificate was sent</center>\r\n<hr>"
+             b"<center>nginx/1.25.3</center>\r\n</body>\r\n</html>\r\n")
+
+
+def test_an_html_error_page_from_a_proxy_is_named_by_its_title(tmp_path: Path):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Proxy(BaseHTTPRequestHandler):
+        def _page(self):
+            self.send_response(400)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(NGINX_400)))
+            self.end_headers()
+            self.wfile.write(NGINX_400)
+        do_GET = do_POST = _page
+
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        why = _served_failure(tmp_path, f"http://127.0.0.1:{srv.server_port}")
+    finally:
+        srv.shutdown()
+    assert "HTTP 400 from the proxy" in why and ": 400 No required SSL certificate was sent" in why
+    assert "<" not in why and "client_cert" in why
+
+
+def test_a_server_that_wants_a_client_certificate_is_named(tmp_path: Path):
+    import subprocess
+    import sys
+    import time
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    port = _free_port()
+    srv = subprocess.Popen([sys.executable, str(Path(__file__).parent / "fake_openai.py"), "--port", str(port),
+                            "--certfile", str(tmp_path / "server.pem"), "--keyfile", str(tmp_path / "server.pem"),
+                            "--client-ca", str(tmp_path / "ca.pem")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import socket
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        why = _served_failure(tmp_path, f"https://127.0.0.1:{port}", f'ca_bundle = "{tmp_path / "ca.pem"}"')
+    finally:
+        srv.kill()
+        srv.wait()
+    assert "TLS handshake failed: the server requires a client certificate" in why
