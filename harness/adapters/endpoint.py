@@ -173,7 +173,7 @@ class EndpointAdapter:
                 r = await self.client.get(self.ep.base_url + "/v1/models")
                 data = r.json().get("data") or [] if r.status_code == 200 else []
                 self.model = data[0].get("id", "") if data else ""
-            except (httpx.HTTPError, ValueError, AttributeError):
+            except (httpx.HTTPError, OSError, ValueError, AttributeError):
                 self.model = ""  # servers without /v1/models take requests without "model"
         prompt = self.job.prompts[0]
         for _ in range(len(OPTIONAL) + 1):
@@ -264,7 +264,7 @@ class EndpointAdapter:
         except httpx.TimeoutException as e:
             raise RequestFailed(f"timed out ({type(e).__name__}, endpoint.request_timeout_s = {self.ep.request_timeout_s:g})",
                                 retry=True) from None
-        except httpx.TransportError as e:
+        except (httpx.TransportError, OSError) as e:  # OSError: a TLS alert anyio lets through unwrapped
             why = connection_error(e, self.ep.base_url)
             raise RequestFailed(why or f"connection failed ({type(e).__name__}: {str(e) or 'closed by the server'})",
                                 retry=True, vague=not why) from None
