@@ -31,8 +31,9 @@ def run_job(job: Job, env: dict, timeout_s: float, run_dir: Path, progress=lambd
                                  batch=list(b.prompt_ids), position=pos, tokens=toks, pieces=[str(t) for t in toks],
                                  text=" ".join(map(str, toks)), finish_reason="length",
                                  fingerprints=[f"{t:016x}" for t in toks], topk_ids=[[t, t + 1] for t in toks],
-                                 topk_logprobs=[[-0.1, -2.0] for _ in toks], token_times=[0.01 * (i + 1) for i in range(len(toks))],
-                                 repeat=b.repeat, warmup=b.warmup).to_json() + "\n")
+                                 topk_logprobs=[[-0.1, -2.0] for _ in toks],
+                                 token_times=[0.01 * (i + 1) for i in range(len(toks))], repeat=b.repeat,
+                                 warmup=b.warmup).to_json() + "\n")
                 n += 1
     meta = {"job": job.name, "profile": job.profile, "load_s": {"import": 0.01, "weights": 0.02}, "device": DEVICE,
             "host": {}, "env": {}, "peak_rss_mb": 1.0}
