@@ -257,8 +257,11 @@ def _problem(b: Baseline) -> str:
         if not ok(getattr(b, k)):
             return f"{k}: expected {what}"
     device = b.environment.get("device", {})
-    if not isinstance(device, dict) or not all(isinstance(device.get(k, ""), (str, int)) for k in _KEY_FIELDS):
-        return "environment.device: expected an object of strings"
+    if not isinstance(device, dict):
+        return "environment.device: expected an object"
+    for k in _KEY_FIELDS:
+        if not (isinstance(device.get(k, ""), str) or _int(device[k])):  # threads may be a number
+            return f"environment.device.{k}: expected a string"
     for pid, o in b.outputs.items():
         if not isinstance(o, dict):
             return f"outputs.{pid}: expected an object"

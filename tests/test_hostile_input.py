@@ -214,12 +214,13 @@ def _only(root: Path, pattern: str) -> Path:
     (lambda d: d["outputs"]["a"].update(tokens="123"), "outputs.a.tokens: expected a list of integers"),
     (lambda d: d["outputs"]["a"].update(tokens=[True, 1, 2]), "outputs.a.tokens: expected a list of integers"),
     (lambda d: d["outputs"]["a"].update(pieces=["1"]), "outputs.a: 3 tokens without one piece"),
-    (lambda d: d["outputs"]["a"].update(topk_logprobs=[["x"]] * 3), "outputs.a.topk_logprobs: expected a list of lists"),
+    (lambda d: d["outputs"]["a"].update(topk_logprobs=[["x"]] * 3), "outputs.a.topk_logprobs: expected a list of"),
     (lambda d: d["outputs"]["a"].update(level="bits"), "outputs.a.level: expected logits, logprobs or text"),
     (lambda d: d["outputs"].update(a=[]), "outputs.a: expected an object"),
     (lambda d: d.update(outputs=[]), "outputs: expected an object"),
     (lambda d: d.update(environment={"device": "cpu"}), "environment.device: expected an object"),
-    (lambda d: d["environment"]["device"].update(torch=["2.1"]), "environment.device: expected an object"),
+    (lambda d: d["environment"]["device"].update(torch=["2.1"]), "environment.device.torch: expected a string"),
+    (lambda d: d["environment"]["device"].update(torch=False), "environment.device.torch: expected a string"),
     (lambda d: d.update(provenance=None), "provenance: expected an object"),
     (lambda d: d.update(latency={"solo tpot": ["fast"]}), "latency: expected an object of lists of numbers"),
     (lambda d: d.update(load_s=7), "load_s: expected a list of numbers"),
@@ -371,7 +372,8 @@ def test_a_server_that_wants_a_client_certificate_is_named(tmp_path: Path):
     port = _free_port()
     srv = subprocess.Popen([sys.executable, str(Path(__file__).parent / "fake_openai.py"), "--port", str(port),
                             "--certfile", str(tmp_path / "server.pem"), "--keyfile", str(tmp_path / "server.pem"),
-                            "--client-ca", str(tmp_path / "ca.pem")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            "--client-ca", str(tmp_path / "ca.pem")],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         import socket
         deadline = time.monotonic() + 30
