@@ -260,7 +260,8 @@ def _problem(b: Baseline) -> str:
     if not isinstance(device, dict):
         return "environment.device: expected an object"
     for k in _KEY_FIELDS:
-        if not (isinstance(device.get(k, ""), str) or _int(device[k])):  # threads may be a number
+        v = device.get(k, "")
+        if not (isinstance(v, str) or k == "threads" and _int(v)):
             return f"environment.device.{k}: expected a string"
     for pid, o in b.outputs.items():
         if not isinstance(o, dict):

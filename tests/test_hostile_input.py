@@ -221,6 +221,7 @@ def _only(root: Path, pattern: str) -> Path:
     (lambda d: d.update(environment={"device": "cpu"}), "environment.device: expected an object"),
     (lambda d: d["environment"]["device"].update(torch=["2.1"]), "environment.device.torch: expected a string"),
     (lambda d: d["environment"]["device"].update(torch=False), "environment.device.torch: expected a string"),
+    (lambda d: d["environment"]["device"].update(torch=0), "environment.device.torch: expected a string"),
     (lambda d: d.update(provenance=None), "provenance: expected an object"),
     (lambda d: d.update(latency={"solo tpot": ["fast"]}), "latency: expected an object of lists of numbers"),
     (lambda d: d.update(load_s=7), "load_s: expected a list of numbers"),
