@@ -4,6 +4,7 @@ on an Ascend runner use `nox --no-venv` so the CANN image's torch and torch_npu 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import nox
@@ -110,6 +111,24 @@ def unit(session: nox.Session) -> None:
     _install(session, "dev")
     session.run("python", "-m", "pytest", "tests", "-m", "not process and not integration", "--benchmark-skip",
                 *session.posargs)
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """Property-based fuzzing of the suite, prompt-file and baseline parsers and of the CLI, for a set time:
+    `nox -s fuzz` runs 10 minutes, `nox -s fuzz -- 60` an hour. Rounds of HARNESS_FUZZ=long examples (a few minutes
+    each), each with a new seed, until the time is up; a round started before then finishes. A failure stops it and
+    hypothesis prints the smallest input that fails, which it also keeps in .hypothesis/ to try first next time."""
+    _install(session, "dev")
+    minutes = float(session.posargs[0]) if session.posargs else 10.0
+    end = time.monotonic() + 60 * minutes
+    seed = int(time.time())
+    rounds = 0
+    while time.monotonic() < end:
+        session.run("python", "-m", "pytest", "tests/test_fuzz.py", "-q", "-p", "no:cacheprovider",
+                    f"--hypothesis-seed={seed + rounds}", "--hypothesis-show-statistics", env={"HARNESS_FUZZ": "long"})
+        rounds += 1
+    session.log(f"{rounds} round(s) passed, seeds {seed} to {seed + rounds - 1}")
 
 
 @nox.session

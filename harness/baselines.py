@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Literal
 
 from . import __version__, atomic
+from .errors import HarnessError, one_line
+from .paths import inside
 from .records import Record
 
 SCHEMA_VERSION = 1
@@ -26,6 +28,9 @@ _OPTIONAL_KEYS = {"level": "logits"}   # added after schema 1 was first written;
 
 class BaselineError(ValueError):
     """The baseline exists but cannot be compared; the message is one line naming the file and what to do."""
+
+    def __init__(self, message: str):
+        super().__init__(one_line(message))
 
 
 @dataclass
@@ -77,7 +82,8 @@ def _mm(version: str) -> str:
 
 
 def slug(s: str) -> str:
-    return re.sub(r"[^a-z0-9.]+", "-", s.lower()).strip("-").strip(".") or "unknown"
+    """A safe directory-name part: ASCII letters, digits, '.' and '-', never '.' or '..', at most 64 characters."""
+    return re.sub(r"[^a-z0-9.]+", "-", s.lower()).strip("-").strip(".")[:64] or "unknown"
 
 
 Tier = Literal["same key", "other software", "other hardware"]
@@ -178,13 +184,16 @@ class Store:
         self.root = Path(root)
 
     def path(self, key: DeviceKey, suite: str, profile: str) -> Path:
-        return self.root / str(key) / suite / f"{profile}.json"
+        return inside(self.root, self.root / str(key) / suite / f"{profile}.json")
 
     def check(self, key: DeviceKey, suite: str, profile: str, case_hash: str) -> Found | Missing | Unusable:
         """This key's baseline; else the newest of the same hardware (other software); else the newest of the same
         device type (other hardware). A file under this run's key that cannot be compared is Unusable, never
         skipped; other keys' files that cannot be read are passed over."""
-        exact = self.path(key, suite, profile)
+        try:
+            exact = self.path(key, suite, profile)
+        except HarnessError as e:
+            return Unusable(self.root, str(e))
         if exact.is_file():
             try:
                 return Found(exact, load(exact, case_hash), key, "same key")
@@ -236,6 +245,66 @@ def write(path: Path, b: Baseline) -> None:
     atomic.write_text(path, json.dumps({"schema_version": SCHEMA_VERSION, **vars(b)}, indent=1, sort_keys=True) + "\n")
 
 
+def _listof(ok):
+    return lambda v: isinstance(v, list) and all(ok(x) for x in v)
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+_TEXT = (lambda v: isinstance(v, str), "a string")
+_TABLE = (lambda v: isinstance(v, dict), "an object")
+_STRINGS = (_listof(lambda v: isinstance(v, str)), "a list of strings")
+# Everything a run reads of a baseline, and what it must be: checked on load, so that a damaged file is "not
+# comparable" with one line, never a KeyError or TypeError in the middle of a comparison.
+_FIELDS = {"suite": _TEXT, "profile": _TEXT, "case_hash": _TEXT, "device_key": _TEXT, "environment": _TABLE,
+           "provenance": _TABLE, "outputs": _TABLE, "load_s": (_listof(_num), "a list of numbers"),
+           "latency": (lambda v: isinstance(v, dict) and all(_listof(_num)(x) for x in v.values()),
+                       "an object of lists of numbers"),
+           "runs": (_listof(lambda r: isinstance(r, dict) and all(_num(x) for x in r.values())),
+                    "a list of objects of numbers (each run's medians)"),
+           "thresholds": (lambda v: isinstance(v, dict) and all(_num(x) for x in v.values()), "an object of numbers"),
+           "calibration": _TABLE}
+_OUTPUT_FIELDS = {"prompt_id": _TEXT, "tokens": (_listof(_int), "a list of integers"), "pieces": _STRINGS,
+                  "text": _TEXT, "finish_reason": _TEXT, "fingerprints": _STRINGS,
+                  "topk_ids": (_listof(_listof(_int)), "a list of lists of integers"),
+                  "topk_logprobs": (_listof(_listof(_num)), "a list of lists of numbers"),
+                  "level": (lambda v: v in ("logits", "logprobs", "text"), "logits, logprobs or text")}
+_KEY_FIELDS = ("device", "target", "host", "server", "cpu_capability", "cpu_model", "threads", "chip", "torch", "cuda",
+               "torch_npu", "cann", "transformers")   # what device_key reads
+
+
+def _problem(b: Baseline) -> str:
+    """What makes a parsed baseline unusable, or ""."""
+    for k, (ok, what) in _FIELDS.items():
+        if not ok(getattr(b, k)):
+            return f"{k}: expected {what}"
+    device = b.environment.get("device", {})
+    if not isinstance(device, dict):
+        return "environment.device: expected an object"
+    for k in _KEY_FIELDS:
+        v = device.get(k, "")
+        if not (isinstance(v, str) or k == "threads" and _int(v)):
+            return f"environment.device.{k}: expected a string"
+    for pid, o in b.outputs.items():
+        if not isinstance(o, dict):
+            return f"outputs.{pid}: expected an object"
+        if missing := [k for k in _OUTPUT_KEYS if k not in o]:
+            return f"outputs.{pid}: {', '.join(missing)} missing"
+        for k, (ok, what) in _OUTPUT_FIELDS.items():
+            if k in o and not ok(o[k]):
+                return f"outputs.{pid}.{k}: expected {what}"
+        n = len(o["tokens"])
+        if len(o["pieces"]) != n or any(len(o[k]) not in (0, n) for k in ("fingerprints", "topk_ids", "topk_logprobs")):
+            return f"outputs.{pid}: {n} tokens without one piece (and fingerprint and top-k, where kept) per token"
+    return ""
+
+
 def load(path: Path, case_hash: str) -> Baseline:
     how = "rerun with --update-baselines --reason '...' to replace it"
     try:
@@ -254,6 +323,8 @@ def load(path: Path, case_hash: str) -> Baseline:
         b = Baseline(**data)
     except TypeError as e:
         raise BaselineError(f"{path}: malformed baseline ({e}); {how}") from None
+    if problem := _problem(b):
+        raise BaselineError(f"{path}: malformed baseline ({problem}); {how}")
     if b.case_hash != case_hash:
         raise BaselineError(f"{path}: made for case hash {b.case_hash}, the suite now hashes to {case_hash} "
                             f"(prompts, model, dtype, generation or schedules changed); {how}")

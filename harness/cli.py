@@ -6,6 +6,7 @@ Exit codes: 0 all checks passed, 1 a check failed, 2 usage or input error, 3 inf
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -15,9 +16,19 @@ from .suite import DEVICES
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse exits 2 too; keep it to one line plus usage
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
+    def error(self, message: str):  # argparse exits 2 too; one line, like every other input error
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def seconds(text: str) -> float:
+    """A positive, finite number of seconds: 0, negative, nan and inf would kill every worker at once or never."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not 0 < v < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +56,7 @@ def add_run_options(add) -> None:
     add("--profile", action="append", default=None, dest="profile",
         help="run only this profile (repeatable); default: all profiles of the suite")
     add("--out", type=Path, default=Path("reports"), help="report directory (default: reports/)")
-    add("--worker-timeout", type=float, default=None, help="per-worker timeout in seconds (default: the suite's run.timeout_s)")
+    add("--worker-timeout", type=seconds, default=None, help="per-worker timeout in seconds (default: the suite's run.timeout_s)")
     add("--adapter", default=None, help="adapter name from the harness.adapters registry (overrides the suite)")
     add("--baselines", type=Path, default=Path("baselines"), help="baseline store (default: baselines/)")
     add("--update-baselines", action="store_true", default=False,

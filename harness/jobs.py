@@ -77,6 +77,14 @@ class JobOutcome:
     def ok(self) -> bool:
         return self.status == "ok"
 
+    def worker_error(self) -> str:
+        """The worker's own last `error:` line, which names the cause (a refused connection, a model that will not
+        load); the server log appended after it is not the worker's."""
+        own = self.stderr_tail
+        if "--- server log ---" in own:
+            own = own[:own.index("--- server log ---")]
+        return next((ln.removeprefix("error: ") for ln in reversed(own) if ln.startswith("error: ")), "")
+
     def describe(self) -> str:
         if self.ok:
             return f"worker {self.name!r} finished {self.completed}/{self.expected} sequences"
@@ -85,6 +93,8 @@ class JobOutcome:
         if self.status == "server-crashed":
             return (f"server for profile {self.profile!r} {self.server_stop}, after {self.completed}/{self.expected} "
                     f"sequences; see {self.server_log}")
+        if self.status == "load-failed" and (err := self.worker_error()):
+            return f"worker {self.name!r} could not start: {err}"
         rc = self.returncode
         how = {"timeout": f"timed out after {self.wall_s:.0f}s and was killed",
                "load-failed": "could not load the model or device"}.get(self.status)

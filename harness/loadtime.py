@@ -110,7 +110,8 @@ def _prepare_synthetic(size: float, tokenizer_dir: Path) -> Path:
 
 
 def _load_once(suite: LoadSuite, target: Target, setting: str, repeat: int, cold: bool, run_dir: Path) -> lt.LoadSample:
-    name = f"{target.label}-omp{setting}-r{repeat}-{'cold' if cold else 'warm'}"
+    # The label may be a model directory's own name: as a file name, only its safe part.
+    name = f"{baselines.slug(target.label)}-omp{setting}-r{repeat}-{'cold' if cold else 'warm'}"
     job = Job(name=name, profile=setting, model_ref=target.label, model_dir=str(target.model_dir), device=suite.device,
               dtype=target.dtype, records=str(run_dir / "records" / f"{name}.jsonl"),
               meta=str(run_dir / "records" / f"{name}.meta.json"))
@@ -190,6 +191,9 @@ def analyse(run: LoadRun, baseline_root: Path, update: bool, reason: str) -> Non
                                 latency={k: v for k, v in current[st].items() if v}, load_s=[])
             try:
                 run.baseline_notes.append(f"{profile}: baseline written to {store.update(key, s.name, profile, b)}")
+            except HarnessError as e:  # a name that leads out of --baselines: input, not the disk
+                run.not_comparable = True
+                run.baseline_notes.append(f"x {profile}: {e}; the run's report is kept")
             except OSError as e:
                 run.unwritable = True
                 run.baseline_notes.append(f"x {profile}: {store.path(key, s.name, profile)}: cannot write the "

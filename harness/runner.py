@@ -117,13 +117,24 @@ class _Worker:
         except (BrokenPipeError, OSError):
             pass  # it died; finish() says how
 
+    def close_stdin(self) -> None:
+        """No more steps for a paced worker: it finishes what it has; one that died already has no pipe to close."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+
     def kill(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
+        """The worker and anything it started; a group that has already gone is no error."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         self.proc.wait()
 
     def finish(self) -> JobOutcome:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
+        self.close_stdin()
         self.proc.wait()
         job, log = self.job, self.log
         completed = self.counter.poll()
@@ -184,8 +195,7 @@ def run_interleaved(jobs: list[tuple[Job, dict[str, str | None], Callable[[int],
             for w in workers if k % 2 == 0 else workers[::-1]:
                 step(w, lambda w=w, n=n: w.counter.poll() >= n)
         for w in workers:
-            if w.proc.stdin is not None:
-                w.proc.stdin.close()
+            w.close_stdin()
             while w.alive(limit):
                 time.sleep(0.05)
     except BaseException:

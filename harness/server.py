@@ -88,7 +88,11 @@ def _health(client, url: str) -> str:
         code = client.get(url).status_code
         return "" if code == 200 else f"HTTP {code}"
     except httpx.HTTPError as e:
-        return f"{type(e).__name__}: {str(e) or 'no answer'}"
+        from urllib.parse import urlsplit
+
+        from .wire import connection_error
+        u = urlsplit(url)
+        return connection_error(e, f"{u.scheme}://{u.netloc}") or f"{type(e).__name__}: {str(e) or 'no answer'}"
 
 
 @contextmanager

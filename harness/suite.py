@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from .analysis.determinism import EXPECTATIONS
+from .paths import SAFE_RULE, safe_name, shown
 from .served import MIB, Endpoint, Server, base_url, parse_endpoint, parse_server  # noqa: F401
-from .tomltable import Rule, SuiteError, Table, did_you_mean, read_toml, tomllib  # noqa: F401
+from .tomltable import Rule, SuiteError, Table, decode, did_you_mean, read_bytes, read_toml, tomllib  # noqa: F401
 
 SUITE_FORMAT = 1
 DEVICES = ("cpu", "cuda", "npu")
@@ -208,7 +209,9 @@ def load(path: str | Path) -> Suite:
 def parse_head(root: Table) -> tuple[str, int, str]:
     """The [suite] table every suite kind starts with: (name, seed, description)."""
     head = root.sub("suite")
-    name = head.get("name", str, check=lambda s: s.strip() != "", expect="a non-empty string")
+    name = head.get("name", str, expect="a name such as \"determinism\"")
+    if not safe_name(name):  # it names the run directory and the baseline folder
+        raise head.fail("name", f"{shown(name)} {SAFE_RULE}")
     version = head.get("version", int, expect=f"the suite format version, {SUITE_FORMAT}")
     if version != SUITE_FORMAT:
         raise head.fail("version", f"unsupported suite format {version}; this harness reads version {SUITE_FORMAT}")
@@ -263,6 +266,9 @@ def parse(data: dict[str, Any], p: str, base: Path = Path(".")) -> Suite:
     pt = root.sub("profiles")
     if not pt.data:
         raise root.fail("profiles", "empty; add at least [profiles.default]")
+    for n in pt.data:
+        if not safe_name(n):  # it names the worker's files and the baseline file
+            raise root.fail("profiles", f"{shown(n)} {SAFE_RULE}")
     profiles = tuple(_profile(pt.sub(n), n) for n in list(pt.data))
     pt.done()
     server = parse_server(root.sub("server")) if "server" in data else None
@@ -338,9 +344,9 @@ def _attachment(t: Table, fp: Path) -> Attachment:
     if mime.split("/")[0] not in ("image", "audio", "video"):
         raise t.fail("attachments", f"{fp.name}: not an image, audio or video file by its extension (.png, .jpg, .wav, .mp4, ...)")
     try:
-        data = fp.read_bytes()
-    except OSError as e:
-        raise t.fail("attachments", f"cannot read {fp} ({e.strerror or e})") from None
+        data = read_bytes(fp, "the attachment")
+    except SuiteError as e:
+        raise t.fail("attachments", str(e)) from None
     return Attachment(path=str(fp.resolve()), mime=mime, sha256=hashlib.sha256(data).hexdigest())
 
 
@@ -354,10 +360,11 @@ def _prompts(t: Table, base: Path) -> tuple[Prompt, ...]:
     if file is not None:
         fp = base / file
         try:
-            lines = fp.read_text(encoding="utf-8").splitlines()
-        except OSError as e:
-            raise t.fail("file", f"cannot read {fp} ({e.strerror or e})") from None
-        for n, line in enumerate(lines, 1):
+            raw = read_bytes(fp, "the prompt file")
+        except SuiteError as e:
+            raise t.fail("file", str(e)) from None
+        # Only \n ends a JSONL line: a prompt may hold U+2028 or a form feed, which splitlines() would cut at.
+        for n, line in enumerate(decode(raw, fp).split("\n"), 1):
             if not line.strip():
                 continue
             try:
@@ -396,6 +403,8 @@ def _schedule(t: Table, suite_seed: int, prompts: tuple[Prompt, ...]) -> Schedul
                       expect="a non-empty list of positive integers")
         params["sizes"] = tuple(sizes)
     if "trials" in spec:
+        if n < 2:  # min_size's default (2) is not checked against the prompts, and the plan would fail mid-run
+            raise t.fail("kind", "a needle schedule needs at least 2 prompts (the target and a filler); add a prompt")
         params["trials"] = t.get("trials", int, spec["trials"], **pos)
         params["min_size"] = t.get("min_size", int, 2, check=lambda v: 2 <= v <= n,
                                    expect=f"an integer in [2, {n}] (the number of prompts)")

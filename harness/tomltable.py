@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypedDict
 
+from .errors import one_line
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # MindIE images ship Python 3.10 with tomli
@@ -22,6 +24,9 @@ __all__ = ["Rule", "SuiteError", "Table", "did_you_mean", "read_toml", "tomllib"
 
 class SuiteError(ValueError):
     """A suite file is malformed; the message is one line for the user."""
+
+    def __init__(self, message: str):
+        super().__init__(one_line(message))
 
 
 class Rule(TypedDict):
@@ -93,13 +98,28 @@ def _tname(t: Any) -> str:
     return " or ".join(names.get(x, x.__name__) for x in _as_tuple(t))
 
 
+def decode(raw: bytes, path: str | Path) -> str:
+    """UTF-8 text (a leading byte-order mark, as some Windows editors write, is dropped), or one SuiteError line
+    naming the line and the first byte that is not UTF-8."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise SuiteError(f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x}); save the file as UTF-8") from None
+
+
+def read_bytes(path: str | Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        raise SuiteError(f"{path}: cannot read {what} ({getattr(e, 'strerror', None) or e})") from None
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
     """A suite file's TOML, or one SuiteError line naming the file."""
     try:
-        data: dict[str, Any] = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        data: dict[str, Any] = tomllib.loads(decode(read_bytes(path, "suite file"), path))
         return data
-    except OSError as e:
-        raise SuiteError(f"{path}: cannot read suite file ({e.strerror or e})") from None
     except tomllib.TOMLDecodeError as e:
         raise SuiteError(f"{path}: not valid TOML: {e}") from None
 

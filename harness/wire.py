@@ -37,6 +37,35 @@ def client_kwargs(ep: Endpoint, timeout_s: float | None = None) -> dict:
             "headers": {"Authorization": f"Bearer {key}"} if key else {}}
 
 
+def connection_error(e: BaseException, url: str) -> str:
+    """What a failed connection means, in words, or "" when the cause is not one of these: httpx keeps the cause
+    (refused, unknown host, TLS) in its exception chain or in the text of an argument."""
+    import socket
+    seen: list[BaseException] = []
+    todo = [e]
+    while todo and len(seen) < 20:
+        x = todo.pop(0)
+        seen.append(x)
+        todo += [a for a in (x.__cause__, x.__context__, *x.args) if isinstance(a, BaseException) and a not in seen]
+    for x in seen:
+        text = str(x)
+        if isinstance(x, ConnectionRefusedError) or "Connection refused" in text:
+            return f"server at {url} refused the connection (is it running, on that port?)"
+        if isinstance(x, socket.gaierror):
+            return f"server at {url}: host name not found ({x.strerror})"
+        if "CERTIFICATE_REQUIRED" in text or "alert certificate required" in text:
+            return "TLS handshake failed: the server requires a client certificate (set endpoint.client_cert and client_key)"
+        if isinstance(x, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in text:
+            why = getattr(x, "verify_message", "") or text.partition("certificate verify failed: ")[2].split(" (_ssl")[0]
+            return (f"TLS handshake failed: the server's certificate is not trusted ({why or 'verify failed'}); "
+                    "set endpoint.ca_bundle to the CA that signed it")
+        if "WRONG_VERSION_NUMBER" in text:
+            return f"TLS handshake failed: the server at {url} does not speak TLS (is it http://?)"
+        if isinstance(x, ssl.SSLError):
+            return f"TLS handshake failed: {x.reason or text}"
+    return ""
+
+
 def request_body(ep: Endpoint, prompt: dict, *, max_tokens: int, top_logprobs: int, seed: int, model: str = "",
                  stream: bool = True, dropped: frozenset[str] = frozenset()) -> dict:
     body: dict = {"model": model} if model else {}

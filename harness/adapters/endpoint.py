@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import html
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 
@@ -21,7 +23,7 @@ from .. import envinfo
 from ..jobs import Job
 from ..records import Generated
 from ..served import Endpoint
-from ..wire import client_kwargs, encode, request_body, size_error
+from ..wire import client_kwargs, connection_error, encode, request_body, size_error
 
 # Fields a server may refuse (transformers serve answers 422 to unknown fields); dropped one by one at the probe.
 OPTIONAL = ("ignore_eos", "seed", "logprobs", "top_logprobs", "stream_options")
@@ -29,9 +31,10 @@ RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 
 
 class RequestFailed(Exception):
-    def __init__(self, message: str, retry: bool, status: int = 0):
+    def __init__(self, message: str, retry: bool, status: int = 0, vague: bool = False):
         super().__init__(message)
         self.retry, self.status = retry, status
+        self.vague = vague  # a connection failure whose cause the async stack did not keep
 
 
 def _tid(token: str) -> int:
@@ -66,8 +69,16 @@ def _piece(choice: dict, api: str) -> str:
     return choice.get("text") or ""
 
 
+def _html(text: str) -> bool:
+    return text.startswith("<") and re.search(r"<(!doctype|html|head|body|title)\b", text[:2000], re.I) is not None
+
+
 def _error_message(raw: bytes) -> str:
     text = raw.decode("utf-8", errors="replace").strip()
+    if _html(text):  # an error page: its title says it, the markup around it says nothing
+        m = re.search(r"<title[^>]*>(.*?)</title>", text, re.I | re.S)
+        text = html.unescape(m.group(1) if m else re.sub(r"<[^>]*>", " ", text))
+        return " ".join(text.split())[:300] or "(an HTML page without text)"
     try:
         obj = json.loads(text)
         err = obj.get("error", obj.get("detail", obj.get("message", obj))) if isinstance(obj, dict) else obj
@@ -77,6 +88,16 @@ def _error_message(raw: bytes) -> str:
     except json.JSONDecodeError:
         pass
     return " ".join(text.split())[:300] or "(empty body)"
+
+
+def _http_error(status: int, raw: bytes, server: str) -> str:
+    """"HTTP 400: <the server's message>"; an HTML page comes from a proxy in front of the server (nginx, a load
+    balancer), not from an OpenAI-compatible API, and is named as such."""
+    msg = _error_message(raw)
+    if not _html(raw.decode("utf-8", errors="replace").strip()):
+        return f"HTTP {status}: {msg}"
+    hint = "; set endpoint.client_cert and client_key" if "certificate" in msg.lower() else ""
+    return f"HTTP {status} from the proxy{f' ({server})' if server else ''}: {msg}{hint}"
 
 
 def generated(text_pieces: list[str], times: list[float], steps: list[_Step], finish: str, usage: dict,
@@ -152,7 +173,7 @@ class EndpointAdapter:
                 r = await self.client.get(self.ep.base_url + "/v1/models")
                 data = r.json().get("data") or [] if r.status_code == 200 else []
                 self.model = data[0].get("id", "") if data else ""
-            except (httpx.HTTPError, ValueError, AttributeError):
+            except (httpx.HTTPError, OSError, ValueError, AttributeError):
                 self.model = ""  # servers without /v1/models take requests without "model"
         prompt = self.job.prompts[0]
         for _ in range(len(OPTIONAL) + 1):
@@ -165,8 +186,20 @@ class EndpointAdapter:
                 if e.status in (400, 422) and named:
                     self.dropped |= {named[0]}
                     continue
-                raise RuntimeError(f"endpoint {self.url} did not answer a probe request: {e}") from None
+                why = (self._diagnose() or str(e)) if e.vague else str(e)
+                raise RuntimeError(f"probe request to {self.url}: {why}") from None
         raise RuntimeError(f"endpoint {self.url} refuses every probe request")
+
+    def _diagnose(self) -> str:
+        """The cause of a connection failure that the async stack lost (anyio drops the TLS alert of a server that
+        wants a client certificate): one plain request to the health path shows it."""
+        import httpx
+        try:
+            with httpx.Client(**client_kwargs(self.ep, timeout_s=10.0)) as c:
+                c.get(self.ep.base_url + self.ep.health_path)
+        except httpx.HTTPError as e:
+            return connection_error(e, self.ep.base_url)
+        return ""
 
     async def _batch(self, prompts: list[dict]) -> list[Generated]:
         # Tasks start in creation order, so requests go out in batch order; the server decides the rest.
@@ -203,9 +236,8 @@ class EndpointAdapter:
             async with self.client.stream("POST", self.url, content=encode(body),
                                           headers={"Content-Type": "application/json"}) as r:
                 if r.status_code >= 400:
-                    msg = _error_message(await r.aread())
-                    raise RequestFailed(f"HTTP {r.status_code}: {msg}", retry=r.status_code in RETRY_STATUS,
-                                        status=r.status_code)
+                    msg = _http_error(r.status_code, await r.aread(), r.headers.get("server", ""))
+                    raise RequestFailed(msg, retry=r.status_code in RETRY_STATUS, status=r.status_code)
                 async for line in r.aiter_lines():
                     if not line.startswith("data:"):
                         continue
@@ -232,8 +264,10 @@ class EndpointAdapter:
         except httpx.TimeoutException as e:
             raise RequestFailed(f"timed out ({type(e).__name__}, endpoint.request_timeout_s = {self.ep.request_timeout_s:g})",
                                 retry=True) from None
-        except httpx.TransportError as e:
-            raise RequestFailed(f"connection failed ({type(e).__name__}: {str(e) or 'closed by the server'})", retry=True) from None
+        except (httpx.TransportError, OSError) as e:  # OSError: a TLS alert anyio lets through unwrapped
+            why = connection_error(e, self.ep.base_url)
+            raise RequestFailed(why or f"connection failed ({type(e).__name__}: {str(e) or 'closed by the server'})",
+                                retry=True, vague=not why) from None
         if not (done or finish):
             raise RequestFailed("the stream ended before the response was complete (no finish_reason, no [DONE])", retry=True)
         if steps and len(steps) < len(pieces):
