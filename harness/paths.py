@@ -35,5 +35,6 @@ def inside(root: str | Path, path: str | Path) -> Path:
                            "contains '..' or '/'", USAGE)
     for part in Path(p).relative_to(r).parts:
         if len(part.encode("utf-8", "surrogatepass")) > NAME_MAX:
-            raise HarnessError(f"{shown(part)}: longer than {NAME_MAX} bytes, the longest name a file system takes", USAGE)
+            raise HarnessError(f"{shown(part)}: longer than {NAME_MAX} bytes, the longest file name there can be",
+                               USAGE)
     return Path(path)

@@ -160,7 +160,8 @@ def directory_option(flag: str, path: Path) -> None:
         if d.is_dir():
             return
         if d.exists() or d.is_symlink():
-            raise HarnessError(f"{flag} {p}: {d} is not a directory; name a directory (it is created if missing)", USAGE)
+            raise HarnessError(f"{flag} {p}: {d} is not a directory; name a directory (it is created if missing)",
+                               USAGE)
 
 
 def load(path: str | Path, opts: Options) -> tuple[Kind, Any]:

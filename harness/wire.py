@@ -54,9 +54,10 @@ def connection_error(e: BaseException, url: str) -> str:
         if isinstance(x, socket.gaierror):
             return f"server at {url}: host name not found ({x.strerror})"
         if "CERTIFICATE_REQUIRED" in text or "alert certificate required" in text:
-            return "TLS handshake failed: the server requires a client certificate (set endpoint.client_cert and client_key)"
+            return ("TLS handshake failed: the server requires a client certificate "
+                    "(set endpoint.client_cert and client_key)")
         if isinstance(x, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in text:
-            why = getattr(x, "verify_message", "") or text.partition("certificate verify failed: ")[2].split(" (_ssl")[0]
+            why = getattr(x, "verify_message", "") or text.partition("verify failed: ")[2].split(" (_ssl")[0]
             return (f"TLS handshake failed: the server's certificate is not trusted ({why or 'verify failed'}); "
                     "set endpoint.ca_bundle to the CA that signed it")
         if "WRONG_VERSION_NUMBER" in text:
