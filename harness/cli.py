@@ -3,6 +3,7 @@ load time) goes through the one seam in run.py.
 
 Exit codes: 0 all checks passed, 1 a check failed, 2 usage or input error, 3 infrastructure error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,28 +54,59 @@ def add_run_options(add) -> None:
     """Options shared with the pytest plugin."""
     add("--device", choices=DEVICES, default=None, help="cpu, cuda or npu (overrides the suite)")
     add("--model", default=None, help="embedded alias, HF model directory or .gguf file (overrides the suite)")
-    add("--profile", action="append", default=None, dest="profile",
-        help="run only this profile (repeatable); default: all profiles of the suite")
+    add(
+        "--profile",
+        action="append",
+        default=None,
+        dest="profile",
+        help="run only this profile (repeatable); default: all profiles of the suite",
+    )
     add("--out", type=Path, default=Path("reports"), help="report directory (default: reports/)")
-    add("--worker-timeout", type=seconds, default=None, help="per-worker timeout in seconds (default: the suite's run.timeout_s)")
+    add(
+        "--worker-timeout",
+        type=seconds,
+        default=None,
+        help="per-worker timeout in seconds (default: the suite's run.timeout_s)",
+    )
     add("--adapter", default=None, help="adapter name from the harness.adapters registry (overrides the suite)")
     add("--baselines", type=Path, default=Path("baselines"), help="baseline store (default: baselines/)")
-    add("--update-baselines", action="store_true", default=False,
-        help="write this run's outputs and latency samples as the new baselines (needs --reason)")
+    add(
+        "--update-baselines",
+        action="store_true",
+        default=False,
+        help="write this run's outputs and latency samples as the new baselines (needs --reason)",
+    )
     add("--reason", default="", help="why the baselines change (stored as provenance)")
-    add("--endpoint", default=None, metavar="URL",
-        help="a served suite against this already running server, instead of starting the suite's [server]")
-    add("--drop-caches", action=argparse.BooleanOptionalAction, default=None,
-        help="load time: evict the model files from the page cache before each cold load (default: the suite's)")
+    add(
+        "--endpoint",
+        default=None,
+        metavar="URL",
+        help="a served suite against this already running server, instead of starting the suite's [server]",
+    )
+    add(
+        "--drop-caches",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="load time: evict the model files from the page cache before each cold load (default: the suite's)",
+    )
 
 
 def options(ns) -> run.Options:
     """Options from parsed CLI arguments, or from pytest's config (same names)."""
     get = ns.getoption if hasattr(ns, "getoption") else lambda k: getattr(ns, k)
-    return run.Options(device=get("device"), model=get("model"), profiles=get("profile"), out=get("out"),
-                       timeout_s=get("worker_timeout"), adapter=get("adapter"), baselines=get("baselines"),
-                       update_baselines=get("update_baselines"), reason=get("reason"), endpoint=get("endpoint"),
-                       drop_caches=get("drop_caches"))
+    return run.Options(
+        device=get("device"),
+        model=get("model"),
+        profiles=get("profile"),
+        out=get("out"),
+        timeout_s=get("worker_timeout"),
+        adapter=get("adapter"),
+        baselines=get("baselines"),
+        update_baselines=get("update_baselines"),
+        reason=get("reason"),
+        endpoint=get("endpoint"),
+        drop_caches=get("drop_caches"),
+    )
 
 
 def run_main(args) -> int:
@@ -90,6 +122,7 @@ def run_main(args) -> int:
 
 def calibrate_main(args) -> int:
     from .calibrate import calibrate
+
     code, lines = calibrate(args.suites[0], options(args), args.runs)
     print("\n".join(lines), flush=True)
     return code

@@ -1,5 +1,6 @@
 """cpu / cuda / npu behind one face. torch_npu is imported here only, inside a worker,
 after the profile's environment is in place (ATB, HCCL and LCCL read it at start-up)."""
+
 from __future__ import annotations
 
 import os
@@ -22,9 +23,13 @@ def prepare(kind: str, *, deterministic: bool) -> torch.device:
         try:
             import torch_npu  # noqa: F401  (registers torch.npu)
         except ImportError as e:
-            raise DeviceError(f"--device npu needs torch_npu ({e}); install the 'npu' extra or use the CANN image's Python") from None
+            raise DeviceError(
+                f"--device npu needs torch_npu ({e}); install the 'npu' extra or use the CANN image's Python"
+            ) from None
         if not torch.npu.is_available():
-            raise DeviceError("--device npu: torch_npu is installed but no NPU is visible (check ASCEND_RT_VISIBLE_DEVICES and npu-smi)")
+            raise DeviceError(
+                "--device npu: torch_npu is installed but no NPU is visible (check ASCEND_RT_VISIBLE_DEVICES and npu-smi)"
+            )
     elif kind == "cuda":
         if deterministic:
             # cuBLAS refuses deterministic mode without a fixed workspace; must be set before CUDA starts.
@@ -47,8 +52,13 @@ def synchronize(device: torch.device) -> None:
 
 def describe(device: torch.device) -> dict[str, str]:
     """Chip and software versions: the parts of the environment that decide bit-level results."""
-    info = {"device": device.type, "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "cpu_model": envinfo.cpu_model(), "threads": str(torch.get_num_threads())}
+    info = {
+        "device": device.type,
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_model": envinfo.cpu_model(),
+        "threads": str(torch.get_num_threads()),
+    }
     for lib in LIBRARIES:
         try:
             info[lib] = metadata.version(lib)
@@ -59,6 +69,7 @@ def describe(device: torch.device) -> dict[str, str]:
         info["cuda"] = str(torch.version.cuda)
     elif device.type == "npu":
         import torch_npu
+
         info["chip"] = torch.npu.get_device_name(device)
         info["torch_npu"] = torch_npu.__version__
         info["cann"] = _cann_version()
@@ -66,7 +77,11 @@ def describe(device: torch.device) -> dict[str, str]:
 
 
 def _cann_version() -> str:
-    home = os.environ.get("ASCEND_HOME_PATH") or os.environ.get("ASCEND_TOOLKIT_HOME") or "/usr/local/Ascend/ascend-toolkit/latest"
+    home = (
+        os.environ.get("ASCEND_HOME_PATH")
+        or os.environ.get("ASCEND_TOOLKIT_HOME")
+        or "/usr/local/Ascend/ascend-toolkit/latest"
+    )
     for name in ("version.cfg", "version.info"):
         try:
             for line in open(os.path.join(home, name), encoding="utf-8"):

@@ -1,11 +1,14 @@
 """The environment fingerprint: versions plus the variables that shape determinism, secrets redacted."""
+
 from __future__ import annotations
 
 import platform
 import re
 from collections.abc import Mapping
 
-_RELEVANT = re.compile(r"^(ATB_|HCCL_|LCCL_|OMP_|MKL_|NPU_|PYTORCH_NPU_|ASCEND_|CUBLAS_|VLLM_|CLOSE_MATMUL_K_SHIFT$|HARNESS_)")
+_RELEVANT = re.compile(
+    r"^(ATB_|HCCL_|LCCL_|OMP_|MKL_|NPU_|PYTORCH_NPU_|ASCEND_|CUBLAS_|VLLM_|CLOSE_MATMUL_K_SHIFT$|HARNESS_)"
+)
 _SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
 REDACTED = "<redacted>"
 

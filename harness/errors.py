@@ -1,4 +1,5 @@
 """Exit codes, and the error that carries one to the edge of the program."""
+
 from __future__ import annotations
 
 OK, CHECK_FAILED, USAGE, INFRA = 0, 1, 2, 3

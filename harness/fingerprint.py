@@ -5,6 +5,7 @@ weighted by the vocabulary index. Integer addition is associative, so the
 fingerprint is itself deterministic on every backend, any flipped bit changes it,
 and only 16 bytes per row and step cross to the host instead of the vocabulary.
 """
+
 from __future__ import annotations
 
 import torch

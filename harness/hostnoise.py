@@ -2,6 +2,7 @@
 process's own), steal time, load average, CPU frequency, and the busiest other processes by name. Torch-free and
 cheap (one read of /proc per pass boundary); where /proc is missing (macOS) nothing is sampled and nothing is
 judged noisy."""
+
 from __future__ import annotations
 
 import os
@@ -11,10 +12,10 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Snapshot:
-    busy: int                     # jiffies spent by all CPUs outside idle and iowait
+    busy: int  # jiffies spent by all CPUs outside idle and iowait
     total: int
     steal: int
-    procs: dict[int, tuple[str, int, int]] = field(default_factory=dict)   # pid -> (name, ppid, utime + stime)
+    procs: dict[int, tuple[str, int, int]] = field(default_factory=dict)  # pid -> (name, ppid, utime + stime)
 
 
 def _proc(pid: str) -> tuple[str, int, int] | None:
@@ -22,7 +23,7 @@ def _proc(pid: str) -> tuple[str, int, int] | None:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    name, rest = raw[raw.index("(") + 1:raw.rindex(")")], raw[raw.rindex(")") + 2:].split()
+    name, rest = raw[raw.index("(") + 1 : raw.rindex(")")], raw[raw.rindex(")") + 2 :].split()
     # rest[0] is the state (field 3); utime and stime are fields 14 and 15, ppid field 4
     return name, int(rest[1]), int(rest[11]) + int(rest[12])
 
@@ -67,22 +68,31 @@ def between(a: Snapshot | None, b: Snapshot | None, own: set[int], top: int = 3)
         load1 = os.getloadavg()[0]
     except OSError:
         load1 = float("nan")
-    return {"others_share": others / total, "steal_share": (b.steal - a.steal) / total, "load1": load1,
-            "mhz": _mhz(), "top": [[b.procs[pid][0], pid, round(t / total, 3)] for t, pid in busiest]}
+    return {
+        "others_share": others / total,
+        "steal_share": (b.steal - a.steal) / total,
+        "load1": load1,
+        "mhz": _mhz(),
+        "top": [[b.procs[pid][0], pid, round(t / total, 3)] for t, pid in busiest],
+    }
 
 
 def _mhz() -> float:
     try:
-        vals = [float(ln.split(":")[1]) for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("cpu MHz")]
+        vals = [
+            float(ln.split(":")[1]) for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("cpu MHz")
+        ]
     except (OSError, ValueError, IndexError):
         return float("nan")
     return sum(vals) / len(vals) if vals else float("nan")
 
 
 def describe(sample: dict) -> str:
-    """"others used 48% of the CPU (python3[1234] 47%)"."""
+    """ "others used 48% of the CPU (python3[1234] 47%)"."""
     if not sample:
         return "not sampled"
     busy = ", ".join(f"{name}[{pid}] {100 * share:.0f}%" for name, pid, share in sample.get("top", []))
     steal = f", steal {100 * sample['steal_share']:.0f}%" if sample.get("steal_share", 0) > 0.01 else ""
-    return f"other processes used {100 * sample['others_share']:.0f}% of the CPU{steal}" + (f" ({busy})" if busy else "")
+    return f"other processes used {100 * sample['others_share']:.0f}% of the CPU{steal}" + (
+        f" ({busy})" if busy else ""
+    )

@@ -1,5 +1,6 @@
 """The contract between the runner (parent) and a worker (child): what one worker is asked to do, and what came
 of it. Typed here; JSON only at the process boundary (`python -m harness.worker JOB.json`)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,25 +20,26 @@ WorkerStatus = Literal["ok", "crashed", "timeout", "load-failed", "server-failed
 class Job:
     """Everything one worker process needs. No batches: load the model, report the phases, and stop (a load-time
     sample)."""
+
     name: str
     profile: str
     model_ref: str
     model_dir: str
     device: str
     dtype: str
-    records: str                              # JSONL the worker appends to, one line per sequence
-    meta: str                                 # JSON the worker writes after loading and again at the end
+    records: str  # JSONL the worker appends to, one line per sequence
+    meta: str  # JSON the worker writes after loading and again at the end
     adapter: str = "hf"
     torch_deterministic: bool = False
-    prompts: tuple[dict, ...] = ()            # Prompt fields, as the adapters read them
+    prompts: tuple[dict, ...] = ()  # Prompt fields, as the adapters read them
     batches: tuple[Batch, ...] = ()
     max_new_tokens: int = 1
     top_logprobs: int = 2
     seed: int = 0
-    endpoint: Endpoint | None = None          # a served model: the URL filled in
-    server: str = "external"                  # the program serving it, for the device key
-    server_pid: int = 0                       # its process: its CPU time is the measurement, not a neighbour's
-    paced: bool = False                       # wait for a line on stdin before each pass (interleaved profiles)
+    endpoint: Endpoint | None = None  # a served model: the URL filled in
+    server: str = "external"  # the program serving it, for the device key
+    server_pid: int = 0  # its process: its CPU time is the measurement, not a neighbour's
+    paced: bool = False  # wait for a line on stdin before each pass (interleaved profiles)
 
     @property
     def expected(self) -> int:
@@ -62,16 +64,16 @@ class JobOutcome:
     status: WorkerStatus
     returncode: int | None
     wall_s: float
-    expected: int               # sequences planned
-    completed: int              # sequences on disk
+    expected: int  # sequences planned
+    completed: int  # sequences on disk
     records: str
     log: str
     stderr_tail: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
-    error: str = ""             # why the server would not start
-    server_log: str = ""        # the server's log, for a served model
-    server_stop: str = ""       # how the server ended
-    server_tail: list[str] = field(default_factory=list)   # the server log's last lines, for the report
+    error: str = ""  # why the server would not start
+    server_log: str = ""  # the server's log, for a served model
+    server_stop: str = ""  # how the server ended
+    server_tail: list[str] = field(default_factory=list)  # the server log's last lines, for the report
 
     @property
     def ok(self) -> bool:
@@ -82,7 +84,7 @@ class JobOutcome:
         load); the server log appended after it is not the worker's."""
         own = self.stderr_tail
         if "--- server log ---" in own:
-            own = own[:own.index("--- server log ---")]
+            own = own[: own.index("--- server log ---")]
         return next((ln.removeprefix("error: ") for ln in reversed(own) if ln.startswith("error: ")), "")
 
     def describe(self) -> str:
@@ -91,23 +93,32 @@ class JobOutcome:
         if self.status == "server-failed":
             return f"server for profile {self.profile!r} did not start: {self.error}"
         if self.status == "server-crashed":
-            return (f"server for profile {self.profile!r} {self.server_stop}, after {self.completed}/{self.expected} "
-                    f"sequences; see {self.server_log}")
+            return (
+                f"server for profile {self.profile!r} {self.server_stop}, after {self.completed}/{self.expected} "
+                f"sequences; see {self.server_log}"
+            )
         if self.status == "load-failed" and (err := self.worker_error()):
             return f"worker {self.name!r} could not start: {err}"
         rc = self.returncode
-        how = {"timeout": f"timed out after {self.wall_s:.0f}s and was killed",
-               "load-failed": "could not load the model or device"}.get(self.status)
+        how = {
+            "timeout": f"timed out after {self.wall_s:.0f}s and was killed",
+            "load-failed": "could not load the model or device",
+        }.get(self.status)
         if how is None:
-            how = f"was killed by {signal.Signals(-rc).name}" if rc is not None and rc < 0 else f"exited with status {rc}"
+            how = (
+                f"was killed by {signal.Signals(-rc).name}" if rc is not None and rc < 0 else f"exited with status {rc}"
+            )
         tail = " | ".join(self.stderr_tail[-3:])
-        return f"worker {self.name!r} {how} after {self.completed}/{self.expected} sequences" + (f"; stderr: {tail}" if tail else "")
+        return f"worker {self.name!r} {how} after {self.completed}/{self.expected} sequences" + (
+            f"; stderr: {tail}" if tail else ""
+        )
 
 
 @runtime_checkable
 class Adapter(Protocol):
     """What the worker needs of an engine. `remote` adapters (a server) get no torch device: the worker imports no
     torch for them. An adapter class is built as `cls(job)` when remote, else `cls(job, device)`."""
+
     remote: bool
 
     def load(self) -> dict[str, float]:
@@ -118,15 +129,14 @@ class Adapter(Protocol):
         """One batch, in row order: one Generated per prompt."""
         ...
 
-    def close(self) -> None:
-        ...
+    def close(self) -> None: ...
 
 
 ADAPTER_METHODS = ("load", "generate", "close")
 
 
 def adapter_problem(cls: object) -> str:
-    """"" when `cls` can serve as an adapter; else what it lacks, for one line at resolve time."""
+    """ "" when `cls` can serve as an adapter; else what it lacks, for one line at resolve time."""
     if not isinstance(cls, type):
         return f"is a {type(cls).__name__}, not a class"
     missing = [m for m in ADAPTER_METHODS if not callable(getattr(cls, m, None))]

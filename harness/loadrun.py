@@ -1,5 +1,6 @@
 """The data of a load-time run: the suite, what is loaded, and what was measured. Plain data, shared by the
 sweep (loadtime.py) and its reports (report_loadtime.py)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,9 +20,9 @@ class LoadSuite:
     model_ref: str
     dtype: str
     device: str
-    settings: tuple[str, ...]          # OMP_NUM_THREADS values; "unset" removes the variable
-    repeats: int                       # rounds for the suite's model
-    sizes: tuple[float, ...]           # synthetic checkpoints, billions of parameters
+    settings: tuple[str, ...]  # OMP_NUM_THREADS values; "unset" removes the variable
+    repeats: int  # rounds for the suite's model
+    sizes: tuple[float, ...]  # synthetic checkpoints, billions of parameters
     size_repeats: int
     drop_caches: bool
     threshold: float
@@ -32,6 +33,7 @@ class LoadSuite:
     @property
     def case_hash(self) -> str:
         from . import synthetic
+
         body = [self.model_ref, self.dtype, [synthetic.config_dict(s) for s in self.sizes]]
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -42,7 +44,7 @@ def weight_files(model_dir: Path) -> list[Path]:
 
 @dataclass
 class Target:
-    label: str              # "embedded" or "synthetic-0.5b"
+    label: str  # "embedded" or "synthetic-0.5b"
     model_dir: Path
     dtype: str
     params_b: float
@@ -66,16 +68,16 @@ class LoadRun:
     targets: list[Target]
     cache_note: str
     cold_ok: bool
-    reads: dict[str, tuple[float, bool]]          # label -> (seconds, cold)
+    reads: dict[str, tuple[float, bool]]  # label -> (seconds, cold)
     device_info: dict
     recommendation: lt.Recommendation | None = None
     summaries: list[lt.SettingSummary] = dataclasses.field(default_factory=list)
     sizes: list[lt.SizeRow] = dataclasses.field(default_factory=list)
     changes: list[stats.Change] = dataclasses.field(default_factory=list)
-    ungated: list[stats.Change] = dataclasses.field(default_factory=list)   # against another hardware's baseline
+    ungated: list[stats.Change] = dataclasses.field(default_factory=list)  # against another hardware's baseline
     baseline_notes: list[str] = dataclasses.field(default_factory=list)
     not_comparable: bool = False
     unwritable: bool = False
-    ungated_note: str = ""                        # why load times were shown but not gated
+    ungated_note: str = ""  # why load times were shown but not gated
     plot: str = ""
     exit_code: int = 0

@@ -4,6 +4,7 @@ worker process, with phases, peak memory, a recommendation, a baseline gate and 
 Loads are interleaved (every setting once per round), so drift on a shared runner hits all settings
 alike. Every sample is appended to loads.jsonl as it is taken.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,40 +36,64 @@ def _settings(raw: list, t: Table) -> tuple[str, ...]:
         if v == "cores":
             v = cores
         if isinstance(v, bool) or not (v == "unset" or (isinstance(v, int) and v >= 1)):
-            raise t.fail("omp", f"expected positive integers, \"cores\" or \"unset\", got {v!r}")
+            raise t.fail("omp", f'expected positive integers, "cores" or "unset", got {v!r}')
         if str(v) not in out:
             out.append(str(v))
     if not out:
-        raise t.fail("omp", "empty; give at least one setting, for example [1, \"unset\"]")
+        raise t.fail("omp", 'empty; give at least one setting, for example [1, "unset"]')
     return tuple(out)
 
 
-def load_suite(path: Path, data: dict, *, model: str | None = None, device: str | None = None,
-               drop_caches: bool | None = None) -> LoadSuite:
+def load_suite(
+    path: Path, data: dict, *, model: str | None = None, device: str | None = None, drop_caches: bool | None = None
+) -> LoadSuite:
     from . import synthetic
+
     p = str(path)
     root = Table(p, "", data)
     name, seed, _ = parse_head(root)
     spec = parse_model(root)
     t = root.sub("loadtime")
     settings = _settings(t.get("omp", list, [1, "cores", "unset"]), t)
-    sizes = tuple(float(x) for x in t.get("sizes", list, [], check=lambda v: all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) and float(x) in synthetic.SHAPES for x in v),
-        expect=f"a list of synthetic sizes from {sorted(synthetic.SHAPES)}"))
+    sizes = tuple(
+        float(x)
+        for x in t.get(
+            "sizes",
+            list,
+            [],
+            check=lambda v: all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and float(x) in synthetic.SHAPES for x in v
+            ),
+            expect=f"a list of synthetic sizes from {sorted(synthetic.SHAPES)}",
+        )
+    )
     suite = LoadSuite(
-        name=name, path=p, model_ref=model or spec.ref, dtype=spec.dtype, device=device or spec.device, settings=settings,
+        name=name,
+        path=p,
+        model_ref=model or spec.ref,
+        dtype=spec.dtype,
+        device=device or spec.device,
+        settings=settings,
         repeats=t.get("repeats", int, 4, check=lambda v: v >= 1, expect="a positive integer"),
-        sizes=sizes, size_repeats=t.get("size_repeats", int, 2, check=lambda v: v >= 1, expect="a positive integer"),
+        sizes=sizes,
+        size_repeats=t.get("size_repeats", int, 2, check=lambda v: v >= 1, expect="a positive integer"),
         drop_caches=t.get("drop_caches", bool, True) if drop_caches is None else drop_caches,
-        threshold=float(t.get("threshold", (int, float), 0.10, check=lambda v: 0 < v < 10, expect="a relative change such as 0.1")),
-        alpha=float(t.get("alpha", float, 0.05, check=lambda v: 0 < v < 0.5, expect="a significance level such as 0.05")),
-        timeout_s=float(t.get("timeout_s", (int, float), 600, check=lambda v: v > 0, expect="seconds")), seed=seed)
+        threshold=float(
+            t.get("threshold", (int, float), 0.10, check=lambda v: 0 < v < 10, expect="a relative change such as 0.1")
+        ),
+        alpha=float(
+            t.get("alpha", float, 0.05, check=lambda v: 0 < v < 0.5, expect="a significance level such as 0.05")
+        ),
+        timeout_s=float(t.get("timeout_s", (int, float), 600, check=lambda v: v > 0, expect="seconds")),
+        seed=seed,
+    )
     t.done()
     root.done()
     return suite
 
 
 # ---- page cache and the physical reference --------------------------------------------------------------
+
 
 def drop_page_cache(files: list[Path]) -> tuple[bool, str]:
     """Evict the model's files from the page cache: no privilege needed, nothing else on the host is touched."""
@@ -100,9 +125,14 @@ def sequential_read(files: list[Path], chunk: int = 16 << 20) -> float:
 
 # ---- the sweep ---------------------------------------------------------------------------------------------
 
+
 def _prepare_synthetic(size: float, tokenizer_dir: Path) -> Path:
-    p = subprocess.run([sys.executable, "-m", "harness.synthetic", str(size), str(tokenizer_dir)], env=runner.child_env({}),
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "harness.synthetic", str(size), str(tokenizer_dir)],
+        env=runner.child_env({}),
+        capture_output=True,
+        text=True,
+    )
     if p.returncode != 0:
         tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
         raise HarnessError(f"synthetic {size}B checkpoint could not be generated: {tail}", INFRA)
@@ -112,34 +142,65 @@ def _prepare_synthetic(size: float, tokenizer_dir: Path) -> Path:
 def _load_once(suite: LoadSuite, target: Target, setting: str, repeat: int, cold: bool, run_dir: Path) -> lt.LoadSample:
     # The label may be a model directory's own name: as a file name, only its safe part.
     name = f"{baselines.slug(target.label)}-omp{setting}-r{repeat}-{'cold' if cold else 'warm'}"
-    job = Job(name=name, profile=setting, model_ref=target.label, model_dir=str(target.model_dir), device=suite.device,
-              dtype=target.dtype, records=str(run_dir / "records" / f"{name}.jsonl"),
-              meta=str(run_dir / "records" / f"{name}.meta.json"))
+    job = Job(
+        name=name,
+        profile=setting,
+        model_ref=target.label,
+        model_dir=str(target.model_dir),
+        device=suite.device,
+        dtype=target.dtype,
+        records=str(run_dir / "records" / f"{name}.jsonl"),
+        meta=str(run_dir / "records" / f"{name}.meta.json"),
+    )
     env = {"OMP_NUM_THREADS": None if setting == "unset" else setting}
     out = runner.run_job(job, env, suite.timeout_s, run_dir)
     meta = out.meta
-    return lt.LoadSample(model=target.label, setting=setting, repeat=repeat, cold=cold, status=out.status,
-                         phases=meta.get("load_s", {}) if out.ok else {}, peak_rss_mb=meta.get("peak_rss_mb", math.nan),
-                         device_peak_mb=meta.get("device_peak_mb", math.nan),
-                         env={k: meta.get("env", {}).get(k, "(unset)") for k in ENV_KEYS},
-                         error="" if out.ok else out.describe())
+    return lt.LoadSample(
+        model=target.label,
+        setting=setting,
+        repeat=repeat,
+        cold=cold,
+        status=out.status,
+        phases=meta.get("load_s", {}) if out.ok else {},
+        peak_rss_mb=meta.get("peak_rss_mb", math.nan),
+        device_peak_mb=meta.get("device_peak_mb", math.nan),
+        env={k: meta.get("env", {}).get(k, "(unset)") for k in ENV_KEYS},
+        error="" if out.ok else out.describe(),
+    )
 
 
 def sweep(suite: LoadSuite, out: Path, progress: bool = True) -> LoadRun:
     model_dir = runner.prepare_model(suite.model_ref)
-    targets = [Target("embedded" if suite.model_ref == "smollm2-135m" else Path(suite.model_ref).name, model_dir,
-                      suite.dtype, 0.135 if suite.model_ref == "smollm2-135m" else math.nan, suite.repeats)]
-    targets += [Target(f"synthetic-{s:g}b", _prepare_synthetic(s, model_dir), "bfloat16", s, suite.size_repeats) for s in suite.sizes]
+    targets = [
+        Target(
+            "embedded" if suite.model_ref == "smollm2-135m" else Path(suite.model_ref).name,
+            model_dir,
+            suite.dtype,
+            0.135 if suite.model_ref == "smollm2-135m" else math.nan,
+            suite.repeats,
+        )
+    ]
+    targets += [
+        Target(f"synthetic-{s:g}b", _prepare_synthetic(s, model_dir), "bfloat16", s, suite.size_repeats)
+        for s in suite.sizes
+    ]
     rd = RunDir.create(out, suite.name)
     run_dir = rd.path
     cold_ok, note = (False, "page cache not dropped (drop_caches = false): every load is warm")
     if suite.drop_caches:
         cold_ok, note = drop_page_cache(targets[0].files)
-    plan = [(t, r, st, cold) for t in targets for r in range(t.repeats) for st in suite.settings
-            for cold in ((True, False) if cold_ok else (False,))]
+    plan = [
+        (t, r, st, cold)
+        for t in targets
+        for r in range(t.repeats)
+        for st in suite.settings
+        for cold in ((True, False) if cold_ok else (False,))
+    ]
     samples: list[lt.LoadSample] = []
-    with open(run_dir / "loads.jsonl", "x", encoding="utf-8") as log, \
-            Progress(f"{suite.name}: loads", len(plan), "load", progress) as bar:
+    with (
+        open(run_dir / "loads.jsonl", "x", encoding="utf-8") as log,
+        Progress(f"{suite.name}: loads", len(plan), "load", progress) as bar,
+    ):
         for t, r, st, cold in plan:
             if cold:
                 drop_page_cache(t.files)
@@ -153,12 +214,23 @@ def sweep(suite: LoadSuite, out: Path, progress: bool = True) -> LoadRun:
         dropped = cold_ok and drop_page_cache(t.files)[0]
         reads[t.label] = (sequential_read(t.files), dropped)
     info = {}
-    for name in sorted((run_dir / "records").glob("*-ompunset-*.meta.json")) + sorted((run_dir / "records").glob("*.meta.json")):
+    for name in sorted((run_dir / "records").glob("*-ompunset-*.meta.json")) + sorted(
+        (run_dir / "records").glob("*.meta.json")
+    ):
         info = json.loads(name.read_text()).get("device", {})
         if info:
             break
-    return LoadRun(suite=suite, run_id=rd.run_id, run_dir=run_dir, samples=samples, targets=targets, cache_note=note,
-                   cold_ok=cold_ok, reads=reads, device_info=info)
+    return LoadRun(
+        suite=suite,
+        run_id=rd.run_id,
+        run_dir=run_dir,
+        samples=samples,
+        targets=targets,
+        cache_note=note,
+        cold_ok=cold_ok,
+        reads=reads,
+        device_info=info,
+    )
 
 
 def analyse(run: LoadRun, baseline_root: Path, update: bool, reason: str) -> None:
@@ -177,8 +249,13 @@ def analyse(run: LoadRun, baseline_root: Path, update: bool, reason: str) -> Non
         return
     store = baselines.Store(baseline_root)
     key = baselines.device_key(run.device_info)
-    current = {st: {f"{main} warm": lt.totals(run.samples, main, st, False),
-                    f"{main} cold": lt.totals(run.samples, main, st, True)} for st in settings}
+    current = {
+        st: {
+            f"{main} warm": lt.totals(run.samples, main, st, False),
+            f"{main} cold": lt.totals(run.samples, main, st, True),
+        }
+        for st in settings
+    }
     hint = f"record one for this host with: harness run {s.path} --update-baselines --reason '...'"
     for st in settings:
         profile = f"omp-{st}"
@@ -186,9 +263,17 @@ def analyse(run: LoadRun, baseline_root: Path, update: bool, reason: str) -> Non
             if not any(current[st].values()):
                 run.baseline_notes.append(f"{profile}: no successful loads, baseline not written")
                 continue
-            b = baselines.build(suite=s.name, profile=profile, case_hash=s.case_hash, device_key=key,
-                                environment={"device": run.device_info}, reason=reason, references=[],
-                                latency={k: v for k, v in current[st].items() if v}, load_s=[])
+            b = baselines.build(
+                suite=s.name,
+                profile=profile,
+                case_hash=s.case_hash,
+                device_key=key,
+                environment={"device": run.device_info},
+                reason=reason,
+                references=[],
+                latency={k: v for k, v in current[st].items() if v},
+                load_s=[],
+            )
             try:
                 run.baseline_notes.append(f"{profile}: baseline written to {store.update(key, s.name, profile, b)}")
             except HarnessError as e:  # a name that leads out of --baselines: input, not the disk
@@ -196,8 +281,10 @@ def analyse(run: LoadRun, baseline_root: Path, update: bool, reason: str) -> Non
                 run.baseline_notes.append(f"x {profile}: {e}; the run's report is kept")
             except OSError as e:
                 run.unwritable = True
-                run.baseline_notes.append(f"x {profile}: {store.path(key, s.name, profile)}: cannot write the "
-                                          f"baseline ({e.strerror or e}); the run's report is kept")
+                run.baseline_notes.append(
+                    f"x {profile}: {store.path(key, s.name, profile)}: cannot write the "
+                    f"baseline ({e.strerror or e}); the run's report is kept"
+                )
             continue
         found = store.check(key, s.name, profile, s.case_hash)
         if isinstance(found, baselines.Missing):
@@ -207,17 +294,28 @@ def analyse(run: LoadRun, baseline_root: Path, update: bool, reason: str) -> Non
             run.baseline_notes.append(f"x {profile}: {found.reason}")
             run.not_comparable = True
             continue
-        changes = [stats.compare(f"OMP_NUM_THREADS={st} {metric}", found.baseline.latency.get(metric, []), xs,
-                                 threshold=s.threshold, alpha=s.alpha, seed=s.seed)
-                   for metric, xs in current[st].items() if xs or found.baseline.latency.get(metric)]
+        changes = [
+            stats.compare(
+                f"OMP_NUM_THREADS={st} {metric}",
+                found.baseline.latency.get(metric, []),
+                xs,
+                threshold=s.threshold,
+                alpha=s.alpha,
+                seed=s.seed,
+            )
+            for metric, xs in current[st].items()
+            if xs or found.baseline.latency.get(metric)
+        ]
         if found.same_hardware:
             run.changes += changes
         else:
             run.ungated += changes
-            run.ungated_note = (f"load times shown, not gated: the baselines were measured on other hardware "
-                                f"({found.key.hardware}; this run {key.hardware}); {hint}")
+            run.ungated_note = (
+                f"load times shown, not gated: the baselines were measured on other hardware "
+                f"({found.key.hardware}; this run {key.hardware}); {hint}"
+            )
     if run.ungated_note:
-        run.baseline_notes.append(run.ungated_note)   # said once for the run, not once per setting
+        run.baseline_notes.append(run.ungated_note)  # said once for the run, not once per setting
 
 
 def _family(run: LoadRun) -> None:
@@ -229,17 +327,21 @@ def checks(run: LoadRun) -> list[Check]:
     out = []
     for st in run.suite.settings:
         failed = [x for x in run.samples if x.setting == st and x.status != "ok"]
-        out.append(Check(f"omp-{st}", "loads", "failed" if failed else "passed",
-                         "\n".join(report_loadtime.failures(run, st))))
-        regressed = [c for c in run.changes if c.metric.startswith(f"OMP_NUM_THREADS={st} ") and c.status == "regressed"]
+        out.append(
+            Check(f"omp-{st}", "loads", "failed" if failed else "passed", "\n".join(report_loadtime.failures(run, st)))
+        )
+        regressed = [
+            c for c in run.changes if c.metric.startswith(f"OMP_NUM_THREADS={st} ") and c.status == "regressed"
+        ]
         gated = any(c.metric.startswith(f"OMP_NUM_THREADS={st} ") for c in run.changes)
         notes = [n for n in run.baseline_notes if n.startswith((f"omp-{st}:", f"x omp-{st}:"))]
         if regressed or any(n.startswith("x ") for n in notes):
             msg = "; ".join([f"{c.metric} x{c.ratio:.3f} (p={c.p:.3g})" for c in regressed] + notes)
             out.append(Check(f"omp-{st}", "baseline", "failed", msg))
         else:
-            why = "; ".join(notes) or (run.ungated_note if any(c.metric.startswith(f"OMP_NUM_THREADS={st} ")
-                                                                for c in run.ungated) else "")
+            why = "; ".join(notes) or (
+                run.ungated_note if any(c.metric.startswith(f"OMP_NUM_THREADS={st} ") for c in run.ungated) else ""
+            )
             out.append(Check(f"omp-{st}", "baseline", "passed" if gated else "skipped", why))
     return out
 
@@ -261,8 +363,11 @@ class LoadtimeKind:
         run = sweep(suite, opts.out, opts.progress)
         analyse(run, opts.baselines, opts.update_baselines, opts.reason)
         _family(run)
-        run.exit_code = exit_code(infra=any(x.status != "ok" for x in run.samples) or run.unwritable,
-                                  unusable=run.not_comparable, failed=any(c.status == "regressed" for c in run.changes))
+        run.exit_code = exit_code(
+            infra=any(x.status != "ok" for x in run.samples) or run.unwritable,
+            unusable=run.not_comparable,
+            failed=any(c.status == "regressed" for c in run.changes),
+        )
         report_loadtime.write(run)
         return Outcome(run.exit_code, report_loadtime.console(run), run.run_dir, checks(run))
 

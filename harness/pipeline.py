@@ -1,6 +1,7 @@
 """The determinism kind (and its served variant) as a pipeline of small steps:
 load → plan → prepare → run → analyse → report.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,7 +22,8 @@ from .suite import PROPERTIES, Suite, SuiteError, parse
 def load_suite(path: str | Path, data: dict, opts: Options) -> Suite:
     try:
         suite = parse(data, str(path), base=Path(path).parent).with_overrides(
-            model=opts.model, device=opts.device, profiles=opts.profiles, adapter=opts.adapter, endpoint=opts.endpoint)
+            model=opts.model, device=opts.device, profiles=opts.profiles, adapter=opts.adapter, endpoint=opts.endpoint
+        )
     except SuiteError as e:
         raise HarnessError(str(e), USAGE) from None
     try:
@@ -39,20 +41,32 @@ def load_suite(path: str | Path, data: dict, opts: Options) -> Suite:
 def preflight(suite: Suite) -> None:
     """Everything about a served suite that can be wrong before a server starts: one line each, exit 2."""
     import ssl
+
     try:
         from . import wire
+
         kwargs = wire.client_kwargs(suite.endpoint)
     except ImportError as e:
-        raise HarnessError(f"{suite.path}: serving needs httpx ({e}); pip install 'llm-determinism-harness[serving]'", USAGE) from None
+        raise HarnessError(
+            f"{suite.path}: serving needs httpx ({e}); pip install 'llm-determinism-harness[serving]'", USAGE
+        ) from None
     except ValueError as e:
         raise HarnessError(f"{suite.path}: {e}", USAGE) from None
     except (ssl.SSLError, OSError) as e:
-        raise HarnessError(f"{suite.path}: endpoint.client_cert / client_key / ca_bundle: cannot load ({e})", USAGE) from None
+        raise HarnessError(
+            f"{suite.path}: endpoint.client_cert / client_key / ca_bundle: cannot load ({e})", USAGE
+        ) from None
     del kwargs
     ep = suite.endpoint
     for prompt in map(dataclasses.asdict, suite.prompts):
-        body = wire.request_body(ep, prompt, max_tokens=suite.generation.max_new_tokens,
-                                   top_logprobs=suite.generation.top_logprobs, seed=suite.seed, model=ep.model)
+        body = wire.request_body(
+            ep,
+            prompt,
+            max_tokens=suite.generation.max_new_tokens,
+            top_logprobs=suite.generation.top_logprobs,
+            seed=suite.seed,
+            model=ep.model,
+        )
         if err := wire.size_error(prompt, body, ep.max_body_bytes):
             raise HarnessError(f"{suite.path}: {err}", USAGE)
 
@@ -61,11 +75,19 @@ def run_profiles(suite: Suite, model_dir: Path, run_dir: Path, opts: Options) ->
     batches = plan.expand(suite)
     timeout = opts.timeout_s or suite.timeout_s
     if suite.perf is not None and suite.perf.interleave and suite.endpoint is None and len(suite.profiles) > 1:
-        bars = [Progress(f"{suite.name}:{p.name}", plan.count_sequences(batches), "seq", opts.progress)
-                for p in suite.profiles]
+        bars = [
+            Progress(f"{suite.name}:{p.name}", plan.count_sequences(batches), "seq", opts.progress)
+            for p in suite.profiles
+        ]
         try:
-            return runner.run_interleaved([(runner.make_job(suite, p, batches, model_dir, run_dir), dict(p.env), bar.to)
-                                           for p, bar in zip(suite.profiles, bars)], timeout, run_dir)
+            return runner.run_interleaved(
+                [
+                    (runner.make_job(suite, p, batches, model_dir, run_dir), dict(p.env), bar.to)
+                    for p, bar in zip(suite.profiles, bars)
+                ],
+                timeout,
+                run_dir,
+            )
         finally:
             for bar in bars:
                 bar.close()
@@ -85,8 +107,12 @@ def analyse(suite: Suite, records: dict[str, list[Record]]) -> list[determinism.
     verdicts = []
     for name, recs in records.items():
         prof = suite.profile(name)
-        verdicts += [determinism.evaluate(recs, prof.name, prop, prof.expectation(suite.model.device, prop),
-                                          k=suite.generation.k) for prop in props]
+        verdicts += [
+            determinism.evaluate(
+                recs, prof.name, prop, prof.expectation(suite.model.device, prop), k=suite.generation.k
+            )
+            for prop in props
+        ]
     return verdicts
 
 
@@ -94,8 +120,13 @@ def _record_hint(suite: Suite) -> str:
     return f"record one for this host with: harness run {suite.path} --update-baselines --reason '...'"
 
 
-def against_baselines(suite: Suite, jobs: list[JobOutcome], records: dict[str, list[Record]],
-                      samples: dict[str, dict[str, list[float]]], opts: Options) -> report.BaselineResult:
+def against_baselines(
+    suite: Suite,
+    jobs: list[JobOutcome],
+    records: dict[str, list[Record]],
+    samples: dict[str, dict[str, list[float]]],
+    opts: Options,
+) -> report.BaselineResult:
     """Outputs (and, for suites with [perf], latency) against the stored baselines; or write new ones when asked.
     What the outputs must meet depends on how the baseline's key relates to this run's (suite [baselines]);
     timings are gated only on the same hardware."""
@@ -113,28 +144,48 @@ def against_baselines(suite: Suite, jobs: list[JobOutcome], records: dict[str, l
             continue
         found = store.check(key, sdir, j.profile, suite.case_hash)
         if isinstance(found, baselines.Missing):
-            out.verdicts.append(baseline_check.missing(j.profile, f"no baseline for {found.path.parent.parent.name} "
-                                                                  f"(nor any {key.device} one); {_record_hint(suite)}"))
+            out.verdicts.append(
+                baseline_check.missing(
+                    j.profile,
+                    f"no baseline for {found.path.parent.parent.name} "
+                    f"(nor any {key.device} one); {_record_hint(suite)}",
+                )
+            )
             continue
         if isinstance(found, baselines.Unusable):
             out.verdicts.append(baseline_check.not_comparable(j.profile, found.reason))
             continue
         b, expect = found.baseline, suite.baselines.level(found.tier)
-        note = "" if found.tier == "same key" else (
-            f"no baseline for this {'hardware' if found.tier == 'other hardware' else 'software'} ({key}); "
-            f"compared with {found.key} at level {expect}; {_record_hint(suite)}")
-        v = baseline_check.evaluate(records[j.profile], lambda pid, b=b: b.reference(pid) if pid in b.outputs else None,
-                                    j.profile, expect, note, k=suite.generation.k)
-        if not v.passed and (changed := baselines.environment_changes(b.environment.get("device", {}), j.meta["device"])):
+        note = (
+            ""
+            if found.tier == "same key"
+            else (
+                f"no baseline for this {'hardware' if found.tier == 'other hardware' else 'software'} ({key}); "
+                f"compared with {found.key} at level {expect}; {_record_hint(suite)}"
+            )
+        )
+        v = baseline_check.evaluate(
+            records[j.profile],
+            lambda pid, b=b: b.reference(pid) if pid in b.outputs else None,
+            j.profile,
+            expect,
+            note,
+            k=suite.generation.k,
+        )
+        if not v.passed and (
+            changed := baselines.environment_changes(b.environment.get("device", {}), j.meta["device"])
+        ):
             v = dataclasses.replace(v, reason=f"{v.reason}; since the baseline: {', '.join(changed)}")
         out.verdicts.append(v)
         out.sources[j.profile] = found.describe()
         if suite.perf is None:
             continue
         if not found.same_hardware:
-            out.ungated_note = (f"latency shown, not gated: the baselines were measured on other hardware "
-                                f"({found.key.hardware}; this run {key.hardware}), and timings compare only on one "
-                                f"hardware; {_record_hint(suite)}")
+            out.ungated_note = (
+                f"latency shown, not gated: the baselines were measured on other hardware "
+                f"({found.key.hardware}; this run {key.hardware}), and timings compare only on one "
+                f"hardware; {_record_hint(suite)}"
+            )
         rows = perfgate.against(suite.perf, b, records[j.profile], j.meta, suite.seed)
         out.changes[j.profile] = rows if found.same_hardware else perfgate.ungated(rows)
         out.gated[j.profile] = found.same_hardware
@@ -142,7 +193,7 @@ def against_baselines(suite: Suite, jobs: list[JobOutcome], records: dict[str, l
     if suite.perf is not None:
         _decide(suite, jobs, records, out)
     if out.ungated_note:
-        out.notes.append(out.ungated_note)   # said once for the run, not once per profile
+        out.notes.append(out.ungated_note)  # said once for the run, not once per profile
     return out
 
 
@@ -155,35 +206,62 @@ def _decide(suite: Suite, jobs: list[JobOutcome], records: dict[str, list[Record
         if j.profile not in decided:
             continue
         noisy = perfgate.noisy_passes(j.meta, suite.perf.noise_share)
-        without = perfgate.against(suite.perf, out.found[j.profile], [r for r in records[j.profile] if r.repeat not in noisy],
-                                   j.meta, suite.seed) if noisy else []
+        without = (
+            perfgate.against(
+                suite.perf,
+                out.found[j.profile],
+                [r for r in records[j.profile] if r.repeat not in noisy],
+                j.meta,
+                suite.seed,
+            )
+            if noisy
+            else []
+        )
         out.changes[j.profile] = perfgate.recheck(decided[j.profile], without, noisy, out.alpha_row)
     if gated:
         rows = sum(len(cs) for cs in gated.values())
-        out.notes.append(f"false-alarm budget {suite.perf.budget:g} per run over {rows} gated latency rows "
-                         f"(Holm-Bonferroni; the smallest p is compared with {out.alpha_row:.2g})")
+        out.notes.append(
+            f"false-alarm budget {suite.perf.budget:g} per run over {rows} gated latency rows "
+            f"(Holm-Bonferroni; the smallest p is compared with {out.alpha_row:.2g})"
+        )
 
 
-def _update(suite: Suite, store: baselines.Store, key: baselines.DeviceKey, sdir: str, j: JobOutcome,
-            records: list[Record], samples: dict[str, list[float]], opts: Options,
-            out: report.BaselineResult) -> determinism.Verdict | None:
+def _update(
+    suite: Suite,
+    store: baselines.Store,
+    key: baselines.DeviceKey,
+    sdir: str,
+    j: JobOutcome,
+    records: list[Record],
+    samples: dict[str, list[float]],
+    opts: Options,
+    out: report.BaselineResult,
+) -> determinism.Verdict | None:
     if not j.ok or any(r.failed for r in records):
         why = j.describe() if not j.ok else "some requests failed, so some outputs are missing"
         out.notes.append(f"baseline for {j.profile} not written: {why}")
         return None
     load_s = sum(j.meta.get("load_s", {}).values())
-    b = baselines.build(suite=suite.name, profile=j.profile, case_hash=suite.case_hash, device_key=key,
-                        environment={"device": j.meta["device"], "host": j.meta.get("host", {}), "env": j.meta.get("env", {})},
-                        reason=opts.reason, references=baseline_check.references(records), latency=samples,
-                        load_s=[load_s] if load_s else [])
+    b = baselines.build(
+        suite=suite.name,
+        profile=j.profile,
+        case_hash=suite.case_hash,
+        device_key=key,
+        environment={"device": j.meta["device"], "host": j.meta.get("host", {}), "env": j.meta.get("env", {})},
+        reason=opts.reason,
+        references=baseline_check.references(records),
+        latency=samples,
+        load_s=[load_s] if load_s else [],
+    )
     if suite.perf is not None:
         # Timings accumulate run by run under one key, so the gate can see how far runs drift on this runner.
         prev = store.check(key, sdir, j.profile, suite.case_hash)
         keep = isinstance(prev, baselines.Found) and prev.tier == "same key" and not opts.fresh_runs
         old = prev.baseline if keep and isinstance(prev, baselines.Found) else None
-        b.runs = ((old.runs or [old.run_medians_now()]) if old else []) + [baselines.medians(
-            {**samples, **({"load": [load_s]} if load_s else {})})]
-        b.runs = b.runs[-baselines.MAX_RUNS:]
+        b.runs = ((old.runs or [old.run_medians_now()]) if old else []) + [
+            baselines.medians({**samples, **({"load": [load_s]} if load_s else {})})
+        ]
+        b.runs = b.runs[-baselines.MAX_RUNS :]
         if old:
             b.thresholds, b.calibration = old.thresholds, old.calibration
     try:
@@ -192,19 +270,33 @@ def _update(suite: Suite, store: baselines.Store, key: baselines.DeviceKey, sdir
         return baseline_check.not_comparable(j.profile, f"{e}; the run's report is kept")
     except OSError as e:
         out.unwritable = True
-        return baseline_check.not_comparable(j.profile, f"{store.path(key, sdir, j.profile)}: cannot write the baseline "
-                                                        f"({e.strerror or e}); the run's report is kept")
-    return determinism.Verdict(profile=j.profile, property="baseline", expect="-", status="updated",
-                               reason=f"written to {target} ({opts.reason})", sequences=len(b.outputs),
-                               bitwise=0, token_identical=0, level=determinism.lowest_level(records))
+        return baseline_check.not_comparable(
+            j.profile,
+            f"{store.path(key, sdir, j.profile)}: cannot write the baseline "
+            f"({e.strerror or e}); the run's report is kept",
+        )
+    return determinism.Verdict(
+        profile=j.profile,
+        property="baseline",
+        expect="-",
+        status="updated",
+        reason=f"written to {target} ({opts.reason})",
+        sequences=len(b.outputs),
+        bitwise=0,
+        token_identical=0,
+        level=determinism.lowest_level(records),
+    )
 
 
 def noise_notes(suite: Suite, jobs: list[JobOutcome]) -> list[str]:
     """Every measured pass that ran beside other work, and what that work was."""
     if suite.perf is None:
         return []
-    return [f"profile {j.profile} pass {k} ran beside other work: {hostnoise.describe(p)}"
-            for j in jobs for k, p in sorted(perfgate.noisy_passes(j.meta, suite.perf.noise_share).items())]
+    return [
+        f"profile {j.profile} pass {k} ran beside other work: {hostnoise.describe(p)}"
+        for j in jobs
+        for k, p in sorted(perfgate.noisy_passes(j.meta, suite.perf.noise_share).items())
+    ]
 
 
 def input_limit(jobs: list[JobOutcome]) -> list[determinism.Verdict]:
@@ -214,11 +306,21 @@ def input_limit(jobs: list[JobOutcome]) -> list[determinism.Verdict]:
         o = j.meta.get("oversize")
         if o is None:
             continue
-        reason = (f"{o['sent_bytes']} bytes against a limit of {o['limit_bytes']}: "
-                  + (f"HTTP {o['status']}: {o['message']}" if o["passed"] else o["message"]))
-        out.append(determinism.Verdict(profile=j.profile, property="input-limit", expect="4xx",
-                                       status="pass" if o["passed"] else "fail", reason=reason, sequences=1,
-                                       bitwise=0, token_identical=0))
+        reason = f"{o['sent_bytes']} bytes against a limit of {o['limit_bytes']}: " + (
+            f"HTTP {o['status']}: {o['message']}" if o["passed"] else o["message"]
+        )
+        out.append(
+            determinism.Verdict(
+                profile=j.profile,
+                property="input-limit",
+                expect="4xx",
+                status="pass" if o["passed"] else "fail",
+                reason=reason,
+                sequences=1,
+                bitwise=0,
+                token_identical=0,
+            )
+        )
     return out
 
 
@@ -229,23 +331,37 @@ def served_notes(suite: Suite, jobs: list[JobOutcome]) -> list[str]:
     if suite.server is None:
         p = suite.profiles[0]
         flags = ", ".join(f"{k}={v}" for k, v in p.env) or "none"
-        notes.append(f"endpoint {ep.base_url} was already running: the harness could not apply profile {p.name!r}'s "
-                     f"flags ({flags}) to it; its results describe whatever environment that server was started with")
+        notes.append(
+            f"endpoint {ep.base_url} was already running: the harness could not apply profile {p.name!r}'s "
+            f"flags ({flags}) to it; its results describe whatever environment that server was started with"
+        )
     if not ep.verify:
         notes.append("TLS verification is off (endpoint.verify = false): the server's identity was not checked")
     for j in jobs:
         d = j.meta.get("device", {})
         if d.get("device") != "endpoint":
             continue
-        level = {"logprobs": "logprobs with top logprobs: compared like logits fingerprints (bitwise = identical logprobs)",
-                 "text": "text only: outputs compared as text, character by character; bits and margins cannot be seen"}
-        notes.append(f"profile {j.profile}: the server at {d.get('url')} returned {level.get(d.get('level'), d.get('level'))}")
+        level = {
+            "logprobs": "logprobs with top logprobs: compared like logits fingerprints (bitwise = identical logprobs)",
+            "text": "text only: outputs compared as text, character by character; bits and margins cannot be seen",
+        }
+        notes.append(
+            f"profile {j.profile}: the server at {d.get('url')} returned {level.get(d.get('level'), d.get('level'))}"
+        )
         if d.get("dropped_fields"):
-            notes.append(f"profile {j.profile}: the server refused {', '.join(d['dropped_fields'])}; requests went without"
-                         + (" (without ignore_eos, a sequence may end before max_new_tokens)" if "ignore_eos" in d["dropped_fields"] else ""))
+            notes.append(
+                f"profile {j.profile}: the server refused {', '.join(d['dropped_fields'])}; requests went without"
+                + (
+                    " (without ignore_eos, a sequence may end before max_new_tokens)"
+                    if "ignore_eos" in d["dropped_fields"]
+                    else ""
+                )
+            )
         if j.server_stop:
-            notes.append(f"profile {j.profile}: server started in {j.meta.get('load_s', {}).get('server_start', 0):.1f} s, "
-                         f"stopped: {j.server_stop}; log {j.server_log}")
+            notes.append(
+                f"profile {j.profile}: server started in {j.meta.get('load_s', {}).get('server_start', 0):.1f} s, "
+                f"stopped: {j.server_stop}; log {j.server_log}"
+            )
     return notes
 
 
@@ -268,9 +384,12 @@ def flags_note(suite: Suite) -> str:
     if not dev or not flagged or any(len(profiles.inert_flags(p, dev)) < len(p.env) for p in flagged):
         return ""
     torch_only = [p.name for p in suite.profiles if p.torch_deterministic]
-    return (f"none of the profiles' flags act on {dev}: {', '.join(p.name for p in suite.profiles)} ran identical "
-            f"arithmetic" + (f" (apart from torch.use_deterministic_algorithms in {', '.join(torch_only)})" if torch_only else "")
-            + "; their verdicts and any cost between them say nothing about the Ascend switches")
+    return (
+        f"none of the profiles' flags act on {dev}: {', '.join(p.name for p in suite.profiles)} ran identical "
+        f"arithmetic"
+        + (f" (apart from torch.use_deterministic_algorithms in {', '.join(torch_only)})" if torch_only else "")
+        + "; their verdicts and any cost between them say nothing about the Ascend switches"
+    )
 
 
 def execute(suite: Suite, opts: Options) -> report.RunResult:
@@ -287,17 +406,29 @@ def execute(suite: Suite, opts: Options) -> report.RunResult:
     notes = [f"profile {p.name}: {n}" for p in suite.profiles if (n := profiles.note(p, suite.model.device))]
     flags = flags_note(suite)
     every_verdict = verdicts + base.verdicts
-    code = exit_code(infra=any(not j.ok for j in jobs) or bool(failures) or base.unwritable,
-                     unusable=any(v.status == "not comparable" for v in every_verdict),
-                     failed=not all(v.passed for v in every_verdict)
-                     or any(c.status == "regressed" for p, cs in base.changes.items() if base.gated.get(p) for c in cs))
-    res = report.RunResult(suite=suite, run_id=rd.run_id, run_dir=rd.path, jobs=jobs, verdicts=verdicts, exit_code=code,
-                           notes=notes + ([flags] if flags else []) + served_notes(suite, jobs) + base.notes
-                           + noise_notes(suite, jobs),
-                           started=started, baseline=base, latency=samples,
-                           cost=perfgate.cost(suite.perf, {j.profile: j for j in jobs}, records, suite.seed) if suite.perf else [],
-                           failures=failures, cost_label="" if not flags else "flags inert here: any difference is noise "
-                           "or torch.use_deterministic_algorithms, not the Ascend switches")
+    code = exit_code(
+        infra=any(not j.ok for j in jobs) or bool(failures) or base.unwritable,
+        unusable=any(v.status == "not comparable" for v in every_verdict),
+        failed=not all(v.passed for v in every_verdict)
+        or any(c.status == "regressed" for p, cs in base.changes.items() if base.gated.get(p) for c in cs),
+    )
+    res = report.RunResult(
+        suite=suite,
+        run_id=rd.run_id,
+        run_dir=rd.path,
+        jobs=jobs,
+        verdicts=verdicts,
+        exit_code=code,
+        notes=notes + ([flags] if flags else []) + served_notes(suite, jobs) + base.notes + noise_notes(suite, jobs),
+        started=started,
+        baseline=base,
+        latency=samples,
+        cost=perfgate.cost(suite.perf, {j.profile: j for j in jobs}, records, suite.seed) if suite.perf else [],
+        failures=failures,
+        cost_label=""
+        if not flags
+        else "flags inert here: any difference is noise or torch.use_deterministic_algorithms, not the Ascend switches",
+    )
     report.write(res)
     return res
 
@@ -317,9 +448,13 @@ def checks(res: report.RunResult) -> list[Check]:
                 if changes is None or not res.baseline.gated.get(p.name):
                     skip = res.baseline.ungated_note if changes is not None else "no latency baseline to compare with"
                 elif bad:
-                    lines += ["latency regressed: " + "; ".join(f"{c.metric} x{c.ratio:.3f} (p={c.p:.3g})" for c in bad),
-                              report.change_table(changes)]
-            elif (v := next((v for v in res.all_verdicts() if v.profile == p.name and v.property == name), None)) is None:
+                    lines += [
+                        "latency regressed: " + "; ".join(f"{c.metric} x{c.ratio:.3f} (p={c.p:.3g})" for c in bad),
+                        report.change_table(changes),
+                    ]
+            elif (
+                v := next((v for v in res.all_verdicts() if v.profile == p.name and v.property == name), None)
+            ) is None:
                 lines.append(f"no {name} verdict (the worker produced nothing to compare)")
             elif v.status == "no baseline":
                 skip = v.reason
@@ -337,6 +472,7 @@ def checks(res: report.RunResult) -> list[Check]:
 @dataclass(frozen=True)
 class SuiteKind:
     """Determinism (an in-process model) and served (an OpenAI-compatible server): one pipeline, two kinds."""
+
     name: str
 
     def load(self, path: Path, data: dict, opts: Options) -> Suite:

@@ -1,4 +1,5 @@
 """Schedules expand into concrete batches: pure and seeded, so every run of a suite sends the same batches."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,18 +11,18 @@ from .suite import Schedule, Suite
 
 @dataclass(frozen=True)
 class Batch:
-    id: str                       # "<schedule>/<index>", unique within a suite
-    schedule: str                 # schedule name
-    kind: str                     # schedule kind
-    prompt_ids: tuple[str, ...]   # in batch order: position i is row i
-    needle: str = ""              # the target prompt of a needle batch
-    repeat: int = 0               # pass over the schedules (perf suites run several)
-    warmup: bool = False          # a warm-up pass: run, recorded, excluded from analysis
+    id: str  # "<schedule>/<index>", unique within a suite
+    schedule: str  # schedule name
+    kind: str  # schedule kind
+    prompt_ids: tuple[str, ...]  # in batch order: position i is row i
+    needle: str = ""  # the target prompt of a needle batch
+    repeat: int = 0  # pass over the schedules (perf suites run several)
+    warmup: bool = False  # a warm-up pass: run, recorded, excluded from analysis
 
 
 def _chunks(ids: list[str], size: int) -> list[tuple[str, ...]]:
     size = size or len(ids)
-    return [tuple(ids[i:i + size]) for i in range(0, len(ids), size)]
+    return [tuple(ids[i : i + size]) for i in range(0, len(ids), size)]
 
 
 def _rng(s: Schedule) -> random.Random:
@@ -66,8 +67,11 @@ def expand(suite: Suite) -> list[Batch]:
     warmup, repeats = (suite.perf.warmup, suite.perf.repeats) if suite.perf else (0, 1)
     if warmup + repeats == 1:
         return once
-    return [dataclasses.replace(b, id=f"{b.id}#{k}", repeat=k - warmup, warmup=k < warmup)
-            for k in range(warmup + repeats) for b in once]
+    return [
+        dataclasses.replace(b, id=f"{b.id}#{k}", repeat=k - warmup, warmup=k < warmup)
+        for k in range(warmup + repeats)
+        for b in once
+    ]
 
 
 def count_sequences(batches: list[Batch]) -> int:

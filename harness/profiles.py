@@ -1,4 +1,5 @@
 """The catalogue of known determinism switches, so a report can say which flags a device ignores."""
+
 from __future__ import annotations
 
 from .suite import Profile

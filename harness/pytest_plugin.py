@@ -4,17 +4,19 @@ for example `suites/determinism.toml::deterministic::batch-invariance`.
 Loaded through the pytest11 entry point, so it imports nothing heavy at start-up: the
 harness modules are imported when a suite file is actually collected.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-_EXIT = pytest.StashKey[int]()   # the harness exit code beyond pass/fail: 2 input error, 3 infrastructure
+_EXIT = pytest.StashKey[int]()  # the harness exit code beyond pass/fail: 2 input error, 3 infrastructure
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     from .cli import add_run_options
+
     group = parser.getgroup("harness", "determinism harness")
     add_run_options(group.addoption)
 
@@ -53,11 +55,13 @@ class CheckFailed(Exception):
 class SuiteFile(pytest.File):
     def _options(self):
         from .cli import options
+
         return options(self.config)
 
     def collect(self):
         from . import run
         from .errors import HarnessError
+
         try:
             self.kind, self.suite = run.load(self.path, self._options())
         except HarnessError as e:
@@ -72,6 +76,7 @@ class SuiteFile(pytest.File):
     def outcome(self):
         """Run the whole suite once, on the first item that needs it."""
         from .errors import HarnessError
+
         if self._outcome is None and self._error is None:
             capman = self.config.pluginmanager.getplugin("capturemanager")
             try:

@@ -1,4 +1,5 @@
 """The record: one JSON line per generated sequence. Torch-free, shared by worker and analysis."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,6 +12,7 @@ from pathlib import Path
 @dataclass
 class Generated:
     """What an adapter returns per sequence; the worker adds where it ran to make a Record."""
+
     tokens: list[int]
     pieces: list[str]
     text: str
@@ -30,25 +32,25 @@ class Generated:
 class Record:
     profile: str
     prompt_id: str
-    schedule: str                 # schedule name
-    kind: str                     # schedule kind
+    schedule: str  # schedule name
+    kind: str  # schedule kind
     batch_id: str
-    batch: list[str]              # prompt ids in row order
-    position: int                 # this sequence's row in the batch
+    batch: list[str]  # prompt ids in row order
+    position: int  # this sequence's row in the batch
     tokens: list[int]
-    pieces: list[str]             # each token decoded alone, to show text around a divergence
+    pieces: list[str]  # each token decoded alone, to show text around a divergence
     text: str
-    finish_reason: str            # "stop" (end of sequence) or "length"
-    fingerprints: list[str]       # per step: exact logits fingerprint (hex)
-    topk_ids: list[list[int]]     # per step
+    finish_reason: str  # "stop" (end of sequence) or "length"
+    fingerprints: list[str]  # per step: exact logits fingerprint (hex)
+    topk_ids: list[list[int]]  # per step
     topk_logprobs: list[list[float]]
-    token_times: list[float]      # per step: seconds since the batch started, after device sync
+    token_times: list[float]  # per step: seconds since the batch started, after device sync
     prompt_tokens: int = 0
-    level: str = "logits"         # what the comparison can see: "logits" (bits), "logprobs" (a server's), "text"
-    output_tokens: int = 0        # generated tokens when they are counted, not listed (a server's usage); 0: len(tokens)
-    error: str = ""               # a request that failed after its retries: no output, kept to be reported
-    repeat: int = 0               # measured pass (perf suites run several)
-    warmup: bool = False          # warm-up pass: excluded from every analysis
+    level: str = "logits"  # what the comparison can see: "logits" (bits), "logprobs" (a server's), "text"
+    output_tokens: int = 0  # generated tokens when they are counted, not listed (a server's usage); 0: len(tokens)
+    error: str = ""  # a request that failed after its retries: no output, kept to be reported
+    repeat: int = 0  # measured pass (perf suites run several)
+    warmup: bool = False  # warm-up pass: excluded from every analysis
     extra: dict = field(default_factory=dict)
 
     @property

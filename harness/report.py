@@ -1,4 +1,5 @@
 """Human and machine reports of one run: summary.md (tabulate, github), report.json, console tables."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,22 +20,29 @@ from .records import Record
 from .suite import Suite
 
 SCHEMA_VERSION = 1
-MARK = {"pass": "pass", "fail": "FAIL", "report": "report", "no data": "NO DATA", "no baseline": "no baseline",
-        "not comparable": "x NOT COMPARABLE", "updated": "updated"}
+MARK = {
+    "pass": "pass",
+    "fail": "FAIL",
+    "report": "report",
+    "no data": "NO DATA",
+    "no baseline": "no baseline",
+    "not comparable": "x NOT COMPARABLE",
+    "updated": "updated",
+}
 
 
 @dataclass
 class BaselineResult:
     device_key: str = ""
-    verdicts: list[Verdict] = field(default_factory=list)          # property "baseline", one per profile
+    verdicts: list[Verdict] = field(default_factory=list)  # property "baseline", one per profile
     changes: dict[str, list[Change]] = field(default_factory=dict)  # profile -> latency gate rows
-    sources: dict[str, str] = field(default_factory=dict)           # profile -> baseline file and provenance
+    sources: dict[str, str] = field(default_factory=dict)  # profile -> baseline file and provenance
     notes: list[str] = field(default_factory=list)
-    gated: dict[str, bool] = field(default_factory=dict)            # profile -> latency gated (same hardware)
-    unwritable: bool = False                                        # --update-baselines could not write a file
-    found: dict[str, Baseline] = field(default_factory=dict)        # profile -> the baseline compared with
-    alpha_row: float = float("nan")                                 # the smallest per-row alpha the budget implied
-    ungated_note: str = ""                                          # why timings were shown but not gated
+    gated: dict[str, bool] = field(default_factory=dict)  # profile -> latency gated (same hardware)
+    unwritable: bool = False  # --update-baselines could not write a file
+    found: dict[str, Baseline] = field(default_factory=dict)  # profile -> the baseline compared with
+    alpha_row: float = float("nan")  # the smallest per-row alpha the budget implied
+    ungated_note: str = ""  # why timings were shown but not gated
 
 
 @dataclass
@@ -49,9 +57,9 @@ class RunResult:
     started: float = field(default_factory=time.time)
     baseline: BaselineResult = field(default_factory=BaselineResult)
     latency: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # profile -> metric -> raw samples
-    cost: list[Change] = field(default_factory=list)                         # deterministic vs default
-    failures: list[Record] = field(default_factory=list)                     # requests that failed after retries
-    cost_label: str = ""                                                      # why the cost means less than it seems
+    cost: list[Change] = field(default_factory=list)  # deterministic vs default
+    failures: list[Record] = field(default_factory=list)  # requests that failed after retries
+    cost_label: str = ""  # why the cost means less than it seems
 
     def all_verdicts(self) -> list[Verdict]:
         return self.verdicts + self.baseline.verdicts
@@ -83,10 +91,34 @@ def _counts(v: Verdict) -> list[str | int]:
 
 
 def verdict_table(verdicts: list[Verdict]) -> str:
-    rows = [[v.property, v.expect, MARK[v.status], v.level if v.property in SHARES and v.sequences else "-", v.sequences,
-             *_counts(v), v.max_unique or "-"] for v in verdicts]
-    return tabulate(rows, headers=["property", "expect", "verdict", "compared on", "sequences", "bitwise", "tokens",
-                                   "close", "diverged", "max unique outputs/prompt"], tablefmt="github")
+    rows = [
+        [
+            v.property,
+            v.expect,
+            MARK[v.status],
+            v.level if v.property in SHARES and v.sequences else "-",
+            v.sequences,
+            *_counts(v),
+            v.max_unique or "-",
+        ]
+        for v in verdicts
+    ]
+    return tabulate(
+        rows,
+        headers=[
+            "property",
+            "expect",
+            "verdict",
+            "compared on",
+            "sequences",
+            "bitwise",
+            "tokens",
+            "close",
+            "diverged",
+            "max unique outputs/prompt",
+        ],
+        tablefmt="github",
+    )
 
 
 def worst_lines(verdicts: list[Verdict]) -> list[str]:
@@ -106,17 +138,55 @@ def sequences_md(v: Verdict) -> list[str]:
     rows = [c.row() for c in v.comparisons if c.level != "bitwise"]
     if not rows:
         return []
-    rows.sort(key=lambda r: (r["prompt_id"], r["first_token_step"] if r["first_token_step"] is not None else 1 << 30,
-                             r["batch_id"]))
-    body = [[r["prompt_id"], r["batch_id"], r["batch_size"], r["position"], r["level"], _step(r["first_bit_step"]),
-             _step(r["first_token_step"]), "-" if r["ref_margin"] is None else f"{r['ref_margin']:.3f}",
-             f"{_yn(r['ref_in_other_topk'])}/{_yn(r['other_in_ref_topk'])}",
-             "" if r["level"] in ("bitwise", "tokens") else f"{r['ref_token']!r} vs {r['other_token']!r}"] for r in rows]
+    rows.sort(
+        key=lambda r: (
+            r["prompt_id"],
+            r["first_token_step"] if r["first_token_step"] is not None else 1 << 30,
+            r["batch_id"],
+        )
+    )
+    body = [
+        [
+            r["prompt_id"],
+            r["batch_id"],
+            r["batch_size"],
+            r["position"],
+            r["level"],
+            _step(r["first_bit_step"]),
+            _step(r["first_token_step"]),
+            "-" if r["ref_margin"] is None else f"{r['ref_margin']:.3f}",
+            f"{_yn(r['ref_in_other_topk'])}/{_yn(r['other_in_ref_topk'])}",
+            "" if r["level"] in ("bitwise", "tokens") else f"{r['ref_token']!r} vs {r['other_token']!r}",
+        ]
+        for r in rows
+    ]
     prompts = len({r["prompt_id"] for r in rows})
-    table = tabulate(body, headers=["prompt", "batch", "size", "pos", "level", "first bit step", "first token step",
-                                    "ref margin", "in top-k (ref/other)", "tokens"], tablefmt="github")
-    return ["", f"<details><summary>{v.property}: {len(rows)} of {v.sequences} sequences not bitwise, over {prompts} "
-                f"prompts</summary>", "", table, "", "</details>", ""]
+    table = tabulate(
+        body,
+        headers=[
+            "prompt",
+            "batch",
+            "size",
+            "pos",
+            "level",
+            "first bit step",
+            "first token step",
+            "ref margin",
+            "in top-k (ref/other)",
+            "tokens",
+        ],
+        tablefmt="github",
+    )
+    return [
+        "",
+        f"<details><summary>{v.property}: {len(rows)} of {v.sequences} sequences not bitwise, over {prompts} "
+        f"prompts</summary>",
+        "",
+        table,
+        "",
+        "</details>",
+        "",
+    ]
 
 
 def _step(x: int | None) -> str:
@@ -132,12 +202,23 @@ def jobs_table(jobs: list[JobOutcome]) -> str:
     for j in jobs:
         load = sum(j.meta.get("load_s", {}).values()) if j.meta.get("load_s") else None
         run_s = j.meta.get("run_s")
-        rows.append([j.profile, j.status, f"{j.completed}/{j.expected}", f"{load:.1f}" if load else "-",
-                     f"{run_s:.1f}" if run_s else "-",
-                     f"{j.meta['tokens_per_s']:.1f}" if "tokens_per_s" in j.meta else "-",
-                     f"{j.meta['sequences'] / run_s:.2f}" if run_s and "sequences" in j.meta else "-", f"{j.wall_s:.1f}"])
-    return tabulate(rows, headers=["profile", "worker", "sequences", "load s", "generate s", "tokens/s", "sequences/s",
-                                   "wall s"], tablefmt="github")
+        rows.append(
+            [
+                j.profile,
+                j.status,
+                f"{j.completed}/{j.expected}",
+                f"{load:.1f}" if load else "-",
+                f"{run_s:.1f}" if run_s else "-",
+                f"{j.meta['tokens_per_s']:.1f}" if "tokens_per_s" in j.meta else "-",
+                f"{j.meta['sequences'] / run_s:.2f}" if run_s and "sequences" in j.meta else "-",
+                f"{j.wall_s:.1f}",
+            ]
+        )
+    return tabulate(
+        rows,
+        headers=["profile", "worker", "sequences", "load s", "generate s", "tokens/s", "sequences/s", "wall s"],
+        tablefmt="github",
+    )
 
 
 def failures_md(res: RunResult) -> list[str]:
@@ -145,8 +226,12 @@ def failures_md(res: RunResult) -> list[str]:
     if not res.failures:
         return []
     rows = [[r.profile, r.prompt_id, r.batch_id, r.extra.get("attempts", 1), _clip(r.error, 140)] for r in res.failures]
-    md = ["## Failed requests", "", tabulate(rows, headers=["profile", "prompt", "batch", "attempts", "error"],
-                                             tablefmt="github"), ""]
+    md = [
+        "## Failed requests",
+        "",
+        tabulate(rows, headers=["profile", "prompt", "batch", "attempts", "error"], tablefmt="github"),
+        "",
+    ]
     for j in res.jobs:
         if j.server_tail and any(r.profile == j.profile for r in res.failures):
             md += [f"Server log tail for `{j.profile}` ({j.server_log}):", "", "```", *j.server_tail, "```", ""]
@@ -162,12 +247,25 @@ def change_table(changes: list[Change], before: str = "before", after: str = "af
     rows = []
     for c in changes:
         ci = "-" if c.ci_low != c.ci_low else f"[{c.ci_low:.3f}, {c.ci_high:.3f}]"
-        rows.append([c.mark, f"{c.metric} ({latency.UNITS.get(latency.metric_kind(c.metric), '')})", _num(c.metric, c.before),
-                     _num(c.metric, c.after), "-" if c.ratio != c.ratio else f"{c.ratio:.3f}", ci,
-                     "-" if c.p != c.p else f"{c.p:.3g}", "-" if c.detectable != c.detectable else _pct1(c.detectable),
-                     f"{_pct1(c.threshold)}", c.status + (f": {c.note}" if c.note else "")])
-    return tabulate(rows, headers=["", "metric", before, after, "ratio", "95% CI", "p", "detectable", "threshold", "status"],
-                    tablefmt="github")
+        rows.append(
+            [
+                c.mark,
+                f"{c.metric} ({latency.UNITS.get(latency.metric_kind(c.metric), '')})",
+                _num(c.metric, c.before),
+                _num(c.metric, c.after),
+                "-" if c.ratio != c.ratio else f"{c.ratio:.3f}",
+                ci,
+                "-" if c.p != c.p else f"{c.p:.3g}",
+                "-" if c.detectable != c.detectable else _pct1(c.detectable),
+                f"{_pct1(c.threshold)}",
+                c.status + (f": {c.note}" if c.note else ""),
+            ]
+        )
+    return tabulate(
+        rows,
+        headers=["", "metric", before, after, "ratio", "95% CI", "p", "detectable", "threshold", "status"],
+        tablefmt="github",
+    )
 
 
 def _pct1(x: float) -> str:
@@ -180,8 +278,16 @@ def latency_table(samples: dict[str, dict[str, list[float]]]) -> str:
         for name, xs in sorted(metrics.items()):
             q = latency.percentiles(xs)
             if q:
-                rows.append([prof, f"{name} ({latency.UNITS.get(latency.metric_kind(name), '')})", q["n"],
-                             _num(name, q["p50"]), _num(name, q["p90"]), _num(name, q["p99"])])
+                rows.append(
+                    [
+                        prof,
+                        f"{name} ({latency.UNITS.get(latency.metric_kind(name), '')})",
+                        q["n"],
+                        _num(name, q["p50"]),
+                        _num(name, q["p90"]),
+                        _num(name, q["p99"]),
+                    ]
+                )
     return tabulate(rows, headers=["profile", "metric", "n", "p50", "p90", "p99"], tablefmt="github")
 
 
@@ -189,32 +295,53 @@ def unique_table(verdicts: list[Verdict]) -> str:
     """Distinct outputs per prompt: tokens, and in brackets distinct logits bit patterns."""
     cols = [v for v in verdicts if v.unique_outputs]
     prompts = sorted({p for v in cols for p in v.unique_outputs})
-    rows = [[p] + [f"{v.unique_outputs.get(p, '-')}" + (f" ({v.unique_bits.get(p, '-')})" if v.unique_bits else "")
-                   for v in cols] for p in prompts]
+    rows = [
+        [p]
+        + [
+            f"{v.unique_outputs.get(p, '-')}" + (f" ({v.unique_bits.get(p, '-')})" if v.unique_bits else "")
+            for v in cols
+        ]
+        for p in prompts
+    ]
     return tabulate(rows, headers=["prompt"] + [f"{v.profile} {v.property}" for v in cols], tablefmt="github")
 
 
 def console(res: RunResult) -> str:
-    out = [f"suite {res.suite.name} on {res.suite.model.device} ({res.suite.model.ref}, {res.suite.model.dtype})", "",
-           jobs_table(res.jobs), ""]
+    out = [
+        f"suite {res.suite.name} on {res.suite.model.device} ({res.suite.model.ref}, {res.suite.model.dtype})",
+        "",
+        jobs_table(res.jobs),
+        "",
+    ]
     for p in res.suite.profiles:
         vs = [v for v in res.all_verdicts() if v.profile == p.name]
         if vs:
             out += [f"profile {p.name}", verdict_table(vs), "worst cases and baseline:", *worst_lines(vs), ""]
         if p.name in res.baseline.changes:
-            out += [f"latency of {p.name} against the baseline{_gated(res, p.name)}",
-                    change_table(res.baseline.changes[p.name]), ""]
+            out += [
+                f"latency of {p.name} against the baseline{_gated(res, p.name)}",
+                change_table(res.baseline.changes[p.name]),
+                "",
+            ]
     if res.cost:
-        out += [f"determinism cost (deterministic against default, same run){_cost_label(res)}",
-                change_table(res.cost, "default", "deterministic"), ""]
+        out += [
+            f"determinism cost (deterministic against default, same run){_cost_label(res)}",
+            change_table(res.cost, "default", "deterministic"),
+            "",
+        ]
     if res.suite.endpoint is not None:
         if any(v.unique_outputs for v in res.verdicts):
-            out += ["unique outputs per prompt (in brackets: distinct logprob patterns, where the server gives them)",
-                    unique_table(res.verdicts), ""]
+            out += [
+                "unique outputs per prompt (in brackets: distinct logprob patterns, where the server gives them)",
+                unique_table(res.verdicts),
+                "",
+            ]
         if any(res.latency.values()):
             out += ["latency through the server", latency_table(res.latency), ""]
     out += [f"! {j.describe()}" for j in res.jobs if not j.ok]
-    out += [f"! request failed: {r.profile} prompt {r.prompt_id!r} in {r.batch_id}: {r.error}" for r in res.failures[:10]]
+    out += [
+        f"! request failed: {r.profile} prompt {r.prompt_id!r} in {r.batch_id}: {r.error}" for r in res.failures[:10]
+    ]
     if len(res.failures) > 10:
         out += [f"! ... and {len(res.failures) - 10} more failed requests (see summary.md)"]
     out += [f"x {v.profile}: {v.reason}" for v in res.baseline.verdicts if v.status == "not comparable"]
@@ -233,9 +360,17 @@ def _cost_label(res: RunResult) -> str:
 
 def summary_md(res: RunResult) -> str:
     s = res.suite
-    md = [f"# {s.name}: {res.result.upper()}", "",
-          f"Run `{res.run_id}` · device `{s.model.device}` · model `{s.model.ref}` · dtype `{s.model.dtype}` · "
-          f"case hash `{s.case_hash}` · harness {__version__}", "", "## Workers", "", jobs_table(res.jobs), ""]
+    md = [
+        f"# {s.name}: {res.result.upper()}",
+        "",
+        f"Run `{res.run_id}` · device `{s.model.device}` · model `{s.model.ref}` · dtype `{s.model.dtype}` · "
+        f"case hash `{s.case_hash}` · harness {__version__}",
+        "",
+        "## Workers",
+        "",
+        jobs_table(res.jobs),
+        "",
+    ]
     crashed = [j for j in res.jobs if not j.ok]
     if crashed:
         md += ["## Crashes", ""]
@@ -250,8 +385,12 @@ def summary_md(res: RunResult) -> str:
         if p.description:
             md += [p.description, ""]
         env = ", ".join(f"`{k}={v}`" for k, v in envinfo.redact(dict(p.env)).items()) or "none"
-        md += [f"Flags: {env}; torch deterministic algorithms: {'on' if p.torch_deterministic else 'off'}", "",
-               verdict_table(vs), ""]
+        md += [
+            f"Flags: {env}; torch deterministic algorithms: {'on' if p.torch_deterministic else 'off'}",
+            "",
+            verdict_table(vs),
+            "",
+        ]
         for v in vs:
             md += [f"- **{v.property}** ({MARK[v.status]}): {v.reason}"]
             if v.worst:
@@ -261,18 +400,35 @@ def summary_md(res: RunResult) -> str:
             md += [f"- baseline: {res.baseline.sources[p.name]}"]
         md += [""]
         if p.name in res.baseline.changes:
-            md += [f"Latency against the baseline{_gated(res, p.name)} (`+` worse, `-` better, `~` not significant, "
-                   "`x` not comparable, `!` failed):", "", change_table(res.baseline.changes[p.name]), ""]
+            md += [
+                f"Latency against the baseline{_gated(res, p.name)} (`+` worse, `-` better, `~` not significant, "
+                "`x` not comparable, `!` failed):",
+                "",
+                change_table(res.baseline.changes[p.name]),
+                "",
+            ]
     if res.cost:
-        md += ["## Determinism cost", "", f"The `deterministic` profile's latency relative to `default`, in the same "
-               f"run{_cost_label(res)}:", "", change_table(res.cost, "default", "deterministic"), ""]
+        md += [
+            "## Determinism cost",
+            "",
+            f"The `deterministic` profile's latency relative to `default`, in the same run{_cost_label(res)}:",
+            "",
+            change_table(res.cost, "default", "deterministic"),
+            "",
+        ]
     if any(res.latency.values()):
         md += ["## Latency", "", latency_table(res.latency), ""]
     if any(v.unique_outputs for v in res.verdicts):
-        md += ["## Unique outputs per prompt", "", "Distinct token sequences (texts, where the server returns text only), "
-               "and in brackets distinct logits bit patterns (logprob patterns for a server), across every sequence of "
-               "the prompt in that property (reference included).", "",
-               unique_table(res.verdicts), ""]
+        md += [
+            "## Unique outputs per prompt",
+            "",
+            "Distinct token sequences (texts, where the server returns text only), "
+            "and in brackets distinct logits bit patterns (logprob patterns for a server), across every sequence of "
+            "the prompt in that property (reference included).",
+            "",
+            unique_table(res.verdicts),
+            "",
+        ]
     if res.notes:
         md += ["## Notes", "", *[f"- {n}" for n in res.notes], ""]
     return "\n".join(md)
@@ -282,29 +438,55 @@ def to_json(res: RunResult) -> dict:
     s = res.suite
     env = envinfo.relevant_env(os.environ)
     return {
-        "schema_version": SCHEMA_VERSION, "harness_version": __version__, "run_id": res.run_id,
+        "schema_version": SCHEMA_VERSION,
+        "harness_version": __version__,
+        "run_id": res.run_id,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(res.started)),
-        "result": res.result, "exit_code": res.exit_code,
-        "suite": {"name": s.name, "path": s.path, "case_hash": s.case_hash, "model": s.model.ref, "dtype": s.model.dtype,
-                  "device": s.model.device},
+        "result": res.result,
+        "exit_code": res.exit_code,
+        "suite": {
+            "name": s.name,
+            "path": s.path,
+            "case_hash": s.case_hash,
+            "model": s.model.ref,
+            "dtype": s.model.dtype,
+            "device": s.model.device,
+        },
         "environment": {"host": envinfo.host(), "env": env},
-        "jobs": [{**{k: v for k, v in dataclasses.asdict(j).items() if k != "meta"},
-                  "profile_hash": s.profile_hash(s.profile(j.profile)), "worker": j.meta, "description": j.describe()}
-                 for j in res.jobs],
+        "jobs": [
+            {
+                **{k: v for k, v in dataclasses.asdict(j).items() if k != "meta"},
+                "profile_hash": s.profile_hash(s.profile(j.profile)),
+                "worker": j.meta,
+                "description": j.describe(),
+            }
+            for j in res.jobs
+        ],
         "device_key": res.baseline.device_key,
-        "verdicts": [{**{k: val for k, val in dataclasses.asdict(v).items() if k != "comparisons"},
-                      "share_bitwise": v.share_bitwise, "share_tokens": v.share_tokens,
-                      "comparisons": [c.row() for c in v.comparisons]} for v in res.all_verdicts()],
+        "verdicts": [
+            {
+                **{k: val for k, val in dataclasses.asdict(v).items() if k != "comparisons"},
+                "share_bitwise": v.share_bitwise,
+                "share_tokens": v.share_tokens,
+                "comparisons": [c.row() for c in v.comparisons],
+            }
+            for v in res.all_verdicts()
+        ],
         "needles": {b.id: b.needle for b in plan.expand(s) if b.needle},
         "baselines": res.baseline.sources,
-        "latency": {prof: {name: {**latency.percentiles(xs), "samples": xs} for name, xs in m.items()}
-                    for prof, m in res.latency.items()},
-        "perf": {prof: [{**dataclasses.asdict(c), "mark": c.mark} for c in cs] for prof, cs in res.baseline.changes.items()},
+        "latency": {
+            prof: {name: {**latency.percentiles(xs), "samples": xs} for name, xs in m.items()}
+            for prof, m in res.latency.items()
+        },
+        "perf": {
+            prof: [{**dataclasses.asdict(c), "mark": c.mark} for c in cs] for prof, cs in res.baseline.changes.items()
+        },
         "perf_gated": res.baseline.gated,
         "determinism_cost": [{**dataclasses.asdict(c), "mark": c.mark} for c in res.cost],
         "determinism_cost_label": res.cost_label,
-        "failed_requests": [{k: getattr(r, k) for k in ("profile", "prompt_id", "batch_id", "error", "extra")}
-                            for r in res.failures],
+        "failed_requests": [
+            {k: getattr(r, k) for k in ("profile", "prompt_id", "batch_id", "error", "extra")} for r in res.failures
+        ],
         "notes": res.notes,
     }
 

@@ -1,4 +1,5 @@
 """Reports of a load-time sweep: console and summary.md tables, report.json, and a PNG plot."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,19 +19,67 @@ def _s(x: float, fmt: str = ".2f") -> str:
 
 
 def settings_table(run: LoadRun) -> str:
-    rows = [[x.model, x.setting, x.n_warm, _s(x.warm_p50), x.n_cold, _s(x.cold_p50),
-             *(_s(x.phases_p50.get(p, math.nan)) for p in lt.PHASES), _s(x.peak_rss_mb, ".0f"), x.failed or ""]
-            for x in run.summaries]
-    return tabulate(rows, headers=["model", "OMP_NUM_THREADS", "warm n", "warm p50 s", "cold n", "cold p50 s",
-                                   *(f"{p} s" for p in lt.PHASES), "peak RSS MB", "failed"], tablefmt="github")
+    rows = [
+        [
+            x.model,
+            x.setting,
+            x.n_warm,
+            _s(x.warm_p50),
+            x.n_cold,
+            _s(x.cold_p50),
+            *(_s(x.phases_p50.get(p, math.nan)) for p in lt.PHASES),
+            _s(x.peak_rss_mb, ".0f"),
+            x.failed or "",
+        ]
+        for x in run.summaries
+    ]
+    return tabulate(
+        rows,
+        headers=[
+            "model",
+            "OMP_NUM_THREADS",
+            "warm n",
+            "warm p50 s",
+            "cold n",
+            "cold p50 s",
+            *(f"{p} s" for p in lt.PHASES),
+            "peak RSS MB",
+            "failed",
+        ],
+        tablefmt="github",
+    )
 
 
 def sizes_table(run: LoadRun) -> str:
-    rows = [[r.model, _s(r.params_b, "g"), _s(r.gb, ".3f"), _s(r.warm_p50), _s(r.cold_p50), _s(r.load_gbps),
-             _s(r.read_s, ".3f") + (" (cold)" if r.read_cold else " (warm)"), _s(r.gb / r.read_s if r.read_s else math.nan),
-             _s(r.efficiency)] for r in run.sizes]
-    return tabulate(rows, headers=["model", "params B", "GB", "warm load s", "cold load s", "load GB/s",
-                                   "sequential read s", "read GB/s", "efficiency"], tablefmt="github")
+    rows = [
+        [
+            r.model,
+            _s(r.params_b, "g"),
+            _s(r.gb, ".3f"),
+            _s(r.warm_p50),
+            _s(r.cold_p50),
+            _s(r.load_gbps),
+            _s(r.read_s, ".3f") + (" (cold)" if r.read_cold else " (warm)"),
+            _s(r.gb / r.read_s if r.read_s else math.nan),
+            _s(r.efficiency),
+        ]
+        for r in run.sizes
+    ]
+    return tabulate(
+        rows,
+        headers=[
+            "model",
+            "params B",
+            "GB",
+            "warm load s",
+            "cold load s",
+            "load GB/s",
+            "sequential read s",
+            "read GB/s",
+            "efficiency",
+        ],
+        tablefmt="github",
+    )
 
 
 def recommendation_lines(run: LoadRun) -> list[str]:
@@ -56,8 +105,14 @@ def failures(run: LoadRun, setting: str | None = None) -> list[str]:
 
 
 def console(run: LoadRun) -> str:
-    out = [f"load time: {run.suite.model_ref} ({run.suite.dtype}) on {run.suite.device}; {run.cache_note}", "",
-           settings_table(run), "", "recommendation: " + "\n".join(recommendation_lines(run)), ""]
+    out = [
+        f"load time: {run.suite.model_ref} ({run.suite.dtype}) on {run.suite.device}; {run.cache_note}",
+        "",
+        settings_table(run),
+        "",
+        "recommendation: " + "\n".join(recommendation_lines(run)),
+        "",
+    ]
     if run.sizes:
         out += ["size scaling (efficiency = sequential read time / load time)", sizes_table(run), ""]
     if run.changes:
@@ -72,17 +127,40 @@ def console(run: LoadRun) -> str:
 
 def summary_md(run: LoadRun) -> str:
     s = run.suite
-    md = [f"# {s.name}: load time", "",
-          f"Run `{run.run_id}` · model `{s.model_ref}` · dtype `{s.dtype}` · device `{s.device}` · case hash "
-          f"`{s.case_hash}` · harness {__version__}", "",
-          f"Each load is a fresh worker process; settings are interleaved round by round. {run.cache_note}.", "",
-          "## Per setting", "", settings_table(run), "", "## Recommendation", "",
-          *recommendation_lines(run), ""]
+    md = [
+        f"# {s.name}: load time",
+        "",
+        f"Run `{run.run_id}` · model `{s.model_ref}` · dtype `{s.dtype}` · device `{s.device}` · case hash "
+        f"`{s.case_hash}` · harness {__version__}",
+        "",
+        f"Each load is a fresh worker process; settings are interleaved round by round. {run.cache_note}.",
+        "",
+        "## Per setting",
+        "",
+        settings_table(run),
+        "",
+        "## Recommendation",
+        "",
+        *recommendation_lines(run),
+        "",
+    ]
     if run.recommendation and run.recommendation.comparisons:
-        md += ["Each setting against the fastest:", "", change_table(run.recommendation.comparisons, "fastest", "this"), ""]
+        md += [
+            "Each setting against the fastest:",
+            "",
+            change_table(run.recommendation.comparisons, "fastest", "this"),
+            "",
+        ]
     if run.sizes:
-        md += ["## Scaling with size", "", "Load = read + to device + first forward (import excluded), at each model's "
-               "fastest setting; efficiency = sequential read time of the same files / load time.", "", sizes_table(run), ""]
+        md += [
+            "## Scaling with size",
+            "",
+            "Load = read + to device + first forward (import excluded), at each model's "
+            "fastest setting; efficiency = sequential read time of the same files / load time.",
+            "",
+            sizes_table(run),
+            "",
+        ]
     md += [f"![load time against OMP_NUM_THREADS]({run.plot})" if run.plot else f"({NO_PLOT})", ""]
     if run.changes:
         md += ["## Against the baseline", "", change_table(run.changes), ""]
@@ -102,6 +180,7 @@ def plot(run: LoadRun) -> str:
     matplotlib."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -127,20 +206,36 @@ def plot(run: LoadRun) -> str:
 
 
 def to_json(run: LoadRun) -> dict:
-    return {"schema_version": 1, "harness_version": __version__, "run_id": run.run_id, "kind": "loadtime",
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "exit_code": run.exit_code,
-            "suite": {"name": run.suite.name, "path": run.suite.path, "case_hash": run.suite.case_hash,
-                      "settings": list(run.suite.settings), "model": run.suite.model_ref, "device": run.suite.device},
-            "cache": {"cold_measured": run.cold_ok, "note": run.cache_note}, "device": run.device_info,
-            "samples": [dataclasses.asdict(s) | {"total": s.total} for s in run.samples],
-            "settings": [dataclasses.asdict(x) for x in run.summaries],
-            "recommendation": None if run.recommendation is None else {
-                **{k: v for k, v in dataclasses.asdict(run.recommendation).items() if k != "comparisons"},
-                "comparisons": [dataclasses.asdict(c) | {"mark": c.mark} for c in run.recommendation.comparisons]},
-            "sizes": [dataclasses.asdict(r) | {"load_gbps": r.load_gbps, "efficiency": r.efficiency} for r in run.sizes],
-            "baseline": [dataclasses.asdict(c) | {"mark": c.mark} for c in run.changes],
-            "baseline_not_gated": [dataclasses.asdict(c) | {"mark": c.mark} for c in run.ungated],
-            "notes": run.baseline_notes}
+    return {
+        "schema_version": 1,
+        "harness_version": __version__,
+        "run_id": run.run_id,
+        "kind": "loadtime",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "exit_code": run.exit_code,
+        "suite": {
+            "name": run.suite.name,
+            "path": run.suite.path,
+            "case_hash": run.suite.case_hash,
+            "settings": list(run.suite.settings),
+            "model": run.suite.model_ref,
+            "device": run.suite.device,
+        },
+        "cache": {"cold_measured": run.cold_ok, "note": run.cache_note},
+        "device": run.device_info,
+        "samples": [dataclasses.asdict(s) | {"total": s.total} for s in run.samples],
+        "settings": [dataclasses.asdict(x) for x in run.summaries],
+        "recommendation": None
+        if run.recommendation is None
+        else {
+            **{k: v for k, v in dataclasses.asdict(run.recommendation).items() if k != "comparisons"},
+            "comparisons": [dataclasses.asdict(c) | {"mark": c.mark} for c in run.recommendation.comparisons],
+        },
+        "sizes": [dataclasses.asdict(r) | {"load_gbps": r.load_gbps, "efficiency": r.efficiency} for r in run.sizes],
+        "baseline": [dataclasses.asdict(c) | {"mark": c.mark} for c in run.changes],
+        "baseline_not_gated": [dataclasses.asdict(c) | {"mark": c.mark} for c in run.ungated],
+        "notes": run.baseline_notes,
+    }
 
 
 def write(run: LoadRun) -> None:

@@ -5,6 +5,7 @@ checks it will report (pytest items) and how it runs, analyses and reports. What
 the options, the run directory, progress bars, the outcome and the exit-code rule. Adding a kind is its module
 plus one line in KINDS.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -38,14 +39,15 @@ class Options:
     baselines: Path = Path("baselines")
     update_baselines: bool = False
     reason: str = ""
-    endpoint: str | None = None        # URL of a server that is already running (the suite's [server] is not started)
-    drop_caches: bool | None = None    # load time: evict the model files before each cold load (None: the suite's)
-    fresh_runs: bool = False           # an update starts the baseline's run history anew (calibration's first run)
+    endpoint: str | None = None  # URL of a server that is already running (the suite's [server] is not started)
+    drop_caches: bool | None = None  # load time: evict the model files before each cold load (None: the suite's)
+    fresh_runs: bool = False  # an update starts the baseline's run history anew (calibration's first run)
 
 
 @dataclass(frozen=True)
 class RunDir:
     """reports/<time>-<suite>[-n]: created once, never shared with another run."""
+
     run_id: str
     path: Path
 
@@ -79,8 +81,15 @@ class Progress:
         self.bar = None
         if enabled:
             from tqdm import tqdm
-            self.bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr,
-                            mininterval=0.5 if sys.stderr.isatty() else 15, dynamic_ncols=True)
+
+            self.bar = tqdm(
+                total=total,
+                desc=desc,
+                unit=unit,
+                file=sys.stderr,
+                mininterval=0.5 if sys.stderr.isatty() else 15,
+                dynamic_ncols=True,
+            )
 
     def to(self, n: int) -> None:
         if self.bar is not None and n != self.bar.n:
@@ -103,8 +112,9 @@ CheckOutcome = Literal["passed", "failed", "skipped"]
 @dataclass(frozen=True)
 class Check:
     """One reported check: a pytest item `SUITE::GROUP::NAME`, and a line of the console verdict."""
-    group: str                 # a profile, or a load-time setting
-    name: str                  # a property: batch-invariance, baseline, latency, ...
+
+    group: str  # a profile, or a load-time setting
+    name: str  # a property: batch-invariance, baseline, latency, ...
     outcome: CheckOutcome
     message: str = ""
 
@@ -133,8 +143,7 @@ class Kind(Protocol):
         """(group, name) of every check the run will report, known before it runs."""
         ...
 
-    def execute(self, suite: Any, opts: Options) -> Outcome:
-        ...
+    def execute(self, suite: Any, opts: Options) -> Outcome: ...
 
 
 def kind_name(data: dict) -> str:
@@ -160,8 +169,9 @@ def directory_option(flag: str, path: Path) -> None:
         if d.is_dir():
             return
         if d.exists() or d.is_symlink():
-            raise HarnessError(f"{flag} {p}: {d} is not a directory; name a directory (it is created if missing)",
-                               USAGE)
+            raise HarnessError(
+                f"{flag} {p}: {d} is not a directory; name a directory (it is created if missing)", USAGE
+            )
 
 
 def load(path: str | Path, opts: Options) -> tuple[Kind, Any]:

@@ -5,6 +5,7 @@ os.environ plus its profile's variables, so flags are in place before any
 device library starts. A worker that crashes, is killed or times out is
 recorded with its exit status and stderr tail; the other jobs still run.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,8 +42,13 @@ def child_env(extra: dict[str, str | None]) -> dict[str, str]:
 def prepare_model(ref: str, timeout_s: float = 1800) -> Path:
     """Resolve (and convert once, in a child process) the model; exit 2 for a bad reference, 3 if it will not load."""
     try:
-        p = subprocess.run([sys.executable, "-m", "harness.models", ref], env=child_env({}), capture_output=True,
-                           text=True, timeout=timeout_s)
+        p = subprocess.run(
+            [sys.executable, "-m", "harness.models", ref],
+            env=child_env({}),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
     except subprocess.TimeoutExpired:
         raise HarnessError(f"model {ref!r}: preparation timed out after {timeout_s:.0f}s", INFRA) from None
     if p.returncode != 0:
@@ -54,12 +60,23 @@ def prepare_model(ref: str, timeout_s: float = 1800) -> Path:
 
 def make_job(suite: Suite, profile: Profile, batches: list[Batch], model_dir: Path, run_dir: Path) -> Job:
     name = profile.name
-    return Job(name=name, profile=profile.name, adapter=suite.model.adapter, model_ref=suite.model.ref,
-               model_dir=str(model_dir), dtype=suite.model.dtype, device=suite.model.device,
-               torch_deterministic=profile.torch_deterministic, max_new_tokens=suite.generation.max_new_tokens,
-               top_logprobs=suite.generation.top_logprobs, prompts=tuple(dataclasses.asdict(p) for p in suite.prompts),
-               batches=tuple(batches), records=str(run_dir / "records" / f"{name}.jsonl"),
-               meta=str(run_dir / "records" / f"{name}.meta.json"), seed=suite.seed)
+    return Job(
+        name=name,
+        profile=profile.name,
+        adapter=suite.model.adapter,
+        model_ref=suite.model.ref,
+        model_dir=str(model_dir),
+        dtype=suite.model.dtype,
+        device=suite.model.device,
+        torch_deterministic=profile.torch_deterministic,
+        max_new_tokens=suite.generation.max_new_tokens,
+        top_logprobs=suite.generation.top_logprobs,
+        prompts=tuple(dataclasses.asdict(p) for p in suite.prompts),
+        batches=tuple(batches),
+        records=str(run_dir / "records" / f"{name}.jsonl"),
+        meta=str(run_dir / "records" / f"{name}.meta.json"),
+        seed=suite.seed,
+    )
 
 
 class _LineCounter:
@@ -93,9 +110,14 @@ class _Worker:
         self.start = time.monotonic()
         self.status: WorkerStatus = "ok"
         with open(self.log, "wb") as logf:
-            self.proc = subprocess.Popen([sys.executable, "-m", "harness.worker", str(job_path)], env=child_env(env),
-                                         stdin=subprocess.PIPE if job.paced else subprocess.DEVNULL, stdout=logf,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "harness.worker", str(job_path)],
+                env=child_env(env),
+                stdin=subprocess.PIPE if job.paced else subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def alive(self, timeout_s: float) -> bool:
         """Still running within its time; a worker past it is killed and marked."""
@@ -144,20 +166,42 @@ class _Worker:
         meta = {}
         if Path(job.meta).is_file():
             meta = json.loads(Path(job.meta).read_text(encoding="utf-8"))
-        if status == "ok" and rc == USAGE and not meta:  # the worker refused the job itself (an adapter that does not fit)
-            raise HarnessError(next((ln.removeprefix("error: ") for ln in reversed(tail) if ln.startswith("error:")),
-                                    f"worker {job.name!r} refused its job; see {log}"), USAGE)
+        if (
+            status == "ok" and rc == USAGE and not meta
+        ):  # the worker refused the job itself (an adapter that does not fit)
+            raise HarnessError(
+                next(
+                    (ln.removeprefix("error: ") for ln in reversed(tail) if ln.startswith("error:")),
+                    f"worker {job.name!r} refused its job; see {log}",
+                ),
+                USAGE,
+            )
         if status == "ok" and rc != 0:
             status = "load-failed" if rc == INFRA and not meta else "crashed"
         if status == "ok" and completed < job.expected:
             status = "crashed"
-        return JobOutcome(name=job.name, profile=job.profile, status=status, returncode=rc,
-                          wall_s=time.monotonic() - self.start, expected=job.expected, completed=completed,
-                          records=job.records, log=str(log), stderr_tail=tail, meta=meta)
+        return JobOutcome(
+            name=job.name,
+            profile=job.profile,
+            status=status,
+            returncode=rc,
+            wall_s=time.monotonic() - self.start,
+            expected=job.expected,
+            completed=completed,
+            records=job.records,
+            log=str(log),
+            stderr_tail=tail,
+            meta=meta,
+        )
 
 
-def run_job(job: Job, env: dict[str, str | None], timeout_s: float, run_dir: Path,
-            progress: Callable[[int], None] = lambda n: None) -> JobOutcome:
+def run_job(
+    job: Job,
+    env: dict[str, str | None],
+    timeout_s: float,
+    run_dir: Path,
+    progress: Callable[[int], None] = lambda n: None,
+) -> JobOutcome:
     w = _Worker(job, env, run_dir, progress)
     try:
         while w.alive(timeout_s):
@@ -170,11 +214,15 @@ def run_job(job: Job, env: dict[str, str | None], timeout_s: float, run_dir: Pat
 
 def pass_sizes(job: Job) -> list[int]:
     """Sequences per pass (warm-up passes included), in the order the worker runs them."""
-    return [sum(len(b.prompt_ids) for b in grp) for _, grp in itertools.groupby(job.batches, key=lambda b: (b.warmup, b.repeat))]
+    return [
+        sum(len(b.prompt_ids) for b in grp)
+        for _, grp in itertools.groupby(job.batches, key=lambda b: (b.warmup, b.repeat))
+    ]
 
 
-def run_interleaved(jobs: list[tuple[Job, dict[str, str | None], Callable[[int], None]]], timeout_s: float,
-                    run_dir: Path) -> list[JobOutcome]:
+def run_interleaved(
+    jobs: list[tuple[Job, dict[str, str | None], Callable[[int], None]]], timeout_s: float, run_dir: Path
+) -> list[JobOutcome]:
     """Profiles compared with each other take turns, pass by pass, each in its own long-lived process with its own
     environment: loads one after the other, then passes A B, B A, A B ... so that drift and a neighbour on the
     runner fall on both sides alike (and linear drift cancels). Each worker's time limit scales with the number of
@@ -210,15 +258,24 @@ def server_program(spec: Server | None) -> str:
     if spec is None:
         return "external"
     import shlex
+
     return Path(shlex.split(spec.command)[0]).name
 
 
-def run_served(suite: Suite, profile: Profile, job: Job, model_dir: Path, timeout_s: float, run_dir: Path,
-               progress: Callable[[int], None] = lambda n: None) -> JobOutcome:
+def run_served(
+    suite: Suite,
+    profile: Profile,
+    job: Job,
+    model_dir: Path,
+    timeout_s: float,
+    run_dir: Path,
+    progress: Callable[[int], None] = lambda n: None,
+) -> JobOutcome:
     """The worker as a client of the suite's server: started with this profile's environment (its flags set before
     the server's device libraries start), healthy before the first request, stopped after the last."""
     from . import server
     from .wire import api_key
+
     assert suite.endpoint is not None
     job = dataclasses.replace(job, endpoint=suite.endpoint, server=server_program(suite.server))
     secret = api_key(suite.endpoint)
@@ -229,16 +286,40 @@ def run_served(suite: Suite, profile: Profile, job: Job, model_dir: Path, timeou
     log = run_dir / "logs" / f"{job.name}.server.log"
     start = time.monotonic()
     try:
-        with server.started(suite.server, suite.endpoint, model=str(model_dir), device=suite.model.device,
-                            dtype=suite.model.dtype, env=child_env(dict(profile.env)), log=log) as srv:
-            out = run_job(dataclasses.replace(job, endpoint=dataclasses.replace(suite.endpoint, base_url=srv.url),
-                                              server_pid=srv.pid), {}, timeout_s, run_dir, progress)
+        with server.started(
+            suite.server,
+            suite.endpoint,
+            model=str(model_dir),
+            device=suite.model.device,
+            dtype=suite.model.dtype,
+            env=child_env(dict(profile.env)),
+            log=log,
+        ) as srv:
+            out = run_job(
+                dataclasses.replace(
+                    job, endpoint=dataclasses.replace(suite.endpoint, base_url=srv.url), server_pid=srv.pid
+                ),
+                {},
+                timeout_s,
+                run_dir,
+                progress,
+            )
     except server.ServerError as e:
         scrub([log], secret)
-        return JobOutcome(name=job.name, profile=job.profile, status="server-failed", returncode=None,
-                          wall_s=time.monotonic() - start, expected=job.expected,
-                          completed=0, records=job.records, log=str(log), stderr_tail=e.log_tail, error=str(e),
-                          server_log=str(log))
+        return JobOutcome(
+            name=job.name,
+            profile=job.profile,
+            status="server-failed",
+            returncode=None,
+            wall_s=time.monotonic() - start,
+            expected=job.expected,
+            completed=0,
+            records=job.records,
+            log=str(log),
+            stderr_tail=e.log_tail,
+            error=str(e),
+            server_log=str(log),
+        )
     scrub([log, Path(out.log)], secret)
     out.server_log, out.server_stop, out.server_tail = str(log), srv.stopped, server.log_tail(log)
     if out.meta:

@@ -4,6 +4,7 @@ the run directory, it is healthy before any request is sent, and it is stopped w
 Every way it can fail to start (command not found, port taken, exit during start-up, never healthy) is a
 ServerError whose message is one line, with the log tail kept beside it for the report.
 """
+
 from __future__ import annotations
 
 import errno
@@ -36,9 +37,9 @@ class Running:
     url: str
     pid: int
     log: Path
-    start_s: float                         # launch to healthy
+    start_s: float  # launch to healthy
     proc: subprocess.Popen = field(repr=False)
-    stopped: str = ""                      # how it ended: "SIGTERM after 0.4 s", "SIGKILL after 10 s", "exited 1 during the run"
+    stopped: str = ""  # how it ended: "SIGTERM after 0.4 s", "SIGKILL after 10 s", "exited 1 during the run"
 
 
 def log_tail(path: Path, n: int = 20) -> list[str]:
@@ -82,8 +83,9 @@ def command(spec: Server, *, model: str, port: int, device: str, dtype: str) -> 
 
 
 def _health(client, url: str) -> str:
-    """"" when healthy, else what went wrong (kept for the time-out message: a TLS error is worth naming)."""
+    """ "" when healthy, else what went wrong (kept for the time-out message: a TLS error is worth naming)."""
     import httpx
+
     try:
         code = client.get(url).status_code
         return "" if code == 200 else f"HTTP {code}"
@@ -91,18 +93,22 @@ def _health(client, url: str) -> str:
         from urllib.parse import urlsplit
 
         from .wire import connection_error
+
         u = urlsplit(url)
         return connection_error(e, f"{u.scheme}://{u.netloc}") or f"{type(e).__name__}: {str(e) or 'no answer'}"
 
 
 @contextmanager
-def started(spec: Server, endpoint: Endpoint, *, model: str, device: str, dtype: str, env: dict[str, str],
-            log: Path) -> Iterator[Running]:
+def started(
+    spec: Server, endpoint: Endpoint, *, model: str, device: str, dtype: str, env: dict[str, str], log: Path
+) -> Iterator[Running]:
     """Start the server, wait for its health path, yield it, and stop it whatever happens inside."""
     port = spec.port or free_port(spec.host)
     if spec.port and port_taken(spec.host, port):
-        raise ServerError(f"port {port} on {spec.host} is already in use by another process: stop it, or set "
-                          "server.port = 0 to let the harness pick a free port")
+        raise ServerError(
+            f"port {port} on {spec.host} is already in use by another process: stop it, or set "
+            "server.port = 0 to let the harness pick a free port"
+        )
     argv = command(spec, model=model, port=port, device=device, dtype=dtype)
     url = endpoint.base_url.format(host=spec.host, port=port)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -110,10 +116,13 @@ def started(spec: Server, endpoint: Endpoint, *, model: str, device: str, dtype:
     with open(log, "ab") as logf:
         try:
             # Own session, so stopping it also stops whatever it forked (uvicorn workers, MindIE daemons).
-            proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                argv, env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
+            )
         except OSError as e:
-            raise ServerError(f"server.command: cannot run {argv[0]!r} ({e.strerror or e}); is it installed and on PATH?") from None
+            raise ServerError(
+                f"server.command: cannot run {argv[0]!r} ({e.strerror or e}); is it installed and on PATH?"
+            ) from None
     run = Running(url=url, pid=proc.pid, log=log, start_s=0.0, proc=proc)
     try:
         _wait_healthy(run, endpoint, spec.startup_timeout_s, t0)
@@ -126,6 +135,7 @@ def _wait_healthy(run: Running, endpoint: Endpoint, timeout_s: float, t0: float)
     import httpx
 
     from .wire import client_kwargs
+
     with httpx.Client(**client_kwargs(endpoint, timeout_s=5.0)) as client:
         while True:
             rc = run.proc.poll()
@@ -133,15 +143,21 @@ def _wait_healthy(run: Running, endpoint: Endpoint, timeout_s: float, t0: float)
                 tail = log_tail(run.log)
                 taken = any("address already in use" in ln.lower() for ln in tail)
                 why = "could not bind its port (address already in use)" if taken else "exited"
-                raise ServerError(f"server {why} with status {rc} during start-up, before {endpoint.health_path} "
-                                  f"answered; see {run.log}", tail)
+                raise ServerError(
+                    f"server {why} with status {rc} during start-up, before {endpoint.health_path} "
+                    f"answered; see {run.log}",
+                    tail,
+                )
             last = _health(client, run.url + endpoint.health_path)
             if not last:
                 run.start_s = time.monotonic() - t0
                 return
             if time.monotonic() - t0 > timeout_s:
-                raise ServerError(f"server not healthy at {run.url}{endpoint.health_path} after {timeout_s:.0f}s "
-                                  f"(server.startup_timeout_s; last answer: {last[:160]}); see its log", log_tail(run.log))
+                raise ServerError(
+                    f"server not healthy at {run.url}{endpoint.health_path} after {timeout_s:.0f}s "
+                    f"(server.startup_timeout_s; last answer: {last[:160]}); see its log",
+                    log_tail(run.log),
+                )
             time.sleep(POLL_S)
 
 

@@ -2,6 +2,7 @@
 
 The reader is tomltable.py, the served parts ([server], [endpoint]) are served.py.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,14 +30,19 @@ SCHEDULE_PARAMS: dict[str, dict[str, Any]] = {
     "batch-sizes": {"sizes": [2, 3, 5, 8, 16]},
     "needle": {"trials": 5, "min_size": 2, "max_size": 0, "prompt": ""},
 }
-SCHEDULE_PROPERTY = {"repeat": "repeatability", "permutation": "batch-invariance",
-                     "batch-sizes": "batch-invariance", "needle": "batch-invariance"}
+SCHEDULE_PROPERTY = {
+    "repeat": "repeatability",
+    "permutation": "batch-invariance",
+    "batch-sizes": "batch-invariance",
+    "needle": "batch-invariance",
+}
 
 
 @dataclass(frozen=True)
 class Attachment:
     """An image, audio or video file sent with a prompt to a served model, base64-encoded in the request body."""
-    path: str                 # resolved; not part of the case hash (checkouts differ), the content digest is
+
+    path: str  # resolved; not part of the case hash (checkouts differ), the content digest is
     mime: str
     sha256: str
 
@@ -86,7 +92,7 @@ class ModelSpec:
     ref: str = "smollm2-135m"
     dtype: str = "float32"
     device: str = "cpu"
-    adapter: str = "hf"           # a name in the harness.adapters registry
+    adapter: str = "hf"  # a name in the harness.adapters registry
 
 
 @dataclass(frozen=True)
@@ -94,7 +100,7 @@ class Generation:
     max_new_tokens: int = 64
     greedy: bool = True
     top_logprobs: int = 5
-    close_k: int = 0              # top-k for the `close` level; 0: every captured top_logprobs. Judges, shapes nothing
+    close_k: int = 0  # top-k for the `close` level; 0: every captured top_logprobs. Judges, shapes nothing
 
     @property
     def k(self) -> int:
@@ -104,12 +110,17 @@ class Generation:
 @dataclass(frozen=True)
 class BaselinePolicy:
     """What a run must meet against a baseline, by how the baseline's device key relates to the run's."""
+
     same_key: str = "bitwise"
-    other_software: str = "tokens"     # a torch, CANN, driver or transformers upgrade on the same hardware
-    other_hardware: str = "close"      # another chip or CPU model of the same device type (vLLM check_logprobs_close)
+    other_software: str = "tokens"  # a torch, CANN, driver or transformers upgrade on the same hardware
+    other_hardware: str = "close"  # another chip or CPU model of the same device type (vLLM check_logprobs_close)
 
     def level(self, tier: str) -> str:
-        return {"same key": self.same_key, "other software": self.other_software, "other hardware": self.other_hardware}[tier]
+        return {
+            "same key": self.same_key,
+            "other software": self.other_software,
+            "other hardware": self.other_hardware,
+        }[tier]
 
 
 LATENCY_METRICS = ("ttft", "tpot", "e2e", "tok_s")
@@ -118,14 +129,15 @@ LATENCY_METRICS = ("ttft", "tpot", "e2e", "tok_s")
 @dataclass(frozen=True)
 class Perf:
     """How latency is sampled and gated: warm-up passes, measured passes, per-metric thresholds."""
+
     warmup: int = 0
     repeats: int = 1
-    threshold: float = 0.05                         # default relative change that counts, per metric
+    threshold: float = 0.05  # default relative change that counts, per metric
     thresholds: tuple[tuple[str, float], ...] = ()  # metric -> threshold
-    alpha: float = 0.05                             # for comparisons that gate nothing (the determinism cost)
-    budget: float = 0.01                            # chance that an A/A run flags any gated row (family-wise)
-    interleave: bool = True                         # profiles take turns pass by pass (false: models too big for two)
-    noise_share: float = 0.25                       # a pass during which other processes used more CPU is noisy
+    alpha: float = 0.05  # for comparisons that gate nothing (the determinism cost)
+    budget: float = 0.01  # chance that an A/A run flags any gated row (family-wise)
+    interleave: bool = True  # profiles take turns pass by pass (false: models too big for two)
+    noise_share: float = 0.25  # a pass during which other processes used more CPU is noisy
 
 
 @dataclass(frozen=True)
@@ -140,11 +152,11 @@ class Suite:
     seed: int = 0
     timeout_s: float = 1800.0
     description: str = ""
-    perf: Perf | None = None            # a [perf] section: latency is sampled over passes and gated
+    perf: Perf | None = None  # a [perf] section: latency is sampled over passes and gated
     baselines: BaselinePolicy = BaselinePolicy()
-    model_overridden: bool = False      # --model replaced the suite's own model
-    endpoint: Endpoint | None = None    # outputs come from an OpenAI-compatible server, not an in-process model
-    server: Server | None = None        # ... which the harness starts per profile
+    model_overridden: bool = False  # --model replaced the suite's own model
+    endpoint: Endpoint | None = None  # outputs come from an OpenAI-compatible server, not an in-process model
+    server: Server | None = None  # ... which the harness starts per profile
 
     def profile(self, name: str) -> Profile:
         for p in self.profiles:
@@ -152,32 +164,55 @@ class Suite:
                 return p
         raise SuiteError(f"{self.path}: no profile {name!r}{did_you_mean(name, [p.name for p in self.profiles])}")
 
-    def with_overrides(self, *, model: str | None = None, device: str | None = None,
-                       profiles: list[str] | None = None, adapter: str | None = None,
-                       endpoint: str | None = None) -> Suite:
+    def with_overrides(
+        self,
+        *,
+        model: str | None = None,
+        device: str | None = None,
+        profiles: list[str] | None = None,
+        adapter: str | None = None,
+        endpoint: str | None = None,
+    ) -> Suite:
         """The suite as run: command-line choices replace the file's. `endpoint` is the URL of a server
         that is already running: the suite's [server] is not started."""
         if device is not None and device not in DEVICES:
             raise SuiteError(f"--device {device!r}: expected one of {', '.join(DEVICES)}")
-        spec = dataclasses.replace(self.model, ref=model or self.model.ref, device=device or self.model.device,
-                                   adapter=adapter or self.model.adapter)
+        spec = dataclasses.replace(
+            self.model,
+            ref=model or self.model.ref,
+            device=device or self.model.device,
+            adapter=adapter or self.model.adapter,
+        )
         chosen = self.profiles if not profiles else tuple(self.profile(n) for n in profiles)
         ep, server = self.endpoint, self.server
         if endpoint is not None:
             if ep is None:
-                raise SuiteError(f"--endpoint: {self.path} has no [endpoint] or [server] section; it runs an in-process model")
+                raise SuiteError(
+                    f"--endpoint: {self.path} has no [endpoint] or [server] section; it runs an in-process model"
+                )
             ep, server = dataclasses.replace(ep, base_url=base_url(endpoint, "--endpoint")), None
-        return dataclasses.replace(self, model=spec, profiles=chosen, endpoint=ep, server=server,
-                                   model_overridden=self.model_overridden or spec.ref != self.model.ref)
+        return dataclasses.replace(
+            self,
+            model=spec,
+            profiles=chosen,
+            endpoint=ep,
+            server=server,
+            model_overridden=self.model_overridden or spec.ref != self.model.ref,
+        )
 
     @property
     def case_hash(self) -> str:
         """Hash over everything that shapes outputs, except how they are run (profile, device, adapter)."""
         served = {} if self.endpoint is None else {"api": self.endpoint.api, "ignore_eos": self.endpoint.ignore_eos}
-        return _hash({"model": [self.model.ref, self.model.dtype], "generation": _generation_case(self.generation),
-                      **({"endpoint": served} if served else {}),
-                      "prompts": [_prompt_case(p) for p in self.prompts],
-                      "schedules": [dataclasses.asdict(s) for s in self.schedules]})
+        return _hash(
+            {
+                "model": [self.model.ref, self.model.dtype],
+                "generation": _generation_case(self.generation),
+                **({"endpoint": served} if served else {}),
+                "prompts": [_prompt_case(p) for p in self.prompts],
+                "schedules": [dataclasses.asdict(s) for s in self.schedules],
+            }
+        )
 
     def profile_hash(self, profile: Profile) -> str:
         return _hash([self.case_hash, profile.env, profile.torch_deterministic])
@@ -209,7 +244,7 @@ def load(path: str | Path) -> Suite:
 def parse_head(root: Table) -> tuple[str, int, str]:
     """The [suite] table every suite kind starts with: (name, seed, description)."""
     head = root.sub("suite")
-    name = head.get("name", str, expect="a name such as \"determinism\"")
+    name = head.get("name", str, expect='a name such as "determinism"')
     if not safe_name(name):  # it names the run directory and the baseline folder
         raise head.fail("name", f"{shown(name)} {SAFE_RULE}")
     version = head.get("version", int, expect=f"the suite format version, {SUITE_FORMAT}")
@@ -223,10 +258,14 @@ def parse_head(root: Table) -> tuple[str, int, str]:
 
 def parse_model(root: Table) -> ModelSpec:
     m = root.sub("model", {})
-    model = ModelSpec(ref=m.get("ref", str, ModelSpec.ref),
-                      dtype=m.get("dtype", str, ModelSpec.dtype, check=lambda v: v in DTYPES, expect=f"one of {', '.join(DTYPES)}"),
-                      device=m.get("device", str, ModelSpec.device, check=lambda v: v in DEVICES, expect=f"one of {', '.join(DEVICES)}"),
-                      adapter=m.get("adapter", str, ModelSpec.adapter))
+    model = ModelSpec(
+        ref=m.get("ref", str, ModelSpec.ref),
+        dtype=m.get("dtype", str, ModelSpec.dtype, check=lambda v: v in DTYPES, expect=f"one of {', '.join(DTYPES)}"),
+        device=m.get(
+            "device", str, ModelSpec.device, check=lambda v: v in DEVICES, expect=f"one of {', '.join(DEVICES)}"
+        ),
+        adapter=m.get("adapter", str, ModelSpec.adapter),
+    )
     m.done()
     return model
 
@@ -237,31 +276,51 @@ def parse(data: dict[str, Any], p: str, base: Path = Path(".")) -> Suite:
     model = parse_model(root)
 
     g = root.sub("generation", {})
-    gen = Generation(max_new_tokens=g.get("max_new_tokens", int, 64, check=lambda v: 1 <= v <= 32768, expect="an integer in [1, 32768]"),
-                     greedy=g.get("greedy", bool, True, check=lambda v: v, expect="true (only greedy decoding is deterministic by construction)"),
-                     top_logprobs=g.get("top_logprobs", int, 5, check=lambda v: 2 <= v <= 100, expect="an integer in [2, 100]"))
-    gen = dataclasses.replace(gen, close_k=g.get("close_k", int, 0, check=lambda v: 0 <= v <= gen.top_logprobs,
-                                                 expect=f"0 (all {gen.top_logprobs} captured) or an integer in [1, top_logprobs]"))
+    gen = Generation(
+        max_new_tokens=g.get(
+            "max_new_tokens", int, 64, check=lambda v: 1 <= v <= 32768, expect="an integer in [1, 32768]"
+        ),
+        greedy=g.get(
+            "greedy",
+            bool,
+            True,
+            check=lambda v: v,
+            expect="true (only greedy decoding is deterministic by construction)",
+        ),
+        top_logprobs=g.get("top_logprobs", int, 5, check=lambda v: 2 <= v <= 100, expect="an integer in [2, 100]"),
+    )
+    gen = dataclasses.replace(
+        gen,
+        close_k=g.get(
+            "close_k",
+            int,
+            0,
+            check=lambda v: 0 <= v <= gen.top_logprobs,
+            expect=f"0 (all {gen.top_logprobs} captured) or an integer in [1, top_logprobs]",
+        ),
+    )
     g.done()
 
     prompts = _prompts(root.sub("prompts"), base)
 
     r = root.sub("run", {})
-    timeout = float(r.get("timeout_s", (int, float), 1800, check=lambda v: v > 0, expect="a positive number of seconds"))
+    timeout = float(
+        r.get("timeout_s", (int, float), 1800, check=lambda v: v > 0, expect="a positive number of seconds")
+    )
     r.done()
 
     perf = _perf(root.sub("perf")) if "perf" in data else None
     policy = _baseline_policy(root.sub("baselines", {}))
     raw = root.get("schedules", list, expect="a list of [[schedules]] tables")
     if not raw:
-        raise root.fail("schedules", "empty; add at least a [[schedules]] kind = \"solo\"")
+        raise root.fail("schedules", 'empty; add at least a [[schedules]] kind = "solo"')
     schedules = tuple(_schedule(Table(p, f"schedules[{i}]", s), seed, prompts) for i, s in enumerate(raw))
     names = [s.name for s in schedules]
     for n in names:
         if names.count(n) > 1:
             raise root.fail("schedules", f"two schedules named {n!r}; give one a distinct `name`")
     if any(s.property == "batch-invariance" for s in schedules) and not any(s.kind == "solo" for s in schedules):
-        raise root.fail("schedules", "batch-invariance schedules need a kind = \"solo\" schedule as their reference")
+        raise root.fail("schedules", 'batch-invariance schedules need a kind = "solo" schedule as their reference')
 
     pt = root.sub("profiles")
     if not pt.data:
@@ -277,32 +336,58 @@ def parse(data: dict[str, Any], p: str, base: Path = Path(".")) -> Suite:
     if server is not None or "endpoint" in data:
         endpoint = parse_endpoint(root.sub("endpoint", {}), base, server)
         if "adapter" in data.get("model", {}) and model.adapter != "endpoint":
-            raise root.fail("model.adapter", f"{model.adapter!r} runs an in-process model; a suite with [endpoint] or "
-                                             "[server] talks to a server (remove model.adapter)")
+            raise root.fail(
+                "model.adapter",
+                f"{model.adapter!r} runs an in-process model; a suite with [endpoint] or "
+                "[server] talks to a server (remove model.adapter)",
+            )
         model = dataclasses.replace(model, adapter="endpoint")
         if endpoint.api != "chat" and media:
-            raise root.fail("endpoint.api", f"prompt {media.id!r} has attachments, which only the chat API carries; "
-                                            "set api = \"chat\"")
+            raise root.fail(
+                "endpoint.api",
+                f'prompt {media.id!r} has attachments, which only the chat API carries; set api = "chat"',
+            )
         for prof in profiles:
             if prof.torch_deterministic:
-                raise root.fail(f"profiles.{prof.name}.torch_deterministic", "acts on an in-process model only; a server "
-                                "takes its switches from env (or its own command and config)")
+                raise root.fail(
+                    f"profiles.{prof.name}.torch_deterministic",
+                    "acts on an in-process model only; a server "
+                    "takes its switches from env (or its own command and config)",
+                )
 
     elif media:
-        raise root.fail("prompts", f"prompt {media.id!r} has attachments; only a served model takes them "
-                                   "(add [server] or [endpoint] with api = \"chat\")")
+        raise root.fail(
+            "prompts",
+            f"prompt {media.id!r} has attachments; only a served model takes them "
+            '(add [server] or [endpoint] with api = "chat")',
+        )
     root.done()
-    return Suite(name=name, path=p, model=model, generation=gen, prompts=prompts, schedules=schedules,
-                 profiles=profiles, seed=seed, timeout_s=timeout, description=description, perf=perf, baselines=policy,
-                 endpoint=endpoint, server=server)
+    return Suite(
+        name=name,
+        path=p,
+        model=model,
+        generation=gen,
+        prompts=prompts,
+        schedules=schedules,
+        profiles=profiles,
+        seed=seed,
+        timeout_s=timeout,
+        description=description,
+        perf=perf,
+        baselines=policy,
+        endpoint=endpoint,
+        server=server,
+    )
 
 
 def _baseline_policy(t: Table) -> BaselinePolicy:
     d = BaselinePolicy()
     lv = Rule(check=lambda v: v in BASELINE_LEVELS, expect=f"one of {', '.join(BASELINE_LEVELS)}")
-    policy = BaselinePolicy(same_key=t.get("same_key", str, d.same_key, **lv),
-                            other_software=t.get("other_software", str, d.other_software, **lv),
-                            other_hardware=t.get("other_hardware", str, d.other_hardware, **lv))
+    policy = BaselinePolicy(
+        same_key=t.get("same_key", str, d.same_key, **lv),
+        other_software=t.get("other_software", str, d.other_software, **lv),
+        other_hardware=t.get("other_hardware", str, d.other_hardware, **lv),
+    )
     t.done()
     return policy
 
@@ -313,36 +398,63 @@ def _perf(t: Table) -> Perf:
     th.only(set(LATENCY_METRICS))
     per = tuple((m, float(th.get(m, (int, float), **frac))) for m in LATENCY_METRICS if m in th.data)
     th.done()
-    perf = Perf(warmup=t.get("warmup", int, 0, check=lambda v: v >= 0, expect="a non-negative integer"),
-                repeats=t.get("repeats", int, 1, check=lambda v: v >= 1, expect="a positive integer"),
-                threshold=float(t.get("threshold", (int, float), 0.05, **frac)), thresholds=per,
-                alpha=float(t.get("alpha", float, 0.05, check=lambda v: 0 < v < 0.5, expect="a significance level such as 0.05")),
-                budget=float(t.get("false_alarm_budget", float, 0.01, check=lambda v: 0 < v < 0.5,
-                                   expect="the family-wise false-alarm rate per run, such as 0.01")),
-                interleave=t.get("interleave", bool, True),
-                noise_share=float(t.get("noise_share", float, 0.25, check=lambda v: 0 < v <= 1,
-                                        expect="a share of the host's CPU, such as 0.25")))
+    perf = Perf(
+        warmup=t.get("warmup", int, 0, check=lambda v: v >= 0, expect="a non-negative integer"),
+        repeats=t.get("repeats", int, 1, check=lambda v: v >= 1, expect="a positive integer"),
+        threshold=float(t.get("threshold", (int, float), 0.05, **frac)),
+        thresholds=per,
+        alpha=float(
+            t.get("alpha", float, 0.05, check=lambda v: 0 < v < 0.5, expect="a significance level such as 0.05")
+        ),
+        budget=float(
+            t.get(
+                "false_alarm_budget",
+                float,
+                0.01,
+                check=lambda v: 0 < v < 0.5,
+                expect="the family-wise false-alarm rate per run, such as 0.01",
+            )
+        ),
+        interleave=t.get("interleave", bool, True),
+        noise_share=float(
+            t.get(
+                "noise_share", float, 0.25, check=lambda v: 0 < v <= 1, expect="a share of the host's CPU, such as 0.25"
+            )
+        ),
+    )
     t.done()
     return perf
 
 
 def _prompt(t: Table, base: Path) -> Prompt:
     t.only({"id", "text", "chat", "kind", "attachments"})
-    files = t.get("attachments", list, [], check=lambda v: all(isinstance(x, str) and x for x in v),
-                  expect="a list of image, audio or video file paths")
-    pr = Prompt(id=t.get("id", str, check=lambda s: s.strip() != "", expect="a non-empty string"),
-                text=t.get("text", str, check=lambda s: s != "", expect="a non-empty string"),
-                chat=t.get("chat", bool, False), kind=t.get("kind", str, ""),
-                attachments=tuple(_attachment(t, base / f) for f in files))
+    files = t.get(
+        "attachments",
+        list,
+        [],
+        check=lambda v: all(isinstance(x, str) and x for x in v),
+        expect="a list of image, audio or video file paths",
+    )
+    pr = Prompt(
+        id=t.get("id", str, check=lambda s: s.strip() != "", expect="a non-empty string"),
+        text=t.get("text", str, check=lambda s: s != "", expect="a non-empty string"),
+        chat=t.get("chat", bool, False),
+        kind=t.get("kind", str, ""),
+        attachments=tuple(_attachment(t, base / f) for f in files),
+    )
     t.done()
     return pr
 
 
 def _attachment(t: Table, fp: Path) -> Attachment:
     import mimetypes
+
     mime = mimetypes.guess_type(fp.name)[0] or ""
     if mime.split("/")[0] not in ("image", "audio", "video"):
-        raise t.fail("attachments", f"{fp.name}: not an image, audio or video file by its extension (.png, .jpg, .wav, .mp4, ...)")
+        raise t.fail(
+            "attachments",
+            f"{fp.name}: not an image, audio or video file by its extension (.png, .jpg, .wav, .mp4, ...)",
+        )
     try:
         data = read_bytes(fp, "the attachment")
     except SuiteError as e:
@@ -399,19 +511,35 @@ def _schedule(t: Table, suite_seed: int, prompts: tuple[Prompt, ...]) -> Schedul
     if "batch_size" in spec:
         params["batch_size"] = t.get("batch_size", int, 0, **size)
     if "sizes" in spec:
-        sizes = t.get("sizes", list, spec["sizes"], check=lambda v: v and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v),
-                      expect="a non-empty list of positive integers")
+        sizes = t.get(
+            "sizes",
+            list,
+            spec["sizes"],
+            check=lambda v: v and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v),
+            expect="a non-empty list of positive integers",
+        )
         params["sizes"] = tuple(sizes)
     if "trials" in spec:
         if n < 2:  # min_size's default (2) is not checked against the prompts, and the plan would fail mid-run
             raise t.fail("kind", "a needle schedule needs at least 2 prompts (the target and a filler); add a prompt")
         params["trials"] = t.get("trials", int, spec["trials"], **pos)
-        params["min_size"] = t.get("min_size", int, 2, check=lambda v: 2 <= v <= n,
-                                   expect=f"an integer in [2, {n}] (the number of prompts)")
-        params["max_size"] = t.get("max_size", int, 0, check=lambda v: v == 0 or params["min_size"] <= v <= n,
-                                   expect=f"0 (all prompts) or an integer in [min_size, {n}]")
-        params["prompt"] = t.get("prompt", str, "", check=lambda v: v == "" or v in {p.id for p in prompts},
-                                 expect="the id of a prompt in this suite, or \"\" for each prompt in turn")
+        params["min_size"] = t.get(
+            "min_size", int, 2, check=lambda v: 2 <= v <= n, expect=f"an integer in [2, {n}] (the number of prompts)"
+        )
+        params["max_size"] = t.get(
+            "max_size",
+            int,
+            0,
+            check=lambda v: v == 0 or params["min_size"] <= v <= n,
+            expect=f"0 (all prompts) or an integer in [min_size, {n}]",
+        )
+        params["prompt"] = t.get(
+            "prompt",
+            str,
+            "",
+            check=lambda v: v == "" or v in {p.id for p in prompts},
+            expect='the id of a prompt in this suite, or "" for each prompt in turn',
+        )
     s = Schedule(kind=kind, name=t.get("name", str, kind), seed=t.get("seed", int, suite_seed), **params)
     t.done()
     return s
@@ -421,7 +549,7 @@ def _profile(t: Table, name: str) -> Profile:
     env = t.sub("env", {})
     for k, v in env.data.items():
         if not isinstance(v, str):
-            raise env.fail(k, f"expected a string (environment values are text, write \"{v}\"), got {v!r}")
+            raise env.fail(k, f'expected a string (environment values are text, write "{v}"), got {v!r}')
     env.used.update(env.data)
     ex = t.sub("expect", {})
     expect = []
@@ -441,11 +569,17 @@ def _profile(t: Table, name: str) -> Profile:
             sub.used.update(sub.data)
         for e in per.values():
             if e not in EXPECTATIONS:
-                raise ex.fail(dev, f"expected one of {', '.join(EXPECTATIONS)} (or a table of them per property), got {e!r}")
+                raise ex.fail(
+                    dev, f"expected one of {', '.join(EXPECTATIONS)} (or a table of them per property), got {e!r}"
+                )
         ex.used.add(dev)
         expect.append((dev, tuple(sorted(per.items()))))
-    prof = Profile(name=name, env=tuple(sorted(env.data.items())),
-                   torch_deterministic=t.get("torch_deterministic", bool, False),
-                   expect=tuple(expect), description=t.get("description", str, ""))
+    prof = Profile(
+        name=name,
+        env=tuple(sorted(env.data.items())),
+        torch_deterministic=t.get("torch_deterministic", bool, False),
+        expect=tuple(expect),
+        description=t.get("description", str, ""),
+    )
     t.done()
     return prof

@@ -4,6 +4,7 @@ safetensors sharded as real checkpoints are, generated once into the cache.
 `python -m harness.synthetic SIZE_B TOKENIZER_DIR` prints the directory (run in a child process, so the parent
 never imports torch).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,19 +17,30 @@ from .models import cache_dir
 
 # Shapes of common small Llama models, by nominal size in billions of parameters.
 SHAPES = {
-    0.1: dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4),
-    0.5: dict(hidden_size=1280, intermediate_size=3456, num_hidden_layers=20, num_attention_heads=20, num_key_value_heads=4),
-    1.0: dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8),
+    0.1: dict(
+        hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4
+    ),
+    0.5: dict(
+        hidden_size=1280, intermediate_size=3456, num_hidden_layers=20, num_attention_heads=20, num_key_value_heads=4
+    ),
+    1.0: dict(
+        hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8
+    ),
 }
-VOCAB, SEED, SHARD = 49152, 0, "500MB"   # the embedded model's vocabulary: its tokenizer is copied in
+VOCAB, SEED, SHARD = 49152, 0, "500MB"  # the embedded model's vocabulary: its tokenizer is copied in
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
 def config_dict(size_b: float) -> dict:
     if size_b not in SHAPES:
         raise KeyError(f"no synthetic shape for {size_b}B; known sizes: {', '.join(map(str, SHAPES))}")
-    return dict(vocab_size=VOCAB, max_position_embeddings=2048, tie_word_embeddings=False, torch_dtype="bfloat16",
-                **SHAPES[size_b])
+    return dict(
+        vocab_size=VOCAB,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        torch_dtype="bfloat16",
+        **SHAPES[size_b],
+    )
 
 
 def directory(size_b: float) -> Path:

@@ -3,6 +3,7 @@
 Every error is a SuiteError whose message is one line naming the file, the key and what was expected;
 the CLI turns it into exit code 2.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -31,6 +32,7 @@ class SuiteError(ValueError):
 
 class Rule(TypedDict):
     """A value check and how to say what it expects, shared by several keys: `t.get(k, int, 0, **rule)`."""
+
     check: Callable[[Any], bool]
     expect: str
 
@@ -56,8 +58,15 @@ class Table:
     def fail(self, k: str, msg: str) -> SuiteError:
         return SuiteError(f"{self.path}: {self.key(k)}: {msg}")
 
-    def get(self, k: str, typ: type | tuple[type, ...], default: Any = ..., *,
-            check: Callable[[Any], bool] | None = None, expect: str = "") -> Any:
+    def get(
+        self,
+        k: str,
+        typ: type | tuple[type, ...],
+        default: Any = ...,
+        *,
+        check: Callable[[Any], bool] | None = None,
+        expect: str = "",
+    ) -> Any:
         self.used.add(k)
         if k not in self.data:
             if default is ...:
@@ -94,7 +103,14 @@ def _as_tuple(t: Any) -> tuple[Any, ...]:
 
 
 def _tname(t: Any) -> str:
-    names = {str: "a string", int: "an integer", bool: "true or false", float: "a number", list: "a list", dict: "a table"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        bool: "true or false",
+        float: "a number",
+        list: "a list",
+        dict: "a table",
+    }
     return " or ".join(names.get(x, x.__name__) for x in _as_tuple(t))
 
 
@@ -122,4 +138,3 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         return data
     except tomllib.TOMLDecodeError as e:
         raise SuiteError(f"{path}: not valid TOML: {e}") from None
-

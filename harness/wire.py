@@ -1,5 +1,6 @@
 """The OpenAI wire format, shared by the endpoint adapter, the runner and the preflight: the request body, its size
 against the server's limit, the client's TLS and key settings. Torch-free."""
+
 from __future__ import annotations
 
 import base64
@@ -25,6 +26,7 @@ def api_key(ep: Endpoint) -> str:
 def client_kwargs(ep: Endpoint, timeout_s: float | None = None) -> dict:
     """httpx client settings: TLS verification on unless the suite turns it off, CA bundle, client certificate."""
     import httpx
+
     ctx = ssl.create_default_context(cafile=ep.ca_bundle or None)
     if not ep.verify:
         ctx.check_hostname = False
@@ -33,14 +35,18 @@ def client_kwargs(ep: Endpoint, timeout_s: float | None = None) -> dict:
         ctx.load_cert_chain(ep.client_cert, ep.client_key)
     key = api_key(ep)
     t = timeout_s or ep.request_timeout_s
-    return {"verify": ctx, "timeout": httpx.Timeout(t, connect=min(t, 30.0)),
-            "headers": {"Authorization": f"Bearer {key}"} if key else {}}
+    return {
+        "verify": ctx,
+        "timeout": httpx.Timeout(t, connect=min(t, 30.0)),
+        "headers": {"Authorization": f"Bearer {key}"} if key else {},
+    }
 
 
 def connection_error(e: BaseException, url: str) -> str:
     """What a failed connection means, in words, or "" when the cause is not one of these: httpx keeps the cause
     (refused, unknown host, TLS) in its exception chain or in the text of an argument."""
     import socket
+
     seen: list[BaseException] = []
     todo = [e]
     while todo and len(seen) < 20:
@@ -54,12 +60,16 @@ def connection_error(e: BaseException, url: str) -> str:
         if isinstance(x, socket.gaierror):
             return f"server at {url}: host name not found ({x.strerror})"
         if "CERTIFICATE_REQUIRED" in text or "alert certificate required" in text:
-            return ("TLS handshake failed: the server requires a client certificate "
-                    "(set endpoint.client_cert and client_key)")
+            return (
+                "TLS handshake failed: the server requires a client certificate "
+                "(set endpoint.client_cert and client_key)"
+            )
         if isinstance(x, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in text:
             why = getattr(x, "verify_message", "") or text.partition("verify failed: ")[2].split(" (_ssl")[0]
-            return (f"TLS handshake failed: the server's certificate is not trusted ({why or 'verify failed'}); "
-                    "set endpoint.ca_bundle to the CA that signed it")
+            return (
+                f"TLS handshake failed: the server's certificate is not trusted ({why or 'verify failed'}); "
+                "set endpoint.ca_bundle to the CA that signed it"
+            )
         if "WRONG_VERSION_NUMBER" in text:
             return f"TLS handshake failed: the server at {url} does not speak TLS (is it http://?)"
         if isinstance(x, ssl.SSLError):
@@ -67,11 +77,24 @@ def connection_error(e: BaseException, url: str) -> str:
     return ""
 
 
-def request_body(ep: Endpoint, prompt: dict, *, max_tokens: int, top_logprobs: int, seed: int, model: str = "",
-                 stream: bool = True, dropped: frozenset[str] = frozenset()) -> dict:
+def request_body(
+    ep: Endpoint,
+    prompt: dict,
+    *,
+    max_tokens: int,
+    top_logprobs: int,
+    seed: int,
+    model: str = "",
+    stream: bool = True,
+    dropped: frozenset[str] = frozenset(),
+) -> dict:
     body: dict = {"model": model} if model else {}
     if ep.api == "chat":
-        body |= {"messages": [{"role": "user", "content": _content(prompt)}], "logprobs": True, "top_logprobs": top_logprobs}
+        body |= {
+            "messages": [{"role": "user", "content": _content(prompt)}],
+            "logprobs": True,
+            "top_logprobs": top_logprobs,
+        }
     else:
         body |= {"prompt": prompt["text"], "logprobs": top_logprobs}
     body |= {"max_tokens": max_tokens, "temperature": 0, "seed": seed, "stream": stream}
@@ -107,11 +130,13 @@ def encode(body: dict) -> bytes:
 
 
 def size_error(prompt: dict, body: dict, limit: int) -> str:
-    """"" when the encoded body fits the limit; else one line naming the prompt."""
+    """ "" when the encoded body fits the limit; else one line naming the prompt."""
     n = len(encode(body))
     if n <= limit:
         return ""
     k = len(prompt.get("attachments", ()))
     media = f" (its {k} attachment(s) count base64-encoded, 4/3 of their file size)" if k else ""
-    return (f"prompt {prompt['id']!r} makes a {n / MIB:.2f} MiB request body{media}, over the limit of {limit / MIB:.2f} MiB "
-            "(endpoint.max_body_bytes); shorten the prompt or raise the limit if the server accepts more")
+    return (
+        f"prompt {prompt['id']!r} makes a {n / MIB:.2f} MiB request body{media}, over the limit of {limit / MIB:.2f} MiB "
+        "(endpoint.max_body_bytes); shorten the prompt or raise the limit if the server accepts more"
+    )

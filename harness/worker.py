@@ -5,6 +5,7 @@ flags are set before torch_npu, ATB or HCCL initialise. Loads the model once,
 runs every batch and appends one JSON line per sequence, flushed per batch.
 Exit 0 when every batch ran, 3 when the device or model cannot be used.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -27,9 +28,11 @@ def write_json_atomic(path: Path, obj: dict) -> None:
 def peak_memory(device) -> dict[str, float]:
     """Peak host RSS of this process, and peak device memory where the device reports it, in MB."""
     import resource
+
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     out = {"peak_rss_mb": rss / (1 << 20) if sys.platform == "darwin" else rss / 1024}
     import torch
+
     mod = getattr(torch, device.type, None) if device.type in ("cuda", "npu") else None
     if mod is not None and hasattr(mod, "max_memory_allocated"):
         out["device_peak_mb"] = mod.max_memory_allocated(device) / (1 << 20)
@@ -40,6 +43,7 @@ def run(job: Job) -> int:
     if job.paced and not sys.stdin.readline():  # loads take turns too: the runner says when
         return INFRA
     from . import adapters
+
     try:
         cls = adapters.get(job.adapter)
     except adapters.AdapterError as e:
@@ -52,27 +56,46 @@ def run(job: Job) -> int:
     import torch  # noqa: F401  (timed: import is a load phase on NPU images)
 
     from . import devices
+
     try:
         device = devices.prepare(job.device, deterministic=job.torch_deterministic)
     except devices.DeviceError as e:
         print(f"error: {e}", file=sys.stderr)
         return INFRA
     import_s = time.perf_counter() - t0
-    return _run(job, cls(job, device), import_s, lambda: devices.describe(device),
-                lambda: {**peak_memory(device), "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()})
+    return _run(
+        job,
+        cls(job, device),
+        import_s,
+        lambda: devices.describe(device),
+        lambda: {**peak_memory(device), "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()},
+    )
 
 
 def _run(job: Job, adapter: Adapter, import_s: float, describe, after_load) -> int:
     """Load, then every batch: one JSON line per sequence, flushed per batch."""
     from . import envinfo
+
     try:
         phases = {"import": import_s, **adapter.load()}
     except Exception as e:
-        what = str(e) if job.endpoint is not None else f"model {job.model_ref!r} would not load on {job.device}: {type(e).__name__}: {e}"
+        what = (
+            str(e)
+            if job.endpoint is not None
+            else f"model {job.model_ref!r} would not load on {job.device}: {type(e).__name__}: {e}"
+        )
         print(f"error: {what}", file=sys.stderr)
         return INFRA
-    meta = {"job": job.name, "profile": job.profile, "pid": os.getpid(), "load_s": phases, **after_load(),
-            "device": describe(), "host": envinfo.host(), "env": envinfo.relevant_env(os.environ)}
+    meta = {
+        "job": job.name,
+        "profile": job.profile,
+        "pid": os.getpid(),
+        "load_s": phases,
+        **after_load(),
+        "device": describe(),
+        "host": envinfo.host(),
+        "env": envinfo.relevant_env(os.environ),
+    }
     meta_path = Path(job.meta)
     write_json_atomic(meta_path, meta)
     prompts = {p["id"]: p for p in job.prompts}
@@ -88,18 +111,40 @@ def _run(job: Job, adapter: Adapter, import_s: float, describe, after_load) -> i
             for b in group:
                 gens = adapter.generate([prompts[i] for i in b.prompt_ids])
                 for pos, (pid, g) in enumerate(zip(b.prompt_ids, gens)):
-                    rec = Record(profile=job.profile, prompt_id=pid, schedule=b.schedule, kind=b.kind,
-                                 batch_id=b.id, batch=list(b.prompt_ids), position=pos,
-                                 repeat=b.repeat, warmup=b.warmup, **vars(g))
+                    rec = Record(
+                        profile=job.profile,
+                        prompt_id=pid,
+                        schedule=b.schedule,
+                        kind=b.kind,
+                        batch_id=b.id,
+                        batch=list(b.prompt_ids),
+                        position=pos,
+                        repeat=b.repeat,
+                        warmup=b.warmup,
+                        **vars(g),
+                    )
                     out.write(rec.to_json() + "\n")
                     tokens += g.output_tokens or len(g.tokens)
                     sequences += 1
                 out.flush()  # a crash loses at most the batch in flight
             run_s += time.perf_counter() - t_pass
-            passes.append({"repeat": repeat, "warmup": warmup, "started": started, "seconds": time.perf_counter() - t_pass,
-                           **hostnoise.between(before, hostnoise.snapshot(), own)})
-    meta = {**meta, "run_s": run_s, "generated_tokens": tokens, "sequences": sequences,
-            "tokens_per_s": tokens / run_s if run_s else 0.0, "passes": passes}
+            passes.append(
+                {
+                    "repeat": repeat,
+                    "warmup": warmup,
+                    "started": started,
+                    "seconds": time.perf_counter() - t_pass,
+                    **hostnoise.between(before, hostnoise.snapshot(), own),
+                }
+            )
+    meta = {
+        **meta,
+        "run_s": run_s,
+        "generated_tokens": tokens,
+        "sequences": sequences,
+        "tokens_per_s": tokens / run_s if run_s else 0.0,
+        "passes": passes,
+    }
     if job.endpoint is not None and job.endpoint.oversize_check:
         meta["oversize"] = adapter.oversize()  # type: ignore[attr-defined]  (the endpoint adapter's own check)
     adapter.close()

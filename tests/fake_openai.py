@@ -8,6 +8,7 @@ requests with that prompt) triggers: 500, 400, reset, badjson, hang.
     python tests/fake_openai.py --port P [--logprobs] [--key-env NAME] [--echo-auth] [--max-body BYTES]
                                 [--certfile F --keyfile F [--client-ca F]]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,10 +76,19 @@ class Handler(BaseHTTPRequestHandler):
             return
         chat = self.path == "/v1/chat/completions"
         text = body["messages"][-1]["content"] if chat else body["prompt"]
-        if isinstance(text, list):  # content parts: the text, then each attachment's decoded size (proves the round trip)
-            sizes = [len(base64.b64decode(p.get("input_audio", {}).get("data") or
-                                          next(v["url"] for k, v in p.items() if k.endswith("_url")).split(",", 1)[1]))
-                     for p in text if p["type"] != "text"]
+        if isinstance(
+            text, list
+        ):  # content parts: the text, then each attachment's decoded size (proves the round trip)
+            sizes = [
+                len(
+                    base64.b64decode(
+                        p.get("input_audio", {}).get("data")
+                        or next(v["url"] for k, v in p.items() if k.endswith("_url")).split(",", 1)[1]
+                    )
+                )
+                for p in text
+                if p["type"] != "text"
+            ]
             text = " ".join([p["text"] for p in text if p["type"] == "text"] + [f"media{n}" for n in sizes])
         fault = re.search(r"FAULT:(\w+?)(?:x(\d+))?\b", text)
         if fault:
@@ -103,8 +113,11 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 choice["text"] = tok
                 if self.args.logprobs:
-                    choice["logprobs"] = {"tokens": [tok], "token_logprobs": [lp],
-                                          "top_logprobs": [{t["token"]: t["logprob"] for t in top}]}
+                    choice["logprobs"] = {
+                        "tokens": [tok],
+                        "token_logprobs": [lp],
+                        "top_logprobs": [{t["token"]: t["logprob"] for t in top}],
+                    }
             self._event({"choices": [choice]})
             time.sleep(0.002)
         self._event({"choices": [], "usage": {"prompt_tokens": len(text.split()), "completion_tokens": len(toks)}})

@@ -2,6 +2,7 @@
 
 Each job writes what a real worker would (job file, log, records, meta) at the same paths, so a name that would
 escape the run directory escapes here too; every prompt's output is the same in every batch."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,17 @@ DEVICE = {"device": "cpu", "cpu_capability": "fake", "cpu_model": "fake", "threa
 
 def run_job(job: Job, env: dict, timeout_s: float, run_dir: Path, progress=lambda n: None) -> JobOutcome:
     if not timeout_s > 0:  # the real worker would be killed at once
-        return JobOutcome(name=job.name, profile=job.profile, status="timeout", returncode=None, wall_s=0.0,
-                          expected=job.expected, completed=0, records=job.records, log="")
+        return JobOutcome(
+            name=job.name,
+            profile=job.profile,
+            status="timeout",
+            returncode=None,
+            wall_s=0.0,
+            expected=job.expected,
+            completed=0,
+            records=job.records,
+            log="",
+        )
     job_path = run_dir / "jobs" / f"{job.name}.json"
     job_path.write_text(job.to_json(), encoding="utf-8")
     log = run_dir / "logs" / f"{job.name}.log"
@@ -27,20 +37,52 @@ def run_job(job: Job, env: dict, timeout_s: float, run_dir: Path, progress=lambd
         for b in job.batches:
             for pos, pid in enumerate(b.prompt_ids):
                 toks = [len(pid) % 7, 1, 2][: max(1, job.max_new_tokens)]
-                out.write(Record(profile=job.profile, prompt_id=pid, schedule=b.schedule, kind=b.kind, batch_id=b.id,
-                                 batch=list(b.prompt_ids), position=pos, tokens=toks, pieces=[str(t) for t in toks],
-                                 text=" ".join(map(str, toks)), finish_reason="length",
-                                 fingerprints=[f"{t:016x}" for t in toks], topk_ids=[[t, t + 1] for t in toks],
-                                 topk_logprobs=[[-0.1, -2.0] for _ in toks],
-                                 token_times=[0.01 * (i + 1) for i in range(len(toks))], repeat=b.repeat,
-                                 warmup=b.warmup).to_json() + "\n")
+                out.write(
+                    Record(
+                        profile=job.profile,
+                        prompt_id=pid,
+                        schedule=b.schedule,
+                        kind=b.kind,
+                        batch_id=b.id,
+                        batch=list(b.prompt_ids),
+                        position=pos,
+                        tokens=toks,
+                        pieces=[str(t) for t in toks],
+                        text=" ".join(map(str, toks)),
+                        finish_reason="length",
+                        fingerprints=[f"{t:016x}" for t in toks],
+                        topk_ids=[[t, t + 1] for t in toks],
+                        topk_logprobs=[[-0.1, -2.0] for _ in toks],
+                        token_times=[0.01 * (i + 1) for i in range(len(toks))],
+                        repeat=b.repeat,
+                        warmup=b.warmup,
+                    ).to_json()
+                    + "\n"
+                )
                 n += 1
-    meta = {"job": job.name, "profile": job.profile, "load_s": {"import": 0.01, "weights": 0.02}, "device": DEVICE,
-            "host": {}, "env": {}, "peak_rss_mb": 1.0}
+    meta = {
+        "job": job.name,
+        "profile": job.profile,
+        "load_s": {"import": 0.01, "weights": 0.02},
+        "device": DEVICE,
+        "host": {},
+        "env": {},
+        "peak_rss_mb": 1.0,
+    }
     Path(job.meta).write_text(json.dumps(meta), encoding="utf-8")
     progress(n)
-    return JobOutcome(name=job.name, profile=job.profile, status="ok", returncode=0, wall_s=0.01, expected=job.expected,
-                      completed=n, records=job.records, log=str(log), meta=meta)
+    return JobOutcome(
+        name=job.name,
+        profile=job.profile,
+        status="ok",
+        returncode=0,
+        wall_s=0.01,
+        expected=job.expected,
+        completed=n,
+        records=job.records,
+        log=str(log),
+        meta=meta,
+    )
 
 
 def run_served(suite, profile, job, model_dir, timeout_s, run_dir, progress=lambda n: None) -> JobOutcome:
@@ -54,6 +96,7 @@ def run_interleaved(jobs: list, timeout_s: float, run_dir: Path) -> list[JobOutc
 def install(monkeypatch, model_dir: Path) -> list[str]:
     """Fake the model, workers, servers and synthetic checkpoints; returns the list of models 'prepared'."""
     from harness import loadtime
+
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "model.safetensors").write_bytes(b"\0" * 64)
     prepared: list[str] = []

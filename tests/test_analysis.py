@@ -12,10 +12,23 @@ def rec(prompt="p", kind="solo", tokens=(1, 2, 3, 4), fps=None, topk=None, batch
     fps = list(fps) if fps is not None else [f"fp{t}" for t in tokens]
     # default top-k: the chosen token first, margin 0.5, then two alternatives
     topk = topk or [([t, 900 + i, 950], [-0.1, -0.6, -2.0]) for i, t in enumerate(tokens)]
-    return Record(profile="x", prompt_id=prompt, schedule=kind, kind=kind, batch_id=bid or f"{kind}/0", batch=list(batch),
-                  position=position, tokens=tokens, pieces=[f"<{t}>" for t in tokens], text="", finish_reason="length",
-                  fingerprints=fps, topk_ids=[list(a) for a, _ in topk], topk_logprobs=[list(b) for _, b in topk],
-                  token_times=[0.1 * (i + 1) for i in range(n)])
+    return Record(
+        profile="x",
+        prompt_id=prompt,
+        schedule=kind,
+        kind=kind,
+        batch_id=bid or f"{kind}/0",
+        batch=list(batch),
+        position=position,
+        tokens=tokens,
+        pieces=[f"<{t}>" for t in tokens],
+        text="",
+        finish_reason="length",
+        fingerprints=fps,
+        topk_ids=[list(a) for a, _ in topk],
+        topk_logprobs=[list(b) for _, b in topk],
+        token_times=[0.1 * (i + 1) for i in range(n)],
+    )
 
 
 def test_bitwise():
@@ -24,20 +37,39 @@ def test_bitwise():
 
 
 def test_tokens_level_finds_first_bit_step_and_logprob_delta():
-    other = rec(kind="needle", fps=["fp1", "fp2", "zz", "qq"],
-                topk=[([1, 900, 950], [-0.1, -0.6, -2.0]), ([2, 901, 950], [-0.1, -0.6, -2.0]),
-                      ([3, 902, 7], [-0.1003, -0.6, -3.0]), ([4, 903, 950], [-0.1, -0.6, -2.0])])
+    other = rec(
+        kind="needle",
+        fps=["fp1", "fp2", "zz", "qq"],
+        topk=[
+            ([1, 900, 950], [-0.1, -0.6, -2.0]),
+            ([2, 901, 950], [-0.1, -0.6, -2.0]),
+            ([3, 902, 7], [-0.1003, -0.6, -3.0]),
+            ([4, 903, 950], [-0.1, -0.6, -2.0]),
+        ],
+    )
     c = compare(rec(), other)
     assert c.level == "tokens" and c.first_bit_step == 2 and c.first_token_step is None
     assert math.isclose(c.max_dlogprob, 0.0003, rel_tol=1e-6)  # id 950 is not shared at step 2: not counted
 
 
 def test_known_first_divergence():
-    topk = [([5, 900, 950], [-0.1, -0.6, -2.0]), ([6, 901, 950], [-0.1, -0.6, -2.0]),
-            ([42, 7, 950], [-0.5, -0.52, -2.0]), ([1, 2, 3], [-1.0, -2.0, -3.0]), ([1, 2, 3], [-1.0, -2.0, -3.0])]
-    ref = rec(tokens=(5, 6, 7, 8, 9), topk=[([5, 900, 950], [-0.1, -0.6, -2.0]), ([6, 901, 950], [-0.1, -0.6, -2.0]),
-                                            ([7, 42, 950], [-0.51, -0.53, -2.0]), ([8, 2, 3], [-1.0, -2.0, -3.0]),
-                                            ([9, 2, 3], [-1.0, -2.0, -3.0])])
+    topk = [
+        ([5, 900, 950], [-0.1, -0.6, -2.0]),
+        ([6, 901, 950], [-0.1, -0.6, -2.0]),
+        ([42, 7, 950], [-0.5, -0.52, -2.0]),
+        ([1, 2, 3], [-1.0, -2.0, -3.0]),
+        ([1, 2, 3], [-1.0, -2.0, -3.0]),
+    ]
+    ref = rec(
+        tokens=(5, 6, 7, 8, 9),
+        topk=[
+            ([5, 900, 950], [-0.1, -0.6, -2.0]),
+            ([6, 901, 950], [-0.1, -0.6, -2.0]),
+            ([7, 42, 950], [-0.51, -0.53, -2.0]),
+            ([8, 2, 3], [-1.0, -2.0, -3.0]),
+            ([9, 2, 3], [-1.0, -2.0, -3.0]),
+        ],
+    )
     other = rec(kind="batch-sizes", tokens=(5, 6, 42, 1, 1), topk=topk, batch=("q", "p", "r"), position=1)
     c = compare(ref, other)
     assert c.level == "close"  # 7 and 42 are each in the other side's top-3: a near-tie at the first divergence
@@ -57,8 +89,11 @@ def test_divergence_by_length_and_not_in_topk():
     short = rec(kind="needle", tokens=(1, 2))
     c = compare(ref, short)
     assert c.level == "diverged" and c.first_token_step == 2 and c.other_token == "<end>"
-    far = rec(kind="needle", tokens=(1, 77, 3), topk=[([1, 5, 6], [-0.1, -1, -2]), ([77, 5, 6], [-0.1, -1, -2]),
-                                                        ([3, 5, 6], [-0.1, -1, -2])])
+    far = rec(
+        kind="needle",
+        tokens=(1, 77, 3),
+        topk=[([1, 5, 6], [-0.1, -1, -2]), ([77, 5, 6], [-0.1, -1, -2]), ([3, 5, 6], [-0.1, -1, -2])],
+    )
     c = compare(ref, far)
     assert c.ref_in_other_topk is False and c.other_in_ref_topk is False
 
@@ -76,10 +111,16 @@ def test_judge_expectations():
 
 
 def test_evaluate_batch_invariance_and_unique_outputs():
-    records = [rec("p"), rec("q", tokens=(7, 8)),
-               rec("p", kind="batch-sizes", batch=("p", "q")), rec("q", kind="batch-sizes", tokens=(7, 9), batch=("p", "q"), position=1),
-               rec("p", kind="needle", fps=["a", "b", "c", "d"]), rec("q", kind="needle", tokens=(7, 9)),
-               rec("p", kind="repeat"), rec("p", kind="repeat")]
+    records = [
+        rec("p"),
+        rec("q", tokens=(7, 8)),
+        rec("p", kind="batch-sizes", batch=("p", "q")),
+        rec("q", kind="batch-sizes", tokens=(7, 9), batch=("p", "q"), position=1),
+        rec("p", kind="needle", fps=["a", "b", "c", "d"]),
+        rec("q", kind="needle", tokens=(7, 9)),
+        rec("p", kind="repeat"),
+        rec("p", kind="repeat"),
+    ]
     v = evaluate(records, "x", "batch-invariance", "tokens")
     assert isinstance(v, Verdict)
     assert v.sequences == 4 and v.bitwise == 1 and v.token_identical == 2

@@ -1,5 +1,6 @@
 """Baselines through the real CLI on a tiny real model: written only on request, compared, and refused
 with one clear line (exit 2) when corrupt, of an unknown schema, or made for another case hash."""
+
 from __future__ import annotations
 
 import json
@@ -91,10 +92,13 @@ def test_changed_outputs_fail_against_the_baseline(setup, tiny_model: Path):
     assert v["status"] == "fail" and v["worst"]["prompt_id"] == "b" and v["worst"]["first_token_step"] == 3
 
 
-@pytest.mark.parametrize("damage, words", [
-    (lambda f, d: f.write_text(f.read_text()[: len(f.read_text()) // 2]), "corrupt baseline"),
-    (lambda f, d: f.write_text(json.dumps({**d, "schema_version": 7})), "schema_version 7"),
-])
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        (lambda f, d: f.write_text(f.read_text()[: len(f.read_text()) // 2]), "corrupt baseline"),
+        (lambda f, d: f.write_text(json.dumps({**d, "schema_version": 7})), "schema_version 7"),
+    ],
+)
 def test_unusable_baselines_exit_2_with_one_line(setup, damage, words):
     suite, store, tmp = setup
     assert _run(suite, store, tmp / "r0", "--update-baselines", "--reason", "r").returncode == 0

@@ -1,4 +1,5 @@
 """The baseline store: device keys, atomic writes that survive kill -9, and files that cannot be compared."""
+
 from __future__ import annotations
 
 import json
@@ -20,34 +21,78 @@ from .helpers import ROOT
 
 def _ref(pid: str = "a", tokens=(1, 2, 3)) -> Record:
     n = len(tokens)
-    return Record(profile="default", prompt_id=pid, schedule="solo", kind="solo", batch_id="solo/0", batch=[pid],
-                  position=0, tokens=list(tokens), pieces=[str(t) for t in tokens], text="x", finish_reason="length",
-                  fingerprints=[f"{t:032x}" for t in tokens], topk_ids=[[t, 0] for t in tokens],
-                  topk_logprobs=[[-0.1, -2.0]] * n, token_times=[0.1 * (i + 1) for i in range(n)])
+    return Record(
+        profile="default",
+        prompt_id=pid,
+        schedule="solo",
+        kind="solo",
+        batch_id="solo/0",
+        batch=[pid],
+        position=0,
+        tokens=list(tokens),
+        pieces=[str(t) for t in tokens],
+        text="x",
+        finish_reason="length",
+        fingerprints=[f"{t:032x}" for t in tokens],
+        topk_ids=[[t, 0] for t in tokens],
+        topk_logprobs=[[-0.1, -2.0]] * n,
+        token_times=[0.1 * (i + 1) for i in range(n)],
+    )
 
 
-CPU = {"device": "cpu", "cpu_capability": "AVX512", "cpu_model": "intel-6-167", "threads": "2", "torch": "2.13.0+cpu",
-       "transformers": "5.24.0"}
+CPU = {
+    "device": "cpu",
+    "cpu_capability": "AVX512",
+    "cpu_model": "intel-6-167",
+    "threads": "2",
+    "torch": "2.13.0+cpu",
+    "transformers": "5.24.0",
+}
 
 
-def _baseline(case_hash: str = "c0ffee", n_prompts: int = 1, device: dict | None = None,
-              created: str = "") -> baselines.Baseline:
+def _baseline(
+    case_hash: str = "c0ffee", n_prompts: int = 1, device: dict | None = None, created: str = ""
+) -> baselines.Baseline:
     info = device or CPU
-    b = baselines.build(suite="s", profile="default", case_hash=case_hash, device_key=baselines.device_key(info),
-                        environment={"device": info}, reason="test", references=[_ref(f"p{i}") for i in range(n_prompts)],
-                        latency={"solo tpot": [0.05, 0.051]}, load_s=[3.2])
+    b = baselines.build(
+        suite="s",
+        profile="default",
+        case_hash=case_hash,
+        device_key=baselines.device_key(info),
+        environment={"device": info},
+        reason="test",
+        references=[_ref(f"p{i}") for i in range(n_prompts)],
+        latency={"solo tpot": [0.05, 0.051]},
+        load_s=[3.2],
+    )
     if created:
         b.provenance["created"] = created
     return b
 
 
 def test_device_key_names_device_chip_and_major_versions():
-    assert str(baselines.device_key({"device": "cpu", "cpu_capability": "AVX512", "threads": "2", "torch": "2.13.0+cpu"})) \
+    assert (
+        str(baselines.device_key({"device": "cpu", "cpu_capability": "AVX512", "threads": "2", "torch": "2.13.0+cpu"}))
         == "cpu-avx512-t2-torch2.13"
-    assert str(baselines.device_key({"device": "npu", "chip": "Ascend910B3", "torch": "2.1.0", "torch_npu": "2.1.0.post6",
-                                     "cann": "8.0.RC2"})) == "npu-ascend910b3-torch2.1-torchnpu2.1-cann8.0"
-    assert str(baselines.device_key({"device": "cuda", "chip": "NVIDIA H100 80GB HBM3", "torch": "2.5.1", "cuda": "12.4"})) \
+    )
+    assert (
+        str(
+            baselines.device_key(
+                {
+                    "device": "npu",
+                    "chip": "Ascend910B3",
+                    "torch": "2.1.0",
+                    "torch_npu": "2.1.0.post6",
+                    "cann": "8.0.RC2",
+                }
+            )
+        )
+        == "npu-ascend910b3-torch2.1-torchnpu2.1-cann8.0"
+    )
+    assert (
+        str(baselines.device_key({"device": "cuda", "chip": "NVIDIA H100 80GB HBM3", "torch": "2.5.1", "cuda": "12.4"}))
         == "cuda-nvidia-h100-80gb-hbm3-torch2.5-cuda12.4"
+    )
     # Two AVX512 hosts of other microarchitectures pick other MKL/oneDNN kernels: their bits are not comparable.
     key = baselines.device_key(CPU)
     assert (key.hardware, key.software) == ("cpu-avx512-intel-6-167-t2", "torch2.13-tf5.24")
@@ -77,8 +122,10 @@ def test_store_prefers_this_key_then_this_hardware_then_this_device_type(tmp_pat
     assert isinstance(found, baselines.Found) and found.tier == "other hardware" and not found.same_hardware
     assert found.key.hardware == "cpu-avx512-amd-26-2-t2"
     # Same hardware beats other hardware, even when older.
-    baselines.write(store.path(baselines.device_key(other_sw), "s", "default"),
-                    _baseline(device=other_sw, created="2000-01-01T00:00:00"))
+    baselines.write(
+        store.path(baselines.device_key(other_sw), "s", "default"),
+        _baseline(device=other_sw, created="2000-01-01T00:00:00"),
+    )
     found = store.check(here, "s", "default", "c0ffee")
     assert found.tier == "other software" and found.same_hardware
     target = store.update(here, "s", "default", _baseline())
@@ -106,6 +153,7 @@ def test_a_broken_file_under_this_key_is_unusable_but_another_hosts_is_passed_ov
 
 def test_cpu_model_from_cpuinfo():
     from harness.envinfo import cpu_model
+
     intel = "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\nflags\t: fpu amx_tile\n\nprocessor\t: 1\n"
     assert cpu_model(intel) == "intel-6-143"
     assert cpu_model("processor\t: 0\nCPU implementer\t: 0x48\nCPU part\t: 0xd01\n") == "arm-0x48-0xd01"
@@ -114,8 +162,10 @@ def test_cpu_model_from_cpuinfo():
 def test_environment_changes_name_what_moved_since_the_baseline():
     before = {"device": "cpu", "torch": "2.13.0+cpu", "transformers": "5.23.0"}
     after = {"device": "cpu", "torch": "2.13.0+cpu", "transformers": "5.24.0", "cpu_model": "intel-6-167"}
-    assert baselines.environment_changes(before, after) == ["cpu_model not recorded -> intel-6-167",
-                                                           "transformers 5.23.0 -> 5.24.0"]
+    assert baselines.environment_changes(before, after) == [
+        "cpu_model not recorded -> intel-6-167",
+        "transformers 5.23.0 -> 5.24.0",
+    ]
     assert baselines.environment_changes(after, after) == []
 
 
@@ -129,12 +179,15 @@ def test_round_trip_keeps_references_samples_and_provenance(tmp_path: Path):
     assert json.loads(p.read_text())["schema_version"] == baselines.SCHEMA_VERSION
 
 
-@pytest.mark.parametrize("content, words", [
-    ("{not json", "corrupt baseline"),
-    ('{"schema_version": 99, "suite": "s"}', "schema_version 99"),
-    ('["a list"]', "not a baseline file"),
-    ('{"schema_version": 1, "suite": "s"}', "malformed baseline"),
-])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        ("{not json", "corrupt baseline"),
+        ('{"schema_version": 99, "suite": "s"}', "schema_version 99"),
+        ('["a list"]', "not a baseline file"),
+        ('{"schema_version": 1, "suite": "s"}', "malformed baseline"),
+    ],
+)
 def test_unreadable_files_give_one_line(tmp_path: Path, content: str, words: str):
     p = tmp_path / "default.json"
     p.write_text(content)
@@ -180,6 +233,7 @@ def test_kill_during_writes_leaves_a_readable_baseline(tmp_path: Path):
 def test_committed_baselines_match_their_suites_case_hash():
     """A change to how suites are hashed would silently turn every committed baseline into 'not comparable'."""
     from harness import suite as S
+
     checked = 0
     for f in sorted((ROOT / "baselines").glob("*/*/*.json")):
         suite_file = ROOT / "suites" / f"{f.parent.name}.toml"

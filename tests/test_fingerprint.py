@@ -6,8 +6,9 @@ import torch
 from harness.fingerprint import fingerprint, to_hex
 
 
-@pytest.mark.parametrize("dtype, int_view", [(torch.float32, torch.int32), (torch.bfloat16, torch.int16),
-                                             (torch.float16, torch.int16)])
+@pytest.mark.parametrize(
+    "dtype, int_view", [(torch.float32, torch.int32), (torch.bfloat16, torch.int16), (torch.float16, torch.int16)]
+)
 def test_one_flipped_low_bit_changes_the_fingerprint(dtype, int_view):
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(4, 1000, generator=g).to(dtype)

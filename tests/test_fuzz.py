@@ -10,6 +10,7 @@ CLI runs in-process with a fake model (tests/fakes.py), so a valid suite runs to
 A short run by default (about 15 s); `HARNESS_FUZZ=long` (the `nox -s fuzz` session) takes ten times the examples
 per round.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,31 +38,128 @@ from .helpers import ROOT
 
 tomli_w = pytest.importorskip("tomli_w")
 
-settings.register_profile("short", max_examples=100, deadline=None, print_blob=True,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile(
+    "short",
+    max_examples=100,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 settings.register_profile("long", parent=settings.get_profile("short"), max_examples=1000)
 FUZZ = settings.get_profile("long" if os.environ.get("HARNESS_FUZZ") == "long" else "short")
-SOME = settings(FUZZ, max_examples=max(10, FUZZ.max_examples // 2))      # runs through the CLI, with a fake model
-FEW = settings(FUZZ, max_examples=max(5, FUZZ.max_examples // 20))       # real processes
+SOME = settings(FUZZ, max_examples=max(10, FUZZ.max_examples // 2))  # runs through the CLI, with a fake model
+FEW = settings(FUZZ, max_examples=max(5, FUZZ.max_examples // 20))  # real processes
 
 # Names that have led programs astray: traversal, absolute paths, NUL, over-long names, Unicode look-alikes
 # (fullwidth letters and solidus, the one dot leader), shell and Windows specials.
-HOSTILE = ["..", ".", "x/../../escaped", "../../../../../../escaped", "/abs/escaped", "a\0b", "a" * 300, "é" * 200,
-           "ｘ", "..／..／x", "\u2024\u2024", "\u2024", "a/b", "a\\b", "~", "$HOME", "CON", "", " ", "-", "\n", "a\nb",
-           "\ud7ff", "\u202e", "*", "[a]", "x" * 100, "x" * 101]
+HOSTILE = [
+    "..",
+    ".",
+    "x/../../escaped",
+    "../../../../../../escaped",
+    "/abs/escaped",
+    "a\0b",
+    "a" * 300,
+    "é" * 200,
+    "ｘ",
+    "..／..／x",
+    "\u2024\u2024",
+    "\u2024",
+    "a/b",
+    "a\\b",
+    "~",
+    "$HOME",
+    "CON",
+    "",
+    " ",
+    "-",
+    "\n",
+    "a\nb",
+    "\ud7ff",
+    "\u202e",
+    "*",
+    "[a]",
+    "x" * 100,
+    "x" * 101,
+]
 NAMES = st.sampled_from(HOSTILE) | st.text(max_size=12)
-SCALARS = (st.booleans() | st.integers(-2 ** 63, 2 ** 63 - 1) | st.integers(-3, 40) | st.floats() | NAMES)
+SCALARS = st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.integers(-3, 40) | st.floats() | NAMES
 VALUES = st.recursive(SCALARS, lambda c: st.lists(c, max_size=4) | st.dictionaries(NAMES, c, max_size=4), max_leaves=8)
-SMALL = st.recursive(st.booleans() | st.integers(-3, 20) | st.floats(-5, 50) | NAMES,
-                     lambda c: st.lists(c, max_size=3) | st.dictionaries(NAMES, c, max_size=3), max_leaves=6)
-KEYS = ["suite", "name", "version", "seed", "model", "ref", "dtype", "device", "adapter", "generation",
-        "max_new_tokens", "top_logprobs", "close_k", "prompts", "items", "file", "id", "text", "chat", "attachments",
-        "run", "timeout_s", "schedules", "kind", "count", "batch_size", "sizes", "trials", "min_size", "max_size",
-        "prompt", "profiles", "env", "expect", "torch_deterministic", "default", "cpu", "repeatability",
-        "batch-invariance", "perf", "warmup", "repeats", "threshold", "thresholds", "alpha", "baselines", "same_key",
-        "endpoint", "server", "base_url", "api", "command", "loadtime", "omp", "outputs", "tokens", "pieces",
-        "fingerprints", "topk_ids", "topk_logprobs", "latency", "load_s", "environment", "provenance", "case_hash",
-        "schema_version", "level", "prompt_id"]
+SMALL = st.recursive(
+    st.booleans() | st.integers(-3, 20) | st.floats(-5, 50) | NAMES,
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(NAMES, c, max_size=3),
+    max_leaves=6,
+)
+KEYS = [
+    "suite",
+    "name",
+    "version",
+    "seed",
+    "model",
+    "ref",
+    "dtype",
+    "device",
+    "adapter",
+    "generation",
+    "max_new_tokens",
+    "top_logprobs",
+    "close_k",
+    "prompts",
+    "items",
+    "file",
+    "id",
+    "text",
+    "chat",
+    "attachments",
+    "run",
+    "timeout_s",
+    "schedules",
+    "kind",
+    "count",
+    "batch_size",
+    "sizes",
+    "trials",
+    "min_size",
+    "max_size",
+    "prompt",
+    "profiles",
+    "env",
+    "expect",
+    "torch_deterministic",
+    "default",
+    "cpu",
+    "repeatability",
+    "batch-invariance",
+    "perf",
+    "warmup",
+    "repeats",
+    "threshold",
+    "thresholds",
+    "alpha",
+    "baselines",
+    "same_key",
+    "endpoint",
+    "server",
+    "base_url",
+    "api",
+    "command",
+    "loadtime",
+    "omp",
+    "outputs",
+    "tokens",
+    "pieces",
+    "fingerprints",
+    "topk_ids",
+    "topk_logprobs",
+    "latency",
+    "load_s",
+    "environment",
+    "provenance",
+    "case_hash",
+    "schema_version",
+    "level",
+    "prompt_id",
+]
 
 PROMPTS = [{"id": "a", "text": "one two"}, {"id": "b", "text": "three", "chat": True}, {"id": "c", "text": "four"}]
 DETERMINISM = {
@@ -70,24 +168,40 @@ DETERMINISM = {
     "generation": {"max_new_tokens": 3, "top_logprobs": 2},
     "prompts": {"items": PROMPTS},
     "run": {"timeout_s": 30},
-    "schedules": [{"kind": "solo"}, {"kind": "repeat"}, {"kind": "permutation", "count": 2},
-                  {"kind": "batch-sizes", "sizes": [1, 2]}, {"kind": "needle", "trials": 1}],
+    "schedules": [
+        {"kind": "solo"},
+        {"kind": "repeat"},
+        {"kind": "permutation", "count": 2},
+        {"kind": "batch-sizes", "sizes": [1, 2]},
+        {"kind": "needle", "trials": 1},
+    ],
     "baselines": {"same_key": "bitwise"},
     "perf": {"warmup": 0, "repeats": 1},
-    "profiles": {"default": {}, "deterministic": {"env": {"HCCL_DETERMINISTIC": "true"}, "torch_deterministic": True,
-                                                  "expect": {"cpu": "tokens"}}},
+    "profiles": {
+        "default": {},
+        "deterministic": {
+            "env": {"HCCL_DETERMINISTIC": "true"},
+            "torch_deterministic": True,
+            "expect": {"cpu": "tokens"},
+        },
+    },
 }
-SERVED = {**{k: v for k, v in DETERMINISM.items() if k != "perf"},
-          "endpoint": {"base_url": "http://127.0.0.1:9", "api": "chat", "retries": 0},
-          "profiles": {"default": {}, "deterministic": {"env": {"A": "1"}}}}
-LOADTIME = {"suite": {"name": "lt", "version": 1}, "model": {"ref": "fake-model"},
-            "loadtime": {"omp": [1, "unset"], "repeats": 1, "drop_caches": False}}
+SERVED = {
+    **{k: v for k, v in DETERMINISM.items() if k != "perf"},
+    "endpoint": {"base_url": "http://127.0.0.1:9", "api": "chat", "retries": 0},
+    "profiles": {"default": {}, "deterministic": {"env": {"A": "1"}}},
+}
+LOADTIME = {
+    "suite": {"name": "lt", "version": 1},
+    "model": {"ref": "fake-model"},
+    "loadtime": {"omp": [1, "unset"], "repeats": 1, "drop_caches": False},
+}
 BASES = [DETERMINISM, SERVED, LOADTIME]
 
 
 def _containers(doc):
     yield doc
-    for v in (doc.values() if isinstance(doc, dict) else doc):
+    for v in doc.values() if isinstance(doc, dict) else doc:
         if isinstance(v, (dict, list)):
             yield from _containers(v)
 
@@ -143,8 +257,9 @@ def load_only(path: Path, tmp: Path):
 
 # ---- the parsers -----------------------------------------------------------------------------------------------
 
+
 @FUZZ
-@given(raw=st.binary(max_size=400) | st.sampled_from([b"\xe9\n", b"\xff\xfe[suite]", b"[suite]\nname = \"\xe9\"\n"]))
+@given(raw=st.binary(max_size=400) | st.sampled_from([b"\xe9\n", b"\xff\xfe[suite]", b'[suite]\nname = "\xe9"\n']))
 def test_arbitrary_bytes_as_a_suite(raw: bytes):
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "s.toml").write_bytes(raw)
@@ -167,7 +282,7 @@ def test_valid_suites_with_bytes_flipped(data):
     raw = bytearray(toml_bytes(data.draw(st.sampled_from(BASES), label="base")))
     for _ in range(data.draw(st.integers(1, 4), label="flips")):
         i = data.draw(st.integers(0, len(raw) - 1), label="at")
-        raw[i:i + 1] = data.draw(st.binary(min_size=0, max_size=3), label="bytes")
+        raw[i : i + 1] = data.draw(st.binary(min_size=0, max_size=3), label="bytes")
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "s.toml").write_bytes(bytes(raw))
         load_only(Path(d) / "s.toml", Path(d))
@@ -197,10 +312,23 @@ def test_prompt_files(data):
 
 def _record(pid: str, profile: str = "default") -> Record:
     toks = [len(pid) % 7, 1, 2]
-    return Record(profile=profile, prompt_id=pid, schedule="solo", kind="solo", batch_id="solo/0", batch=[pid],
-                  position=0, tokens=toks, pieces=[str(t) for t in toks], text="x", finish_reason="length",
-                  fingerprints=[f"{t:016x}" for t in toks], topk_ids=[[t, t + 1] for t in toks],
-                  topk_logprobs=[[-0.1, -2.0] for _ in toks], token_times=[0.01, 0.02, 0.03])
+    return Record(
+        profile=profile,
+        prompt_id=pid,
+        schedule="solo",
+        kind="solo",
+        batch_id="solo/0",
+        batch=[pid],
+        position=0,
+        tokens=toks,
+        pieces=[str(t) for t in toks],
+        text="x",
+        finish_reason="length",
+        fingerprints=[f"{t:016x}" for t in toks],
+        topk_ids=[[t, t + 1] for t in toks],
+        topk_logprobs=[[-0.1, -2.0] for _ in toks],
+        token_times=[0.01, 0.02, 0.03],
+    )
 
 
 KEY = baselines.device_key(fakes.DEVICE)
@@ -208,10 +336,17 @@ BaselineError = baselines.BaselineError
 
 
 def _valid_baseline() -> dict:
-    b = baselines.build(suite="fz", profile="default", case_hash="0123456789abcdef", device_key=KEY,
-                        environment={"device": fakes.DEVICE, "host": {}, "env": {}}, reason="fuzz",
-                        references=[_record("a"), _record("b")], latency={"solo tpot": [0.01, 0.02, 0.03, 0.02]},
-                        load_s=[0.5])
+    b = baselines.build(
+        suite="fz",
+        profile="default",
+        case_hash="0123456789abcdef",
+        device_key=KEY,
+        environment={"device": fakes.DEVICE, "host": {}, "env": {}},
+        reason="fuzz",
+        references=[_record("a"), _record("b")],
+        latency={"solo tpot": [0.01, 0.02, 0.03, 0.02]},
+        load_s=[0.5],
+    )
     return json.loads(json.dumps({"schema_version": baselines.SCHEMA_VERSION, **vars(b)}))
 
 
@@ -227,9 +362,14 @@ def use_baseline(path: Path, case_hash: str) -> None:
     baselines.environment_changes(b.environment.get("device", {}), fakes.DEVICE)
     theirs = baselines.device_key(b.environment.get("device", {}))
     baselines.Found(path, b, theirs, "same key").describe()
-    latency.gate({**b.latency, **({"load": b.load_s} if b.load_s else {})}, {"solo tpot": [0.01, 0.02], "load": [0.5]},
-                 {}, 0.05, 0.05, seed=0)
-
+    latency.gate(
+        {**b.latency, **({"load": b.load_s} if b.load_s else {})},
+        {"solo tpot": [0.01, 0.02], "load": [0.5]},
+        {},
+        0.05,
+        0.05,
+        seed=0,
+    )
 
 
 @FUZZ
@@ -255,6 +395,7 @@ def test_baseline_files(data):
 
 
 # ---- the real CLI, in-process, with a fake model ----------------------------------------------------------------
+
 
 def snapshot(root: Path) -> dict[str, bytes | None]:
     """Every file's bytes and every directory (None) under root."""
@@ -291,8 +432,9 @@ OUT_CHOICES = ["reports", "a-file", "a-file/sub", "new/deeper"]
 TIMEOUTS = ["-5", "0", "nan", "inf", "-inf", "1e400", "abc", "", "1", "0.5", "1e-300"]
 
 
-def check_run(top: Path, root: Path, out_dir: str, before: dict[str, bytes], code: int, out: str, err: str, *,
-              update: bool) -> None:
+def check_run(
+    top: Path, root: Path, out_dir: str, before: dict[str, bytes], code: int, out: str, err: str, *, update: bool
+) -> None:
     """No traceback; earlier files untouched; new files only in one new run directory under --out (and, when asked,
     under --baselines); a refusal before the run is one line on stderr."""
     assert "Traceback" not in out + err, out + err
@@ -318,8 +460,11 @@ def check_run(top: Path, root: Path, out_dir: str, before: dict[str, bytes], cod
 @SOME
 @given(data=st.data())
 def test_cli_with_a_fake_model(data):
-    doc = mutated(data, data.draw(st.sampled_from(BASES), label="base"), values=SMALL, at_most=2) \
-        if data.draw(st.booleans(), label="mutate") else copy.deepcopy(DETERMINISM)
+    doc = (
+        mutated(data, data.draw(st.sampled_from(BASES), label="base"), values=SMALL, at_most=2)
+        if data.draw(st.booleans(), label="mutate")
+        else copy.deepcopy(DETERMINISM)
+    )
     if "suite" in doc and isinstance(doc["suite"], dict) and data.draw(st.booleans(), label="rename suite?"):
         doc["suite"]["name"] = data.draw(NAMES, label="suite name")
     if isinstance(doc.get("profiles"), dict) and data.draw(st.booleans(), label="rename profile?"):
@@ -350,8 +495,9 @@ def test_cli_with_a_fake_model(data):
 def test_cli_against_damaged_baselines(data):
     doc = mutated(data, _valid_baseline(), at_most=2)
     with workspace() as (top, root):
-        (root / "s.toml").write_bytes(toml_bytes({**DETERMINISM, "schedules": [{"kind": "solo"}],
-                                                  "profiles": {"default": {}}}))
+        (root / "s.toml").write_bytes(
+            toml_bytes({**DETERMINISM, "schedules": [{"kind": "solo"}], "profiles": {"default": {}}})
+        )
         kind, suite = run.load(root / "s.toml", run.Options())
         if doc.get("case_hash") == "0123456789abcdef":
             doc["case_hash"] = suite.case_hash
@@ -365,19 +511,28 @@ def test_cli_against_damaged_baselines(data):
 
 # ---- a few through real processes -------------------------------------------------------------------------------
 
+
 @pytest.mark.process
 @FEW
 @given(data=st.data())
 def test_cli_process_refuses_bad_suites_in_one_line(data):
-    raw = data.draw(st.binary(max_size=200), label="raw") if data.draw(st.booleans(), label="bytes?") \
+    raw = (
+        data.draw(st.binary(max_size=200), label="raw")
+        if data.draw(st.booleans(), label="bytes?")
         else toml_bytes(mutated(data, data.draw(st.sampled_from(BASES), label="base")))
+    )
     assume(raw is not None)
     with tempfile.TemporaryDirectory() as d:
         suite = Path(d) / "s.toml"
         suite.write_bytes(raw)
         assume(load_only(suite, Path(d)) is None)  # a valid suite would load a real model
-        p = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(suite), "--out", str(Path(d) / "out")],
-                           capture_output=True, text=True, timeout=120, cwd=ROOT)
+        p = subprocess.run(
+            [sys.executable, "-m", "harness.cli", "run", str(suite), "--out", str(Path(d) / "out")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
         assert p.returncode == 2, p.stderr
         assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
         assert not (Path(d) / "out").exists()

@@ -1,4 +1,5 @@
 """Per-sequence latency metrics from records."""
+
 import pytest
 
 from harness.analysis import latency
@@ -7,9 +8,24 @@ from harness.records import Record
 
 def _rec(times, schedule="solo", warmup=False):
     n = len(times)
-    return Record(profile="p", prompt_id="a", schedule=schedule, kind="solo", batch_id="solo/0", batch=["a"], position=0,
-                  tokens=list(range(n)), pieces=["x"] * n, text="", finish_reason="length", fingerprints=["0"] * n,
-                  topk_ids=[[0]] * n, topk_logprobs=[[0.0]] * n, token_times=times, warmup=warmup)
+    return Record(
+        profile="p",
+        prompt_id="a",
+        schedule=schedule,
+        kind="solo",
+        batch_id="solo/0",
+        batch=["a"],
+        position=0,
+        tokens=list(range(n)),
+        pieces=["x"] * n,
+        text="",
+        finish_reason="length",
+        fingerprints=["0"] * n,
+        topk_ids=[[0]] * n,
+        topk_logprobs=[[0.0]] * n,
+        token_times=times,
+        warmup=warmup,
+    )
 
 
 def test_metrics_of_one_sequence():

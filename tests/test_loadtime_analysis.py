@@ -1,19 +1,30 @@
 """Load-time analysis on synthetic samples: the recommendation picks the minimum, ties are `~`."""
+
 import numpy as np
 import pytest
 
 from harness.analysis import loadtime as lt
 
 
-def _samples(medians: dict[str, float], n: int = 6, sd: float = 0.02, model: str = "m", cold: bool = False, seed: int = 0):
+def _samples(
+    medians: dict[str, float], n: int = 6, sd: float = 0.02, model: str = "m", cold: bool = False, seed: int = 0
+):
     rng = np.random.default_rng(seed)
     out = []
     for st, mu in medians.items():
         for r in range(n):
             x = float(rng.normal(mu, sd))
-            out.append(lt.LoadSample(model=model, setting=st, repeat=r, cold=cold, status="ok",
-                                     phases={"import": 1.0, "read": x - 1.5, "to_device": 0.2, "first_forward": 0.3},
-                                     peak_rss_mb=900.0))
+            out.append(
+                lt.LoadSample(
+                    model=model,
+                    setting=st,
+                    repeat=r,
+                    cold=cold,
+                    status="ok",
+                    phases={"import": 1.0, "read": x - 1.5, "to_device": 0.2, "first_forward": 0.3},
+                    peak_rss_mb=900.0,
+                )
+            )
     return out
 
 
@@ -32,7 +43,9 @@ def test_settings_that_cannot_be_told_apart_are_ties():
 
 
 def test_failed_loads_are_counted_not_used():
-    s = _samples({"1": 2.0, "unset": 2.5}) + [lt.LoadSample(model="m", setting="1", repeat=9, cold=False, status="crashed")]
+    s = _samples({"1": 2.0, "unset": 2.5}) + [
+        lt.LoadSample(model="m", setting="1", repeat=9, cold=False, status="crashed")
+    ]
     summary = {x.setting: x for x in lt.summarise(s, "m", ["1", "unset"])}
     assert summary["1"].failed == 1 and summary["1"].n_warm == 6
     assert summary["1"].phases_p50["import"] == 1.0 and summary["unset"].n_cold == 0

@@ -1,5 +1,6 @@
 """The load-time sweep on a tiny real model, with real worker processes: phases, the recommendation,
 the plot, a baseline round trip, and a loader killed mid-sweep."""
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,17 @@ def _report(out: Path) -> dict:
 def test_sweep_phases_recommendation_plot_and_baseline(tmp_path: Path, tiny_model: Path):
     suite = write_suite(tmp_path / "tl.toml", SUITE.format(model=tiny_model, repeats=2))
     store = tmp_path / "baselines"
-    r = run_cli("loadtime", str(suite), "--out", str(tmp_path / "a"), "--baselines", str(store),
-                "--update-baselines", "--reason", "first")
+    r = run_cli(
+        "loadtime",
+        str(suite),
+        "--out",
+        str(tmp_path / "a"),
+        "--baselines",
+        str(store),
+        "--update-baselines",
+        "--reason",
+        "first",
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     rep = _report(tmp_path / "a")
     assert len(rep["samples"]) == 2 * 2 * 2  # rounds x settings x (cold, warm)
@@ -64,15 +74,32 @@ def test_sweep_phases_recommendation_plot_and_baseline(tmp_path: Path, tiny_mode
 def test_a_killed_loader_is_reported_and_the_sweep_goes_on(tmp_path: Path, tiny_model: Path):
     suite = write_suite(tmp_path / "tl.toml", SUITE.format(model=tiny_model, repeats=2))
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "loadtime", str(suite), "--out", str(out),
-                             "--baselines", str(tmp_path / "b")], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "loadtime",
+            str(suite),
+            "--out",
+            str(out),
+            "--baselines",
+            str(tmp_path / "b"),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     parent, killed, deadline = psutil.Process(proc.pid), None, time.monotonic() + 300
     while killed is None and time.monotonic() < deadline and proc.poll() is None:
         for child in parent.children(recursive=True):
             try:
-                if "harness.worker" in " ".join(child.cmdline()) and "r0-cold" in " ".join(child.cmdline()) \
-                        and "ompunset" in " ".join(child.cmdline()):
+                if (
+                    "harness.worker" in " ".join(child.cmdline())
+                    and "r0-cold" in " ".join(child.cmdline())
+                    and "ompunset" in " ".join(child.cmdline())
+                ):
                     child.send_signal(signal.SIGKILL)
                     killed = child.pid
                     break
@@ -90,6 +117,8 @@ def test_a_killed_loader_is_reported_and_the_sweep_goes_on(tmp_path: Path, tiny_
 
 
 def test_bad_settings_are_a_usage_error(tmp_path: Path):
-    suite = write_suite(tmp_path / "tl.toml", SUITE.format(model="x", repeats=2).replace('[1, "unset"]', '[0, "unset"]'))
+    suite = write_suite(
+        tmp_path / "tl.toml", SUITE.format(model="x", repeats=2).replace('[1, "unset"]', '[0, "unset"]')
+    )
     r = run_cli("loadtime", str(suite))
     assert r.returncode == 2 and "loadtime.omp" in r.stderr and "Traceback" not in r.stderr

@@ -16,16 +16,19 @@ def sched(kind: str, **kw) -> Schedule:
 
 def passes(batches: list[plan.Batch], per_pass: int) -> list[list[str]]:
     flat = [i for b in batches for i in b.prompt_ids]
-    return [flat[k:k + per_pass] for k in range(0, len(flat), per_pass)]
+    return [flat[k : k + per_pass] for k in range(0, len(flat), per_pass)]
 
 
-@pytest.mark.parametrize("s, npasses", [
-    (sched("solo"), 1),
-    (sched("repeat", count=3, batch_size=4), 3),
-    (sched("permutation", count=4, batch_size=3), 4),
-    (sched("permutation", count=2, batch_size=0), 2),
-    (sched("batch-sizes", sizes=(2, 3, 5, 16)), 4),
-])
+@pytest.mark.parametrize(
+    "s, npasses",
+    [
+        (sched("solo"), 1),
+        (sched("repeat", count=3, batch_size=4), 3),
+        (sched("permutation", count=4, batch_size=3), 4),
+        (sched("permutation", count=2, batch_size=0), 2),
+        (sched("batch-sizes", sizes=(2, 3, 5, 16)), 4),
+    ],
+)
 def test_every_prompt_exactly_once_per_pass(s, npasses):
     batches = plan.expand_schedule(s, IDS)
     ps = passes(batches, len(IDS))

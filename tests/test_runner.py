@@ -1,5 +1,6 @@
 """Crash isolation with real worker processes on a tiny real model: a worker killed, timed out,
 or unable to load leaves the other profiles' results and its own finished batches on disk."""
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,13 @@ def _lines(path: Path) -> int:
 
 def test_killed_worker_mid_run(tmp_path: Path, tiny_model: Path):
     out = tmp_path / "reports"
-    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(_suite(tmp_path, tiny_model)), "--out", str(out)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "run", str(_suite(tmp_path, tiny_model)), "--out", str(out)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         dirs = list(out.glob("*/records")) if out.exists() else []
@@ -94,8 +100,19 @@ def test_worker_timeout_is_killed_and_reported(tmp_path: Path, tiny_model: Path)
     # A worker that never finishes, so the timeout is certain (a real one only times out if it happens to be slow).
     env = install_adapter(tmp_path, "hang", "hang_adapter", HANG, "HangAdapter")
     out = tmp_path / "r"
-    p = run_cli("run", str(_suite(tmp_path, tiny_model)), "--out", str(out), "--profile", "first", "--adapter", "hang",
-                "--worker-timeout", "3", env=env)
+    p = run_cli(
+        "run",
+        str(_suite(tmp_path, tiny_model)),
+        "--out",
+        str(out),
+        "--profile",
+        "first",
+        "--adapter",
+        "hang",
+        "--worker-timeout",
+        "3",
+        env=env,
+    )
     assert p.returncode == 3, p.stdout + p.stderr
     job = load_report(out)["jobs"][0]
     assert job["status"] == "timeout" and job["completed"] == 0 < job["expected"]
@@ -120,8 +137,9 @@ def test_model_that_will_not_load_exit_3(tmp_path: Path):
 def test_corrupt_gguf_exit_3_one_line(tmp_path: Path):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + os.urandom(256))
-    p = run_cli("run", str(_suite(tmp_path, bad)), "--out", str(tmp_path / "r"),
-                env={"HARNESS_CACHE": str(tmp_path / "cache")})
+    p = run_cli(
+        "run", str(_suite(tmp_path, bad)), "--out", str(tmp_path / "r"), env={"HARNESS_CACHE": str(tmp_path / "cache")}
+    )
     assert p.returncode == 3
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot prepare model" in lines[0] and "broken.gguf" in lines[0]

@@ -1,6 +1,7 @@
 """Served models through real processes and sockets: a server the harness starts per profile (here the small
 fault-injecting server in tests/fake_openai.py, since `transformers serve` cannot fail on demand), retries,
 per-request failures, start-up failures, body-size limits, the API key and TLS."""
+
 from __future__ import annotations
 
 import json
@@ -21,19 +22,34 @@ FAKE = f"{sys.executable} {ROOT / 'tests' / 'fake_openai.py'}"
 KEY = "sk-test-8c1f0e77d2a94b5c"
 
 
-def _suite(tmp_path: Path, *, command: str = f"{FAKE} --port {{port}} --logprobs", prompts: str = "", endpoint: str = "",
-           server: str = "", profiles: str = "", api: str = "chat", prompts_file: str = "") -> Path:
-    prompts = prompts or ('{id = "a", text = "one two three"}, {id = "b", text = "four five six seven"}, '
-                          '{id = "c", text = "alpha beta"}, {id = "d", text = "red green blue"}')
-    profiles = profiles or ('[profiles.default]\nexpect = { cpu = "report" }\n'
-                            '[profiles.deterministic]\nenv = { HCCL_DETERMINISTIC = "true" }\nexpect = { cpu = "bitwise" }\n')
+def _suite(
+    tmp_path: Path,
+    *,
+    command: str = f"{FAKE} --port {{port}} --logprobs",
+    prompts: str = "",
+    endpoint: str = "",
+    server: str = "",
+    profiles: str = "",
+    api: str = "chat",
+    prompts_file: str = "",
+) -> Path:
+    prompts = prompts or (
+        '{id = "a", text = "one two three"}, {id = "b", text = "four five six seven"}, '
+        '{id = "c", text = "alpha beta"}, {id = "d", text = "red green blue"}'
+    )
+    profiles = profiles or (
+        '[profiles.default]\nexpect = { cpu = "report" }\n'
+        '[profiles.deterministic]\nenv = { HCCL_DETERMINISTIC = "true" }\nexpect = { cpu = "bitwise" }\n'
+    )
     keys = {"retries": "2", "backoff_s": "0.05", "request_timeout_s": "5"}
     keys.update(ln.split(" = ", 1) for ln in endpoint.splitlines() if ln.strip())
     endpoint = "\n".join(f"{k} = {v}" for k, v in keys.items())
     skeys = {"startup_timeout_s": "30"}
     skeys.update(ln.split(" = ", 1) for ln in server.splitlines() if ln.strip())
     server = "\n".join(f"{k} = {v}" for k, v in skeys.items())
-    return write_suite(tmp_path / "served.toml", f"""
+    return write_suite(
+        tmp_path / "served.toml",
+        f"""
 [suite]
 name = "served"
 version = 1
@@ -59,7 +75,8 @@ kind = "needle"
 trials = 3
 min_size = 3
 {profiles}
-""")
+""",
+    )
 
 
 def _records(run: Path, profile: str) -> list[dict]:
@@ -73,12 +90,18 @@ def _no_secret_anywhere(run: Path, secret: str) -> None:
 
 @pytest.mark.parametrize("api", ["chat", "completions"])
 def test_transient_faults_are_retried_and_logprobs_compared_like_fingerprints(tmp_path: Path, api: str):
-    prompts = ('{id = "a", text = "one two three"}, {id = "b", text = "four five six"}, '
-               '{id = "e500", text = "x FAULT:500x1"}, {id = "ebad", text = "y FAULT:badjsonx1"}, '
-               '{id = "ereset", text = "z FAULT:resetx1"}')
-    suite = _suite(tmp_path, prompts=prompts, api=api,
-                   command=f"{FAKE} --port {{port}} --logprobs --key-env FAKE_KEY --echo-auth",
-                   endpoint='api_key_env = "FAKE_KEY"')
+    prompts = (
+        '{id = "a", text = "one two three"}, {id = "b", text = "four five six"}, '
+        '{id = "e500", text = "x FAULT:500x1"}, {id = "ebad", text = "y FAULT:badjsonx1"}, '
+        '{id = "ereset", text = "z FAULT:resetx1"}'
+    )
+    suite = _suite(
+        tmp_path,
+        prompts=prompts,
+        api=api,
+        command=f"{FAKE} --port {{port}} --logprobs --key-env FAKE_KEY --echo-auth",
+        endpoint='api_key_env = "FAKE_KEY"',
+    )
     p = run_cli("run", str(suite), "--out", str(tmp_path / "out"), env={"FAKE_KEY": KEY})
     assert p.returncode == 0, p.stdout + p.stderr
     run = only_run_dir(tmp_path / "out")
@@ -103,10 +126,16 @@ def test_transient_faults_are_retried_and_logprobs_compared_like_fingerprints(tm
 
 
 def test_failed_requests_are_reported_per_request_with_the_server_log_and_exit_3(tmp_path: Path):
-    prompts = ('{id = "a", text = "one two three"}, {id = "b", text = "four five six"}, {id = "c", text = "seven eight"}, '
-               '{id = "dead", text = "q FAULT:reset"}, {id = "slow", text = "r FAULT:hang"}, {id = "refused", text = "s FAULT:400"}')
-    suite = _suite(tmp_path, prompts=prompts, endpoint="request_timeout_s = 1\nretries = 1",
-                   profiles='[profiles.default]\nexpect = { cpu = "report" }\n')
+    prompts = (
+        '{id = "a", text = "one two three"}, {id = "b", text = "four five six"}, {id = "c", text = "seven eight"}, '
+        '{id = "dead", text = "q FAULT:reset"}, {id = "slow", text = "r FAULT:hang"}, {id = "refused", text = "s FAULT:400"}'
+    )
+    suite = _suite(
+        tmp_path,
+        prompts=prompts,
+        endpoint="request_timeout_s = 1\nretries = 1",
+        profiles='[profiles.default]\nexpect = { cpu = "report" }\n',
+    )
     t0 = time.monotonic()
     p = run_cli("run", str(suite), "--out", str(tmp_path / "out"))
     assert p.returncode == 3, p.stdout + p.stderr
@@ -114,7 +143,10 @@ def test_failed_requests_are_reported_per_request_with_the_server_log_and_exit_3
     recs = _records(run, "default")
     failed = {r["prompt_id"]: r for r in recs if r["error"]}
     assert set(failed) == {"dead", "slow", "refused"}
-    assert failed["refused"]["extra"]["attempts"] == 1 and "HTTP 400: prompt rejected by policy" in failed["refused"]["error"]
+    assert (
+        failed["refused"]["extra"]["attempts"] == 1
+        and "HTTP 400: prompt rejected by policy" in failed["refused"]["error"]
+    )
     assert failed["dead"]["extra"]["attempts"] == 2 and "connection failed" in failed["dead"]["error"]
     assert failed["slow"]["extra"]["attempts"] == 2 and "timed out" in failed["slow"]["error"]
     # Everything else completed and was analysed: the run went on.
@@ -142,10 +174,15 @@ def test_a_server_that_does_not_start_is_an_infrastructure_error_per_profile(tmp
     if case != "port-in-use":
         blocker.close()
     commands = {
-        "crash": (f"{sys.executable} -c 'import sys; print(\\\"fatal: no NPU visible\\\", file=sys.stderr); sys.exit(7)'",
-                  "exited with status 7 during start-up"),
+        "crash": (
+            f"{sys.executable} -c 'import sys; print(\\\"fatal: no NPU visible\\\", file=sys.stderr); sys.exit(7)'",
+            "exited with status 7 during start-up",
+        ),
         "bad-command": ("no-such-inference-server --port {port}", "cannot run 'no-such-inference-server'"),
-        "port-in-use": (f"{sys.executable} -c 'open(\\\"{marker}\\\", \\\"w\\\")'", f"port {port} on 127.0.0.1 is already in use"),
+        "port-in-use": (
+            f'{sys.executable} -c \'open(\\"{marker}\\", \\"w\\")\'',
+            f"port {port} on 127.0.0.1 is already in use",
+        ),
         "timeout": (f"{sys.executable} -c 'import time; time.sleep(60)'", "not healthy at"),
     }
     command, message = commands[case]
@@ -154,7 +191,7 @@ def test_a_server_that_does_not_start_is_an_infrastructure_error_per_profile(tmp
     p = run_cli("run", str(suite), "--out", str(tmp_path / "out"))
     blocker.close()
     assert p.returncode == 3, p.stdout + p.stderr
-    assert p.stdout.count(message) == 2, p.stdout   # both profiles tried, each says why
+    assert p.stdout.count(message) == 2, p.stdout  # both profiles tried, each says why
     assert "Traceback" not in p.stdout + p.stderr
     if case == "crash":
         assert "fatal: no NPU visible" in (only_run_dir(tmp_path / "out") / "summary.md").read_text()
@@ -165,8 +202,11 @@ def test_a_server_that_does_not_start_is_an_infrastructure_error_per_profile(tmp
 
 def test_an_oversized_prompt_is_refused_before_anything_starts(tmp_path: Path):
     big = tmp_path / "big.jsonl"
-    big.write_text("".join(json.dumps({"id": f"small-{i}", "text": "hello"}) + "\n" for i in range(3))
-                   + json.dumps({"id": "huge-document", "text": "word " * 900_000}) + "\n")
+    big.write_text(
+        "".join(json.dumps({"id": f"small-{i}", "text": "hello"}) + "\n" for i in range(3))
+        + json.dumps({"id": "huge-document", "text": "word " * 900_000})
+        + "\n"
+    )
     suite = _suite(tmp_path, prompts_file=str(big))
     p = run_cli("run", str(suite), "--out", str(tmp_path / "out"))
     assert p.returncode == 2, p.stdout + p.stderr
@@ -179,8 +219,10 @@ def test_an_oversized_prompt_is_refused_before_anything_starts(tmp_path: Path):
 def test_attachments_go_inline_and_count_base64_encoded_against_the_limit(tmp_path: Path):
     (tmp_path / "photo.png").write_bytes(os.urandom(3000))
     (tmp_path / "clip.wav").write_bytes(os.urandom(1200))
-    prompts = ('{id = "a", text = "one two"}, {id = "m", text = "look", attachments = ["photo.png", "clip.wav"]}, '
-               '{id = "c", text = "alpha beta"}')
+    prompts = (
+        '{id = "a", text = "one two"}, {id = "m", text = "look", attachments = ["photo.png", "clip.wav"]}, '
+        '{id = "c", text = "alpha beta"}'
+    )
     suite = _suite(tmp_path, prompts=prompts, profiles='[profiles.default]\nexpect = { cpu = "report" }\n')
     p = run_cli("run", str(suite), "--out", str(tmp_path / "out"))
     assert p.returncode == 0, p.stdout + p.stderr
@@ -196,8 +238,12 @@ def test_attachments_go_inline_and_count_base64_encoded_against_the_limit(tmp_pa
 
 @pytest.mark.parametrize("limit, passed", [(4194304, True), (0, False)])
 def test_oversize_check_expects_a_4xx_with_a_message(tmp_path: Path, limit: int, passed: bool):
-    suite = _suite(tmp_path, command=f"{FAKE} --port {{port}} --max-body {limit}", endpoint="oversize_check = true",
-                   profiles='[profiles.default]\nexpect = { cpu = "report" }\n')
+    suite = _suite(
+        tmp_path,
+        command=f"{FAKE} --port {{port}} --max-body {limit}",
+        endpoint="oversize_check = true",
+        profiles='[profiles.default]\nexpect = { cpu = "report" }\n',
+    )
     p = run_cli("run", str(suite), "--out", str(tmp_path / "out"))
     assert p.returncode == (0 if passed else 1), p.stdout + p.stderr
     v = next(v for v in load_report(tmp_path / "out")["verdicts"] if v["property"] == "input-limit")
@@ -209,23 +255,50 @@ def test_oversize_check_expects_a_4xx_with_a_message(tmp_path: Path, limit: int,
 
 def test_pytest_items_for_a_served_suite_include_the_input_limit(tmp_path: Path):
     import xml.etree.ElementTree as ET
-    suite = _suite(tmp_path, command=f"{FAKE} --port {{port}} --logprobs --max-body 0", endpoint="oversize_check = true")
+
+    suite = _suite(
+        tmp_path, command=f"{FAKE} --port {{port}} --logprobs --max-body 0", endpoint="oversize_check = true"
+    )
     junit = tmp_path / "junit.xml"
-    p = subprocess.run([sys.executable, "-m", "pytest", "-p", "harness.pytest_plugin", str(suite), "-o", "testpaths=",
-                        f"--junitxml={junit}", "--out", str(tmp_path / "out"), "-p", "no:cacheprovider"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "harness.pytest_plugin",
+            str(suite),
+            "-o",
+            "testpaths=",
+            f"--junitxml={junit}",
+            "--out",
+            str(tmp_path / "out"),
+            "-p",
+            "no:cacheprovider",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 1, p.stdout + p.stderr
-    cases = {(c.get("classname").rsplit(".", 1)[-1], c.get("name")): c for c in ET.parse(junit).getroot().iter("testcase")}
+    cases = {
+        (c.get("classname").rsplit(".", 1)[-1], c.get("name")): c for c in ET.parse(junit).getroot().iter("testcase")
+    }
     assert {n for _, n in cases} == {"batch-invariance", "baseline", "input-limit"} and len(cases) == 6
     failed = {k for k, c in cases.items() if c.find("failure") is not None}
     assert {n for _, n in failed} == {"input-limit"} and len(failed) == 2  # both profiles' servers took the huge body
     text = next(c for k, c in cases.items() if k in failed).find("failure")
-    assert "expected a 4xx rejection, got HTTP 200" in (text.text or text.get("message", "")) and "Traceback" not in p.stdout
+    assert (
+        "expected a 4xx rejection, got HTTP 200" in (text.text or text.get("message", ""))
+        and "Traceback" not in p.stdout
+    )
 
 
 def _wait_healthy(url: str, srv: subprocess.Popen, timeout_s: float = 30) -> None:
     """Poll the health path: a fixed sleep is too short on a loaded runner and wasted time on an idle one."""
     import httpx
+
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert srv.poll() is None, f"the server exited with status {srv.returncode} before it was healthy"
@@ -243,13 +316,22 @@ def test_a_running_endpoint_gets_one_profile_and_a_note_that_flags_were_not_appl
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    srv = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_openai.py"), "--port", str(port)],
-                           stderr=subprocess.DEVNULL)
+    srv = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "fake_openai.py"), "--port", str(port)], stderr=subprocess.DEVNULL
+    )
     try:
         _wait_healthy(f"http://127.0.0.1:{port}/health", srv)
         suite = _suite(tmp_path)
-        p = run_cli("run", str(suite), "--endpoint", f"http://127.0.0.1:{port}", "--profile", "deterministic",
-                    "--out", str(tmp_path / "out"))
+        p = run_cli(
+            "run",
+            str(suite),
+            "--endpoint",
+            f"http://127.0.0.1:{port}",
+            "--profile",
+            "deterministic",
+            "--out",
+            str(tmp_path / "out"),
+        )
     finally:
         srv.terminate()
         srv.wait()
@@ -279,16 +361,22 @@ def test_mutual_tls_verified_by_default(tmp_path: Path):
     ca.cert_pem.write_to_path(str(paths["ca"]))
     server_cert.private_key_and_cert_chain_pem.write_to_path(str(paths["server"]))
     client_cert.private_key_and_cert_chain_pem.write_to_path(str(paths["client"]))
-    command = f"{FAKE} --port {{port}} --certfile {paths['server']} --keyfile {paths['server']} --client-ca {paths['ca']}"
+    command = (
+        f"{FAKE} --port {{port}} --certfile {paths['server']} --keyfile {paths['server']} --client-ca {paths['ca']}"
+    )
     base = 'base_url = "https://{host}:{port}"\n'
     profile = '[profiles.default]\nexpect = { cpu = "tokens" }\n'
     # Without the CA bundle the server's certificate is not trusted: the server never becomes healthy to us.
     untrusted = _suite(tmp_path, command=command, endpoint=base, server="startup_timeout_s = 3", profiles=profile)
     p = run_cli("run", str(untrusted), "--out", str(tmp_path / "out1"))
     assert p.returncode == 3 and "not healthy at https://" in p.stdout
-    trusted = _suite(tmp_path, command=command, profiles=profile,
-                     endpoint=base + f'ca_bundle = "{paths["ca"]}"\nclient_cert = "{paths["client"]}"\n'
-                                     f'client_key = "{paths["client"]}"')
+    trusted = _suite(
+        tmp_path,
+        command=command,
+        profiles=profile,
+        endpoint=base + f'ca_bundle = "{paths["ca"]}"\nclient_cert = "{paths["client"]}"\n'
+        f'client_key = "{paths["client"]}"',
+    )
     p = run_cli("run", str(trusted), "--out", str(tmp_path / "out2"))
     assert p.returncode == 0, p.stdout + p.stderr
     assert all(not r["error"] for r in _records(only_run_dir(tmp_path / "out2"), "default"))

@@ -1,4 +1,5 @@
 """The regression statistics on synthetic samples with known truth."""
+
 import math
 
 import numpy as np
@@ -67,7 +68,11 @@ def test_one_side_empty_is_failed():
 
 def test_gate_uses_per_metric_thresholds_and_skips_itl():
     before = {"solo ttft": _noise(1), "solo tpot": _noise(3), "solo itl": _noise(5)}
-    after = {"solo ttft": [x * 1.08 for x in _noise(2)], "solo tpot": [x * 1.08 for x in _noise(4)], "solo itl": _noise(6)}
+    after = {
+        "solo ttft": [x * 1.08 for x in _noise(2)],
+        "solo tpot": [x * 1.08 for x in _noise(4)],
+        "solo itl": _noise(6),
+    }
     rows = {c.metric: c for c in latency.gate(before, after, {"ttft": 0.10}, 0.05)}
     assert set(rows) == {"solo ttft", "solo tpot"}
     assert rows["solo ttft"].status == "~" and rows["solo tpot"].status == "regressed"

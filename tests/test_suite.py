@@ -37,32 +37,66 @@ def test_good_suite_defaults():
     assert s.profile("default").expectation("npu", "batch-invariance") == "report"
 
 
-@pytest.mark.parametrize("edit, expected", [
-    (lambda t: t.replace('version = 1', 'version = 1\ncolour = "red"'), "t.toml: suite.colour: unknown key"),
-    (lambda t: t.replace('version = 1', 'version = "1"'), "t.toml: suite.version: expected the suite format version"),
-    (lambda t: t.replace('version = 1', 'version = 7'), "t.toml: suite.version: unsupported suite format 7"),
-    (lambda t: t.replace('items = [{id = "a", text = "x"}, {id = "b", text = "y"}, {id = "c", text = "z"}]', 'items = []'),
-     "t.toml: prompts.items: no prompts"),
-    (lambda t: t.replace('{id = "b", text = "y"}', '{id = "a", text = "y"}'), "prompt id 'a' appears twice"),
-    (lambda t: t.replace('{id = "b", text = "y"}', '{id = "b", txt = "y"}'), "prompts.items[1].txt: unknown key"),
-    (lambda t: t.replace('trials = 2', 'trials = 0'), "t.toml: schedules[1].trials: expected a positive integer, got 0"),
-    (lambda t: t.replace('trials = 2', 'trials = true'), "schedules[1].trials: expected a positive integer, got True"),
-    (lambda t: t.replace('trials = 2', 'min_size = 9'), "schedules[1].min_size: expected an integer in [2, 3]"),
-    (lambda t: t.replace('trials = 2', 'prompt = "zz"'), "schedules[1].prompt: expected the id of a prompt"),
-    (lambda t: t.replace('kind = "needle"', 'kind = "needel"'), "unknown schedule 'needel'; did you mean 'needle'?"),
-    (lambda t: t.replace('kind = "needle"\ntrials = 2', 'kind = "batch-sizes"\nsizes = []'),
-     "schedules[1].sizes: expected a non-empty list of positive integers"),
-    (lambda t: t.replace('[[schedules]]\nkind = "solo"\n', ''), "batch-invariance schedules need a kind = \"solo\""),
-    (lambda t: t.replace('expect = { cpu = "vary" }', 'expect = { cpu = "varies" }'), "profiles.default.expect.cpu: expected one of bitwise"),
-    (lambda t: t.replace('expect = { cpu = "vary" }', 'expect = { tpu = "vary" }'), "profiles.default.expect.tpu: unknown device"),
-    (lambda t: t.replace('expect = { cpu = "vary" }', 'expect = { cpu = { batch-invariant = "vary" } }'),
-     "unknown property; did you mean 'batch-invariance'?"),
-    (lambda t: t.replace('expect = { cpu = "vary" }', 'env = { HCCL_DETERMINISTIC = true }'),
-     "profiles.default.env.HCCL_DETERMINISTIC: expected a string"),
-    (lambda t: t.replace('[profiles.default]\nexpect = { cpu = "vary" }', ''), "profiles: missing table"),
-    (lambda t: t + '\n[model]\ndtype = "fp8"\n', "model.dtype: expected one of float32, bfloat16, float16, got 'fp8'"),
-    (lambda t: t + '\n[generation]\ngreedy = false\n', "generation.greedy: expected true"),
-])
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda t: t.replace("version = 1", 'version = 1\ncolour = "red"'), "t.toml: suite.colour: unknown key"),
+        (
+            lambda t: t.replace("version = 1", 'version = "1"'),
+            "t.toml: suite.version: expected the suite format version",
+        ),
+        (lambda t: t.replace("version = 1", "version = 7"), "t.toml: suite.version: unsupported suite format 7"),
+        (
+            lambda t: t.replace(
+                'items = [{id = "a", text = "x"}, {id = "b", text = "y"}, {id = "c", text = "z"}]', "items = []"
+            ),
+            "t.toml: prompts.items: no prompts",
+        ),
+        (lambda t: t.replace('{id = "b", text = "y"}', '{id = "a", text = "y"}'), "prompt id 'a' appears twice"),
+        (lambda t: t.replace('{id = "b", text = "y"}', '{id = "b", txt = "y"}'), "prompts.items[1].txt: unknown key"),
+        (
+            lambda t: t.replace("trials = 2", "trials = 0"),
+            "t.toml: schedules[1].trials: expected a positive integer, got 0",
+        ),
+        (
+            lambda t: t.replace("trials = 2", "trials = true"),
+            "schedules[1].trials: expected a positive integer, got True",
+        ),
+        (lambda t: t.replace("trials = 2", "min_size = 9"), "schedules[1].min_size: expected an integer in [2, 3]"),
+        (lambda t: t.replace("trials = 2", 'prompt = "zz"'), "schedules[1].prompt: expected the id of a prompt"),
+        (
+            lambda t: t.replace('kind = "needle"', 'kind = "needel"'),
+            "unknown schedule 'needel'; did you mean 'needle'?",
+        ),
+        (
+            lambda t: t.replace('kind = "needle"\ntrials = 2', 'kind = "batch-sizes"\nsizes = []'),
+            "schedules[1].sizes: expected a non-empty list of positive integers",
+        ),
+        (lambda t: t.replace('[[schedules]]\nkind = "solo"\n', ""), 'batch-invariance schedules need a kind = "solo"'),
+        (
+            lambda t: t.replace('expect = { cpu = "vary" }', 'expect = { cpu = "varies" }'),
+            "profiles.default.expect.cpu: expected one of bitwise",
+        ),
+        (
+            lambda t: t.replace('expect = { cpu = "vary" }', 'expect = { tpu = "vary" }'),
+            "profiles.default.expect.tpu: unknown device",
+        ),
+        (
+            lambda t: t.replace('expect = { cpu = "vary" }', 'expect = { cpu = { batch-invariant = "vary" } }'),
+            "unknown property; did you mean 'batch-invariance'?",
+        ),
+        (
+            lambda t: t.replace('expect = { cpu = "vary" }', "env = { HCCL_DETERMINISTIC = true }"),
+            "profiles.default.env.HCCL_DETERMINISTIC: expected a string",
+        ),
+        (lambda t: t.replace('[profiles.default]\nexpect = { cpu = "vary" }', ""), "profiles: missing table"),
+        (
+            lambda t: t + '\n[model]\ndtype = "fp8"\n',
+            "model.dtype: expected one of float32, bfloat16, float16, got 'fp8'",
+        ),
+        (lambda t: t + "\n[generation]\ngreedy = false\n", "generation.greedy: expected true"),
+    ],
+)
 def test_bad_suites_name_file_and_key(edit, expected):
     with pytest.raises(S.SuiteError) as e:
         parse(edit(GOOD))
@@ -88,11 +122,14 @@ def test_case_hash_covers_outputs_not_profiles():
     assert extra.profile_hash(extra.profile("det")) != extra.profile_hash(extra.profile("default"))
 
 
-SERVED = GOOD.replace('[prompts]', """[server]
+SERVED = GOOD.replace(
+    "[prompts]",
+    """[server]
 command = "transformers serve {model} --port {port}"
 [endpoint]
 api = "chat"
-[prompts]""")
+[prompts]""",
+)
 
 
 def test_served_suite_defaults_and_overrides():
@@ -108,21 +145,41 @@ def test_served_suite_defaults_and_overrides():
         parse(GOOD).with_overrides(endpoint="http://x:1")
 
 
-@pytest.mark.parametrize("edit, expected", [
-    (lambda t: t.replace("--port {port}", "--port {port} --gpu {gpu}"), "server.command: unknown placeholder {gpu}"),
-    (lambda t: t.replace("--port {port}", "--port 8000"), "server.command: has no {port} placeholder, so set server.port"),
-    (lambda t: t.replace('api = "chat"', 'api = "responses"'), "endpoint.api: expected one of completions, chat"),
-    (lambda t: t.replace('api = "chat"', 'client_cert = "t.toml"'), "endpoint.client_cert: file"),
-    (lambda t: t.replace('api = "chat"', 'api_key_env = "sk-abc123!"'), "endpoint.api_key_env: expected the NAME of an environment variable"),
-    (lambda t: t.replace('api = "chat"', 'base_url = "ftp://x"'), "base_url: expected an http:// or https:// URL"),
-    (lambda t: t.replace('[server]\ncommand = "transformers serve {model} --port {port}"\n', ''),
-     "endpoint.base_url: missing; expected the server's URL"),
-    (lambda t: t.replace('[server]\ncommand = "transformers serve {model} --port {port}"\n', '').replace(
-        'api = "chat"', 'base_url = "http://{host}:{port}"'), "endpoint.base_url: uses {host}/{port}, which only a [server]"),
-    (lambda t: t.replace('expect = { cpu = "vary" }', 'torch_deterministic = true'),
-     "profiles.default.torch_deterministic: acts on an in-process model only"),
-    (lambda t: t + '\n[model]\nadapter = "hf"\n', "model.adapter: 'hf' runs an in-process model"),
-])
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (
+            lambda t: t.replace("--port {port}", "--port {port} --gpu {gpu}"),
+            "server.command: unknown placeholder {gpu}",
+        ),
+        (
+            lambda t: t.replace("--port {port}", "--port 8000"),
+            "server.command: has no {port} placeholder, so set server.port",
+        ),
+        (lambda t: t.replace('api = "chat"', 'api = "responses"'), "endpoint.api: expected one of completions, chat"),
+        (lambda t: t.replace('api = "chat"', 'client_cert = "t.toml"'), "endpoint.client_cert: file"),
+        (
+            lambda t: t.replace('api = "chat"', 'api_key_env = "sk-abc123!"'),
+            "endpoint.api_key_env: expected the NAME of an environment variable",
+        ),
+        (lambda t: t.replace('api = "chat"', 'base_url = "ftp://x"'), "base_url: expected an http:// or https:// URL"),
+        (
+            lambda t: t.replace('[server]\ncommand = "transformers serve {model} --port {port}"\n', ""),
+            "endpoint.base_url: missing; expected the server's URL",
+        ),
+        (
+            lambda t: t.replace('[server]\ncommand = "transformers serve {model} --port {port}"\n', "").replace(
+                'api = "chat"', 'base_url = "http://{host}:{port}"'
+            ),
+            "endpoint.base_url: uses {host}/{port}, which only a [server]",
+        ),
+        (
+            lambda t: t.replace('expect = { cpu = "vary" }', "torch_deterministic = true"),
+            "profiles.default.torch_deterministic: acts on an in-process model only",
+        ),
+        (lambda t: t + '\n[model]\nadapter = "hf"\n', "model.adapter: 'hf' runs an in-process model"),
+    ],
+)
 def test_bad_served_suites(edit, expected):
     with pytest.raises(S.SuiteError) as e:
         parse(edit(SERVED))
@@ -142,11 +199,15 @@ def test_attachments_resolve_hash_by_content_and_need_a_chat_server(tmp_path: Pa
     assert moved.case_hash == s.case_hash  # another checkout, same content: the same case
     (tmp_path / "b" / "cat.png").write_bytes(b"\x89PNG other")
     assert S.parse(S.tomllib.loads(text.replace("a/cat.png", "b/cat.png")), "t.toml", tmp_path).case_hash != s.case_hash
-    for bad, expected in [(text.replace('api = "chat"', 'api = "completions"'), "only the chat API carries"),
-                          (GOOD.replace('{id = "a", text = "x"}', '{id = "a", text = "x", attachments = ["a/cat.png"]}'),
-                           "only a served model takes them"),
-                          (text.replace("a/cat.png", "a/notes.txt"), "notes.txt: not an image, audio or video file"),
-                          (text.replace("a/cat.png", "a/dog.png"), "cannot read")]:
+    for bad, expected in [
+        (text.replace('api = "chat"', 'api = "completions"'), "only the chat API carries"),
+        (
+            GOOD.replace('{id = "a", text = "x"}', '{id = "a", text = "x", attachments = ["a/cat.png"]}'),
+            "only a served model takes them",
+        ),
+        (text.replace("a/cat.png", "a/notes.txt"), "notes.txt: not an image, audio or video file"),
+        (text.replace("a/cat.png", "a/dog.png"), "cannot read"),
+    ]:
         with pytest.raises(S.SuiteError) as e:
             S.parse(S.tomllib.loads(bad), "t.toml", tmp_path)
         assert expected in str(e.value) and "\n" not in str(e.value)
@@ -171,8 +232,12 @@ def test_shipped_suites_load(name):
 
 def test_prompt_file_errors(tmp_path: Path):
     (tmp_path / "p.jsonl").write_text('{"id": "a", "text": "x"}\n{"id": "b", "text": \n')
-    f = write_suite(tmp_path / "s.toml", GOOD.replace(
-        'items = [{id = "a", text = "x"}, {id = "b", text = "y"}, {id = "c", text = "z"}]', 'file = "p.jsonl"'))
+    f = write_suite(
+        tmp_path / "s.toml",
+        GOOD.replace(
+            'items = [{id = "a", text = "x"}, {id = "b", text = "y"}, {id = "c", text = "z"}]', 'file = "p.jsonl"'
+        ),
+    )
     with pytest.raises(S.SuiteError, match=r"p.jsonl:2: not valid JSON"):
         S.load(f)
 

@@ -1,5 +1,6 @@
 """Timing on a shared runner, with real processes: host noise sensing sees a real CPU hog by name; profiles take
 turns pass by pass; a hog started halfway through a perf run neither becomes a determinism cost nor goes unnamed."""
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,8 @@ def test_noise_sensing_names_a_busy_neighbour():
         hog.kill()
         hog.wait()
     s = hostnoise.between(a, b, own=set())  # the hog is our child: judged from outside
-    assert s["others_share"] > 0.3    # one busy core of this host's cores (2 here: about 50%)
-    assert ["cpu-hog", hog.pid] in [t[:2] for t in s["top"]]   # among the busiest (other jobs may share the host)
+    assert s["others_share"] > 0.3  # one busy core of this host's cores (2 here: about 50%)
+    assert ["cpu-hog", hog.pid] in [t[:2] for t in s["top"]]  # among the busiest (other jobs may share the host)
     assert "cpu-hog" in hostnoise.describe(s)
 
 
@@ -82,26 +83,47 @@ def _passes(run: Path) -> list[tuple[float, str, int, bool]]:
 
 def test_profiles_take_turns_pass_by_pass(tmp_path: Path, tiny_model: Path):
     suite = write_suite(tmp_path / "turns.toml", SUITE.format(model=tiny_model, repeats=3))
-    p = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(suite), "--out", str(tmp_path / "out")],
-                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    p = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", str(suite), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     order = [prof for _, prof, _, _ in _passes(only_run_dir(tmp_path / "out"))]
     # warm-up A B, then B A, A B, B A: linear drift falls on both sides alike
-    assert order == ["default", "deterministic", "deterministic", "default", "default", "deterministic",
-                     "deterministic", "default"]
+    assert order == [
+        "default",
+        "deterministic",
+        "deterministic",
+        "default",
+        "default",
+        "deterministic",
+        "deterministic",
+        "default",
+    ]
     rep = load_report(tmp_path / "out")
     # 3 measured passes x 4 prompts, less the passes another job on this host made noisy (left out of both sides)
-    noisy = {k for _, _, k, w in _passes(only_run_dir(tmp_path / "out")) if not w and any(
-        f"pass {k} ran beside other work" in n for n in rep["notes"])}
-    expected = 4 * (3 - len(noisy)) if len(noisy) < 3 else 12   # every pass noisy: all are kept, moves are `noisy`
+    noisy = {
+        k
+        for _, _, k, w in _passes(only_run_dir(tmp_path / "out"))
+        if not w and any(f"pass {k} ran beside other work" in n for n in rep["notes"])
+    }
+    expected = 4 * (3 - len(noisy)) if len(noisy) < 3 else 12  # every pass noisy: all are kept, moves are `noisy`
     assert rep["determinism_cost"] and all(c["n_before"] == c["n_after"] == expected for c in rep["determinism_cost"])
 
 
 def test_a_hog_halfway_through_is_named_and_is_not_a_determinism_cost(tmp_path: Path, tiny_model: Path):
     suite = write_suite(tmp_path / "turns.toml", SUITE.format(model=tiny_model, repeats=4))
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(suite), "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "run", str(suite), "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     hog = None
     try:
         deadline = time.monotonic() + 300
@@ -131,18 +153,50 @@ ONE = SUITE.split("[profiles.deterministic]")[0]
 def test_calibrate_keeps_the_run_history_and_fits_thresholds(tmp_path: Path, tiny_model: Path):
     suite = write_suite(tmp_path / "turns.toml", ONE.format(model=tiny_model, repeats=2))
     store = tmp_path / "baselines"
-    p = subprocess.run([sys.executable, "-m", "harness.cli", "calibrate", str(suite), "--runs", "3", "--baselines",
-                        str(store), "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "calibrate",
+            str(suite),
+            "--runs",
+            "3",
+            "--baselines",
+            str(store),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     (f,) = store.glob("*/turns/default.json")
     b = json.loads(f.read_text())
     assert len(b["runs"]) == 3 and b["calibration"]["runs"] == 3 and b["calibration"]["budget"] == 0.01
     assert set(b["thresholds"]) == {"solo ttft", "solo tpot", "solo e2e", "solo tok_s", "load"}
     assert all(t >= 0.01 for t in b["thresholds"].values())
-    assert "default: 3 runs, per-row alpha 0.002" in p.stdout   # budget 0.01 over 5 gated rows
+    assert "default: 3 runs, per-row alpha 0.002" in p.stdout  # budget 0.01 over 5 gated rows
     # The next run is judged against the three runs' spread, under the calibrated thresholds.
-    r = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(suite), "--baselines", str(store), "--out",
-                        str(tmp_path / "next")], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "run",
+            str(suite),
+            "--baselines",
+            str(store),
+            "--out",
+            str(tmp_path / "next"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert r.returncode in (0, 1), r.stdout + r.stderr
     rows = {c["metric"]: c for c in load_report(tmp_path / "next")["perf"]["default"]}
     assert rows["solo tpot"]["runs"] == 3 and rows["solo tpot"]["threshold"] == b["thresholds"]["solo tpot"]
@@ -151,9 +205,26 @@ def test_calibrate_keeps_the_run_history_and_fits_thresholds(tmp_path: Path, tin
 def test_timings_against_another_hardwares_baseline_are_shown_not_gated(tmp_path: Path, tiny_model: Path):
     suite = write_suite(tmp_path / "turns.toml", ONE.format(model=tiny_model, repeats=2))
     store = tmp_path / "baselines"
-    p = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(suite), "--baselines", str(store), "--out",
-                        str(tmp_path / "a"), "--update-baselines", "--reason", "elsewhere"],
-                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "run",
+            str(suite),
+            "--baselines",
+            str(store),
+            "--out",
+            str(tmp_path / "a"),
+            "--update-baselines",
+            "--reason",
+            "elsewhere",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     # The same file, as if recorded on another CPU model ten times slower: a gate would call this an improvement.
     (f,) = store.glob("*/turns/default.json")
@@ -166,14 +237,36 @@ def test_timings_against_another_hardwares_baseline_are_shown_not_gated(tmp_path
     other.write_text(json.dumps(b))
     f.unlink()
     junit = tmp_path / "junit.xml"
-    r = subprocess.run([sys.executable, "-m", "pytest", "-p", "harness.pytest_plugin", str(suite), "-o", "testpaths=",
-                        "-q", "-rs", f"--junitxml={junit}", "--baselines", str(store), "--out", str(tmp_path / "b"),
-                        "-p", "no:cacheprovider"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "harness.pytest_plugin",
+            str(suite),
+            "-o",
+            "testpaths=",
+            "-q",
+            "-rs",
+            f"--junitxml={junit}",
+            "--baselines",
+            str(store),
+            "--out",
+            str(tmp_path / "b"),
+            "-p",
+            "no:cacheprovider",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "shown, not gated" in r.stdout and "other hardware" in r.stdout
     rep = load_report(tmp_path / "b")
     assert rep["perf_gated"] == {"default": False}
     tpot = next(c for c in rep["perf"]["default"] if c["metric"] == "solo tpot")
-    assert tpot["status"] == "not comparable" and tpot["mark"] == "x" and tpot["ratio"] < 0.5   # shown, gates nothing
+    assert tpot["status"] == "not comparable" and tpot["mark"] == "x" and tpot["ratio"] < 0.5  # shown, gates nothing
     v = next(v for v in rep["verdicts"] if v["property"] == "baseline")
     assert v["expect"] == "close" and "no baseline for this hardware" in v["reason"]

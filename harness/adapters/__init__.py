@@ -1,5 +1,6 @@
 """Adapter registry: lazy "module:attr" strings, extended through the entry-point group
 `harness.adapters`, so importing the registry imports no model code (and never torch_npu)."""
+
 from __future__ import annotations
 
 import difflib
@@ -35,6 +36,7 @@ class AdapterError(ValueError):
 def get(name: str) -> Any:
     """The adapter class, checked against the contract (harness.jobs.Adapter) when its entry point is resolved."""
     from ..jobs import adapter_problem
+
     target = resolve(name)
     module, _, attr = target.partition(":")
     try:

@@ -8,6 +8,7 @@ text, character by character (level "text"). Torch-free: it runs in a worker tha
 
 The API key is read from the environment variable the suite names and only ever put in a request header.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -54,13 +55,23 @@ def _steps(choice: dict, api: str) -> list[_Step]:
     if not lp:
         return []
     if api == "chat":
-        return [_Step(e.get("token", ""), float(e.get("logprob", 0.0)),
-                      [(t.get("token", ""), float(t.get("logprob", 0.0))) for t in e.get("top_logprobs") or []])
-                for e in lp.get("content") or []]
+        return [
+            _Step(
+                e.get("token", ""),
+                float(e.get("logprob", 0.0)),
+                [(t.get("token", ""), float(t.get("logprob", 0.0))) for t in e.get("top_logprobs") or []],
+            )
+            for e in lp.get("content") or []
+        ]
     tops = lp.get("top_logprobs") or []
-    return [_Step(tok, float(lp_ if lp_ is not None else 0.0),
-                  sorted(((k, float(v)) for k, v in (tops[i] or {}).items()), key=lambda kv: -kv[1]) if i < len(tops) else [])
-            for i, (tok, lp_) in enumerate(zip(lp.get("tokens") or [], lp.get("token_logprobs") or []))]
+    return [
+        _Step(
+            tok,
+            float(lp_ if lp_ is not None else 0.0),
+            sorted(((k, float(v)) for k, v in (tops[i] or {}).items()), key=lambda kv: -kv[1]) if i < len(tops) else [],
+        )
+        for i, (tok, lp_) in enumerate(zip(lp.get("tokens") or [], lp.get("token_logprobs") or []))
+    ]
 
 
 def _piece(choice: dict, api: str) -> str:
@@ -91,7 +102,7 @@ def _error_message(raw: bytes) -> str:
 
 
 def _http_error(status: int, raw: bytes, server: str) -> str:
-    """"HTTP 400: <the server's message>"; an HTML page comes from a proxy in front of the server (nginx, a load
+    """ "HTTP 400: <the server's message>"; an HTML page comes from a proxy in front of the server (nginx, a load
     balancer), not from an OpenAI-compatible API, and is named as such."""
     msg = _error_message(raw)
     if not _html(raw.decode("utf-8", errors="replace").strip()):
@@ -100,21 +111,49 @@ def _http_error(status: int, raw: bytes, server: str) -> str:
     return f"HTTP {status} from the proxy{f' ({server})' if server else ''}: {msg}{hint}"
 
 
-def generated(text_pieces: list[str], times: list[float], steps: list[_Step], finish: str, usage: dict,
-              error: str = "", extra: dict | None = None) -> Generated:
+def generated(
+    text_pieces: list[str],
+    times: list[float],
+    steps: list[_Step],
+    finish: str,
+    usage: dict,
+    error: str = "",
+    extra: dict | None = None,
+) -> Generated:
     text = "".join(text_pieces)
     n_out = int(usage.get("completion_tokens") or 0) or len(steps)
-    common = dict(text=text, finish_reason=finish if not error else "error", token_times=times,
-                  prompt_tokens=int(usage.get("prompt_tokens") or 0), output_tokens=n_out, error=error, extra=extra or {})
+    common = dict(
+        text=text,
+        finish_reason=finish if not error else "error",
+        token_times=times,
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        output_tokens=n_out,
+        error=error,
+        extra=extra or {},
+    )
     if steps:
-        return Generated(tokens=[_tid(s.token) for s in steps], pieces=[s.token for s in steps],
-                         fingerprints=[hashlib.blake2b(json.dumps([s.token, s.logprob, s.top]).encode(), digest_size=8).hexdigest()
-                                       for s in steps],
-                         topk_ids=[[_tid(t) for t, _ in s.top] for s in steps],
-                         topk_logprobs=[[lp for _, lp in s.top] for s in steps], level="logprobs", **common)
+        return Generated(
+            tokens=[_tid(s.token) for s in steps],
+            pieces=[s.token for s in steps],
+            fingerprints=[
+                hashlib.blake2b(json.dumps([s.token, s.logprob, s.top]).encode(), digest_size=8).hexdigest()
+                for s in steps
+            ],
+            topk_ids=[[_tid(t) for t, _ in s.top] for s in steps],
+            topk_logprobs=[[lp for _, lp in s.top] for s in steps],
+            level="logprobs",
+            **common,
+        )
     # Text only: characters are the unit, so a divergence is located to the character.
-    return Generated(tokens=[ord(c) for c in text], pieces=list(text), fingerprints=[], topk_ids=[], topk_logprobs=[],
-                     level="text", **common)
+    return Generated(
+        tokens=[ord(c) for c in text],
+        pieces=list(text),
+        fingerprints=[],
+        topk_ids=[],
+        topk_logprobs=[],
+        level="text",
+        **common,
+    )
 
 
 class EndpointAdapter:
@@ -136,8 +175,10 @@ class EndpointAdapter:
     def load(self) -> dict[str, float]:
         """Connect, learn the model id, and probe which optional fields the server takes; fails -> worker exit 3."""
         import httpx
-        self.client = httpx.AsyncClient(**client_kwargs(self.ep), limits=httpx.Limits(max_connections=256,
-                                                                                      max_keepalive_connections=256))
+
+        self.client = httpx.AsyncClient(
+            **client_kwargs(self.ep), limits=httpx.Limits(max_connections=256, max_keepalive_connections=256)
+        )
         t0 = time.perf_counter()
         self.loop.run_until_complete(self._probe())
         return {"probe": time.perf_counter() - t0}
@@ -145,8 +186,17 @@ class EndpointAdapter:
     def describe(self) -> dict:
         # A server the harness started runs on this host: its CPU model and cores belong in the baseline key.
         host = f"{envinfo.cpu_model()}-c{os.cpu_count()}" if self.server != "external" else ""
-        return {"device": "endpoint", "server": self.server, "target": self.job.device, "host": host, "url": self.ep.base_url,
-                "api": self.ep.api, "model": self.model, "level": self.level, "dropped_fields": sorted(self.dropped)}
+        return {
+            "device": "endpoint",
+            "server": self.server,
+            "target": self.job.device,
+            "host": host,
+            "url": self.ep.base_url,
+            "api": self.ep.api,
+            "model": self.model,
+            "level": self.level,
+            "dropped_fields": sorted(self.dropped),
+        }
 
     def generate(self, prompts: list[dict]) -> list[Generated]:
         return self.loop.run_until_complete(self._batch(prompts))
@@ -162,12 +212,20 @@ class EndpointAdapter:
 
     # -- internals -----------------------------------------------------------------------------------------------
     def _body(self, prompt: dict, max_tokens: int | None = None, stream: bool = True) -> dict:
-        return request_body(self.ep, prompt, max_tokens=max_tokens or self.job.max_new_tokens,
-                            top_logprobs=self.job.top_logprobs, seed=self.job.seed, model=self.model,
-                            stream=stream, dropped=self.dropped)
+        return request_body(
+            self.ep,
+            prompt,
+            max_tokens=max_tokens or self.job.max_new_tokens,
+            top_logprobs=self.job.top_logprobs,
+            seed=self.job.seed,
+            model=self.model,
+            stream=stream,
+            dropped=self.dropped,
+        )
 
     async def _probe(self) -> None:
         import httpx
+
         if not self.model:
             try:
                 r = await self.client.get(self.ep.base_url + "/v1/models")
@@ -194,6 +252,7 @@ class EndpointAdapter:
         """The cause of a connection failure that the async stack lost (anyio drops the TLS alert of a server that
         wants a client certificate): one plain request to the health path shows it."""
         import httpx
+
         try:
             with httpx.Client(**client_kwargs(self.ep, timeout_s=10.0)) as c:
                 c.get(self.ep.base_url + self.ep.health_path)
@@ -220,12 +279,13 @@ class EndpointAdapter:
                 errors.append(str(e))
                 if not e.retry or attempt == self.ep.retries:
                     break
-                await asyncio.sleep(self.ep.backoff_s * 2 ** attempt)
+                await asyncio.sleep(self.ep.backoff_s * 2**attempt)
         why = errors[-1] + (f" (after {len(errors)} attempts: {'; '.join(errors[:-1])})" if len(errors) > 1 else "")
         return generated([], [], [], "error", {}, error=why, extra={"attempts": len(errors)})
 
     async def _stream(self, body: dict) -> Generated:
         import httpx
+
         pieces: list[str] = []
         times: list[float] = []
         steps: list[_Step] = []
@@ -233,8 +293,9 @@ class EndpointAdapter:
         finish, done = "", False
         t0 = time.perf_counter()
         try:
-            async with self.client.stream("POST", self.url, content=encode(body),
-                                          headers={"Content-Type": "application/json"}) as r:
+            async with self.client.stream(
+                "POST", self.url, content=encode(body), headers={"Content-Type": "application/json"}
+            ) as r:
                 if r.status_code >= 400:
                     msg = _http_error(r.status_code, await r.aread(), r.headers.get("server", ""))
                     raise RequestFailed(msg, retry=r.status_code in RETRY_STATUS, status=r.status_code)
@@ -262,20 +323,28 @@ class EndpointAdapter:
                         steps += _steps(choice, self.ep.api)
                         finish = choice.get("finish_reason") or finish
         except httpx.TimeoutException as e:
-            raise RequestFailed(f"timed out ({type(e).__name__}, endpoint.request_timeout_s = {self.ep.request_timeout_s:g})",
-                                retry=True) from None
+            raise RequestFailed(
+                f"timed out ({type(e).__name__}, endpoint.request_timeout_s = {self.ep.request_timeout_s:g})",
+                retry=True,
+            ) from None
         except (httpx.TransportError, OSError) as e:  # OSError: a TLS alert anyio lets through unwrapped
             why = connection_error(e, self.ep.base_url)
-            raise RequestFailed(why or f"connection failed ({type(e).__name__}: {str(e) or 'closed by the server'})",
-                                retry=True, vague=not why) from None
+            raise RequestFailed(
+                why or f"connection failed ({type(e).__name__}: {str(e) or 'closed by the server'})",
+                retry=True,
+                vague=not why,
+            ) from None
         if not (done or finish):
-            raise RequestFailed("the stream ended before the response was complete (no finish_reason, no [DONE])", retry=True)
+            raise RequestFailed(
+                "the stream ended before the response was complete (no finish_reason, no [DONE])", retry=True
+            )
         if steps and len(steps) < len(pieces):
             steps = []  # logprobs for only part of the output: compare the text rather than half the steps
         return generated(pieces, times, steps, finish or "stop", usage)
 
     async def _oversize(self) -> dict:
         import httpx
+
         base = encode(self._body({"id": "oversize", "text": ""}, max_tokens=1, stream=False))
         filler = "a " * ((self.ep.max_body_bytes - len(base)) // 2 + 512)
         content = encode(self._body({"id": "oversize", "text": filler}, max_tokens=1, stream=False))
@@ -283,9 +352,17 @@ class EndpointAdapter:
         try:
             r = await self.client.post(self.url, content=content, headers={"Content-Type": "application/json"})
         except httpx.HTTPError as e:
-            return {**out, "status": 0, "passed": False,
-                    "message": f"the server failed instead of rejecting it: {type(e).__name__}: {str(e) or 'connection closed'}"}
+            return {
+                **out,
+                "status": 0,
+                "passed": False,
+                "message": f"the server failed instead of rejecting it: {type(e).__name__}: {str(e) or 'connection closed'}",
+            }
         msg = _error_message(r.content)
         ok = 400 <= r.status_code < 500
-        return {**out, "status": r.status_code, "passed": ok,
-                "message": msg if ok else f"expected a 4xx rejection, got HTTP {r.status_code}: {msg[:120]}"}
+        return {
+            **out,
+            "status": r.status_code,
+            "passed": ok,
+            "message": msg if ok else f"expected a 4xx rejection, got HTTP {r.status_code}: {msg[:120]}",
+        }

@@ -1,5 +1,6 @@
 """Transformers models on cpu, cuda or npu, with an explicit greedy loop so that each step's
 fingerprint, top-k and timestamp are captured on the device with no extra forward pass."""
+
 from __future__ import annotations
 
 import inspect
@@ -17,6 +18,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 class HFAdapter:
     remote = False
+
     def __init__(self, job: Job, device: torch.device, capture: bool = True):
         self.job, self.device = job, device
         self.capture = capture  # False only to measure what the per-step capture costs (tests/bench)
@@ -51,8 +53,9 @@ class HFAdapter:
 
     def render(self, prompt: dict) -> str:
         if prompt["chat"] and self.tok.chat_template:
-            return self.tok.apply_chat_template([{"role": "user", "content": prompt["text"]}],
-                                                tokenize=False, add_generation_prompt=True)
+            return self.tok.apply_chat_template(
+                [{"role": "user", "content": prompt["text"]}], tokenize=False, add_generation_prompt=True
+            )
         return prompt["text"]
 
     @torch.inference_mode()
@@ -71,8 +74,14 @@ class HFAdapter:
         done = [False] * rows
         devices.synchronize(dev)
         t0 = time.perf_counter()
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
-                         **{self.cache_kw: cache})
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self.cache_kw: cache},
+        )
         for step in range(steps):
             logits = out.logits[:, -1, :]
             nxt = logits.argmax(-1)
@@ -98,13 +107,28 @@ class HFAdapter:
                 break
             mask = torch.cat((mask, mask.new_ones((rows, 1))), dim=-1)
             pos = pos[:, -1:] + 1
-            out = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, use_cache=True,
-                             logits_to_keep=1, **{self.cache_kw: cache})
-        return [Generated(tokens=toks[r], pieces=[self.tok.decode([t]) for t in toks[r]],
-                          text=self.tok.decode(toks[r], skip_special_tokens=True),
-                          finish_reason="stop" if done[r] else "length", fingerprints=fps[r], topk_ids=tids[r],
-                          topk_logprobs=tlps[r], token_times=times[r], prompt_tokens=int(mask[r, :ids.shape[1]].sum()))
-                for r in range(rows)]
+            out = self.model(
+                input_ids=nxt[:, None],
+                attention_mask=mask,
+                position_ids=pos,
+                use_cache=True,
+                logits_to_keep=1,
+                **{self.cache_kw: cache},
+            )
+        return [
+            Generated(
+                tokens=toks[r],
+                pieces=[self.tok.decode([t]) for t in toks[r]],
+                text=self.tok.decode(toks[r], skip_special_tokens=True),
+                finish_reason="stop" if done[r] else "length",
+                fingerprints=fps[r],
+                topk_ids=tids[r],
+                topk_logprobs=tlps[r],
+                token_times=times[r],
+                prompt_tokens=int(mask[r, : ids.shape[1]].sum()),
+            )
+            for r in range(rows)
+        ]
 
     def close(self) -> None:
         self.model = None  # the worker exits next; nothing else to release

@@ -1,4 +1,5 @@
 """Outputs against the golden baseline: each prompt's solo reference against the stored one. Pure functions."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -18,8 +19,14 @@ def references(records: list[Record]) -> list[Record]:
     return list(seen.values())
 
 
-def evaluate(records: list[Record], reference: Callable[[str], Record | None], profile: str, expect: Expectation,
-             note: str = "", k: int | None = None) -> Verdict:
+def evaluate(
+    records: list[Record],
+    reference: Callable[[str], Record | None],
+    profile: str,
+    expect: Expectation,
+    note: str = "",
+    k: int | None = None,
+) -> Verdict:
     """expect: what the baseline found allows (the caller picks it by tier: the same key bitwise, other software
     tokens, other hardware close). Text cannot meet it bitwise or close, so there it is judged on tokens."""
     if expect not in BASELINE_EXPECTATIONS:
@@ -28,7 +35,9 @@ def evaluate(records: list[Record], reference: Callable[[str], Record | None], p
     level = lowest_level(ours)
     if level == "text" and expect in ("bitwise", "close"):
         if expect == "close":
-            note = "; ".join(filter(None, ["close needs logprobs and the server returned text only: tokens compared", note]))
+            note = "; ".join(
+                filter(None, ["close needs logprobs and the server returned text only: tokens compared", note])
+            )
         expect = "tokens"
     comps = []
     for r in ours:
@@ -39,10 +48,26 @@ def evaluate(records: list[Record], reference: Callable[[str], Record | None], p
 
 
 def not_comparable(profile: str, reason: str) -> Verdict:
-    return Verdict(profile=profile, property="baseline", expect="-", status="not comparable", reason=reason,
-                   sequences=0, bitwise=0, token_identical=0)
+    return Verdict(
+        profile=profile,
+        property="baseline",
+        expect="-",
+        status="not comparable",
+        reason=reason,
+        sequences=0,
+        bitwise=0,
+        token_identical=0,
+    )
 
 
 def missing(profile: str, reason: str) -> Verdict:
-    return Verdict(profile=profile, property="baseline", expect="-", status="no baseline", reason=reason,
-                   sequences=0, bitwise=0, token_identical=0)
+    return Verdict(
+        profile=profile,
+        property="baseline",
+        expect="-",
+        status="no baseline",
+        reason=reason,
+        sequences=0,
+        bitwise=0,
+        token_identical=0,
+    )

@@ -1,4 +1,5 @@
 """Determinism analysis: records in, verdicts out. Pure functions, no I/O, no torch."""
+
 from __future__ import annotations
 
 import builtins
@@ -11,13 +12,13 @@ from typing import Literal, TypedDict
 
 from ..records import Record
 
-Level = Literal["bitwise", "tokens", "close", "diverged"]     # how one sequence compares with its reference
-LEVEL_ORDER: tuple[Level, ...] = ("bitwise", "tokens", "close", "diverged")   # best first
+Level = Literal["bitwise", "tokens", "close", "diverged"]  # how one sequence compares with its reference
+LEVEL_ORDER: tuple[Level, ...] = ("bitwise", "tokens", "close", "diverged")  # best first
 Expectation = Literal["bitwise", "tokens", "close", "vary", "report"]
 EXPECTATIONS: tuple[Expectation, ...] = ("bitwise", "tokens", "close", "vary", "report")
 Status = Literal["pass", "fail", "report", "no data", "no baseline", "not comparable", "updated"]
-Seen = Literal["logits", "logprobs", "text"]                    # what a comparison can see
-LEVELS: tuple[Seen, ...] = ("logits", "logprobs", "text")       # best first
+Seen = Literal["logits", "logprobs", "text"]  # what a comparison can see
+LEVELS: tuple[Seen, ...] = ("logits", "logprobs", "text")  # best first
 
 BATCH_KINDS = ("permutation", "batch-sizes", "needle")
 PROPERTY_KINDS = {"repeatability": ("repeat",), "batch-invariance": BATCH_KINDS}
@@ -25,6 +26,7 @@ PROPERTY_KINDS = {"repeatability": ("repeat",), "batch-invariance": BATCH_KINDS}
 
 class _Where(TypedDict):
     """The fields every Comparison has, whatever its level."""
+
     prompt_id: str
     schedule: str
     batch_id: str
@@ -38,6 +40,7 @@ class _Where(TypedDict):
 
 class ComparisonRow(TypedDict):
     """Comparison.row(): one line of the report's list of compared sequences."""
+
     prompt_id: str
     schedule: str
     batch_id: str
@@ -56,23 +59,24 @@ class ComparisonRow(TypedDict):
 @dataclass(frozen=True)
 class Comparison:
     """One sequence against its reference."""
+
     prompt_id: str
     schedule: str
     batch_id: str
     batch: tuple[str, ...]
     position: int
     level: Level
-    first_bit_step: int | None          # first step whose logits fingerprint differs
-    first_token_step: int | None        # first step whose token differs
-    ref_margin: float | None = None     # reference top-1 minus top-2 logprob at the divergent step
+    first_bit_step: int | None  # first step whose logits fingerprint differs
+    first_token_step: int | None  # first step whose token differs
+    ref_margin: float | None = None  # reference top-1 minus top-2 logprob at the divergent step
     ref_token: str = ""
     other_token: str = ""
     ref_in_other_topk: bool | None = None
     other_in_ref_topk: bool | None = None
-    context: str = ""                   # text generated before the divergent step
-    max_dlogprob: float = 0.0           # largest |Δ logprob| over shared top-k ids, up to the divergence
-    unit: str = "step"                  # "character" when the server returned text only
-    k: int = 0                          # top-k depth the membership checks at the divergent step used
+    context: str = ""  # text generated before the divergent step
+    max_dlogprob: float = 0.0  # largest |Δ logprob| over shared top-k ids, up to the divergence
+    unit: str = "step"  # "character" when the server returned text only
+    k: int = 0  # top-k depth the membership checks at the divergent step used
 
     def describe(self) -> str:
         where = f"prompt {self.prompt_id!r} in {self.batch_id} (batch of {len(self.batch)}, position {self.position})"
@@ -81,28 +85,45 @@ class Comparison:
         if self.level == "tokens":
             if self.unit == "character":
                 return f"{where}: same text (the server gives text only, so bits cannot be compared)"
-            return (f"{where}: same tokens, logits bits first differ at step {self.first_bit_step}; "
-                    f"max |Δ logprob| {self.max_dlogprob:.3g}")
+            return (
+                f"{where}: same tokens, logits bits first differ at step {self.first_bit_step}; "
+                f"max |Δ logprob| {self.max_dlogprob:.3g}"
+            )
         margin = "n/a" if self.ref_margin is None else f"{self.ref_margin:.4f}"
         what = "text diverges at character" if self.unit == "character" else "tokens diverge at step"
-        head = (f"{where}: {what} {self.first_token_step} after {self.context[-60:]!r}: "
-                f"reference {self.ref_token!r} vs {self.other_token!r}; ")
+        head = (
+            f"{where}: {what} {self.first_token_step} after {self.context[-60:]!r}: "
+            f"reference {self.ref_token!r} vs {self.other_token!r}; "
+        )
         if self.level == "close":
-            return (f"{head}near-tie: each side's token is in the other's top-{self.k}; reference margin {margin}; "
-                    f"max |Δ logprob| up to it {self.max_dlogprob:.3g}")
-        return (f"{head}reference margin {margin}; "
-                f"reference token in other's top-{self.k or 'k'}: {_yn(self.ref_in_other_topk)}, "
-                f"other's token in reference top-{self.k or 'k'}: {_yn(self.other_in_ref_topk)}; "
-                f"max |Δ logprob| before it {self.max_dlogprob:.3g}")
+            return (
+                f"{head}near-tie: each side's token is in the other's top-{self.k}; reference margin {margin}; "
+                f"max |Δ logprob| up to it {self.max_dlogprob:.3g}"
+            )
+        return (
+            f"{head}reference margin {margin}; "
+            f"reference token in other's top-{self.k or 'k'}: {_yn(self.ref_in_other_topk)}, "
+            f"other's token in reference top-{self.k or 'k'}: {_yn(self.other_in_ref_topk)}; "
+            f"max |Δ logprob| before it {self.max_dlogprob:.3g}"
+        )
 
     def row(self) -> ComparisonRow:
         """Plain JSON-able values: one line of the report's list of compared sequences."""
-        return ComparisonRow(prompt_id=self.prompt_id, schedule=self.schedule, batch_id=self.batch_id,
-                             batch_size=len(self.batch), position=self.position, level=self.level,
-                             first_bit_step=self.first_bit_step, first_token_step=self.first_token_step,
-                             ref_margin=self.ref_margin, ref_in_other_topk=self.ref_in_other_topk,
-                             other_in_ref_topk=self.other_in_ref_topk,
-                             ref_token=self.ref_token, other_token=self.other_token)
+        return ComparisonRow(
+            prompt_id=self.prompt_id,
+            schedule=self.schedule,
+            batch_id=self.batch_id,
+            batch_size=len(self.batch),
+            position=self.position,
+            level=self.level,
+            first_bit_step=self.first_bit_step,
+            first_token_step=self.first_token_step,
+            ref_margin=self.ref_margin,
+            ref_in_other_topk=self.ref_in_other_topk,
+            other_in_ref_topk=self.other_in_ref_topk,
+            ref_token=self.ref_token,
+            other_token=self.other_token,
+        )
 
 
 def _yn(v: bool | None) -> str:
@@ -149,9 +170,17 @@ def compare(ref: Record, other: Record, k: int | None = None) -> Comparison:
     # Steps before the first differing fingerprint have bit-identical logits: their Δ is 0, skip them.
     first = last if bit_step is None else min(bit_step, last)
     dmax = max(_max_dlogprob(ref, other, first, last - 1), _max_dlogprob(ref, other, last - 1, last))
-    base = _Where(prompt_id=other.prompt_id, schedule=other.schedule, batch_id=other.batch_id, batch=tuple(other.batch),
-                  position=other.position, first_bit_step=bit_step, first_token_step=tok_step, max_dlogprob=dmax,
-                  unit="character" if text_only else "step")
+    base = _Where(
+        prompt_id=other.prompt_id,
+        schedule=other.schedule,
+        batch_id=other.batch_id,
+        batch=tuple(other.batch),
+        position=other.position,
+        first_bit_step=bit_step,
+        first_token_step=tok_step,
+        max_dlogprob=dmax,
+        unit="character" if text_only else "step",
+    )
     if tok_step is None:
         return Comparison(level="bitwise" if bit_step is None else "tokens", **base)
     s = tok_step
@@ -169,31 +198,38 @@ def compare(ref: Record, other: Record, k: int | None = None) -> Comparison:
     # vLLM's check_logprobs_close: a near-tie at the first divergence is tolerated, what follows it is not compared.
     # A side that ended has no token there (None), and text carries no top-k: both stay diverged.
     close = not text_only and ref_in is True and other_in is True
-    return Comparison(level="close" if close else "diverged", ref_margin=margin,
-                      ref_token=ref.pieces[s] if r_tok is not None else "<end>",
-                      other_token=other.pieces[s] if o_tok is not None else "<end>",
-                      ref_in_other_topk=ref_in, other_in_ref_topk=other_in,
-                      context="".join(ref.pieces[max(0, s - 12):s]), k=max(len(r_ids), len(o_ids)), **base)
+    return Comparison(
+        level="close" if close else "diverged",
+        ref_margin=margin,
+        ref_token=ref.pieces[s] if r_tok is not None else "<end>",
+        other_token=other.pieces[s] if o_tok is not None else "<end>",
+        ref_in_other_topk=ref_in,
+        other_in_ref_topk=other_in,
+        context="".join(ref.pieces[max(0, s - 12) : s]),
+        k=max(len(r_ids), len(o_ids)),
+        **base,
+    )
 
 
 @dataclass(frozen=True)
 class Verdict:
     """One profile's result for one property."""
+
     profile: str
     property: str
-    expect: Expectation | Literal["-"]   # "-": no expectation (no baseline, baseline updated or not comparable)
+    expect: Expectation | Literal["-"]  # "-": no expectation (no baseline, baseline updated or not comparable)
     status: Status
     reason: str
     sequences: int
     bitwise: int
-    token_identical: int                 # bitwise included, close not
-    close: int = 0                       # near-ties at the first divergence: neither token-identical nor diverged
-    unique_outputs: dict[str, int] = field(default_factory=dict)   # distinct token sequences per prompt
-    unique_bits: dict[str, int] = field(default_factory=dict)      # distinct fingerprint sequences per prompt
+    token_identical: int  # bitwise included, close not
+    close: int = 0  # near-ties at the first divergence: neither token-identical nor diverged
+    unique_outputs: dict[str, int] = field(default_factory=dict)  # distinct token sequences per prompt
+    unique_bits: dict[str, int] = field(default_factory=dict)  # distinct fingerprint sequences per prompt
     worst: Comparison | None = None
-    level: Seen = "logits"               # what the comparison could see: logits bits, a server's logprobs, or text
-    failed: int = 0                      # sequences with no output (a request that failed), left out of the comparison
-    comparisons: tuple[Comparison, ...] = ()   # every compared sequence, for the report to list
+    level: Seen = "logits"  # what the comparison could see: logits bits, a server's logprobs, or text
+    failed: int = 0  # sequences with no output (a request that failed), left out of the comparison
+    comparisons: tuple[Comparison, ...] = ()  # every compared sequence, for the report to list
 
     # builtins.property: in this class body `property` names the str field above
     @builtins.property
@@ -268,10 +304,13 @@ def judge(expect: Expectation, comps: list[Comparison], level: Seen = "logits") 
     if n == 0:
         return "no data", "no sequences to compare (did the worker crash before this schedule?)"
     if level == "text" and expect in ("bitwise", "vary", "close"):
-        needs = ("logprobs (each side's top-k at the first divergent step)" if expect == "close"
-                 else "logits or logprobs")
-        return "not comparable", (f"expectation {expect!r} needs {needs}, but the server returned text only; "
-                                  "expect 'tokens' or 'report' for this endpoint")
+        needs = (
+            "logprobs (each side's top-k at the first divergent step)" if expect == "close" else "logits or logprobs"
+        )
+        return "not comparable", (
+            f"expectation {expect!r} needs {needs}, but the server returned text only; "
+            "expect 'tokens' or 'report' for this endpoint"
+        )
     count = Counter(c.level for c in comps)
     nbit = count["bitwise"]
     same = "identical to the reference" if level == "logits" else f"identical to the reference in {SEEN_AS[level]}"
@@ -283,27 +322,53 @@ def judge(expect: Expectation, comps: list[Comparison], level: Seen = "logits") 
         return ("pass" if ok else "fail"), _tally(comps, level)
     if expect == "vary":
         if nbit < n:
-            return "pass", f"negative control saw variation: {n - nbit}/{n} sequences differ from the reference in {SEEN_AS[level]}"
-        return "fail", (f"negative control saw no variation in {n} sequences: the harness is blind here "
-                        "(are the flags leaking into this profile, or is the batch schedule too small?)")
+            return (
+                "pass",
+                f"negative control saw variation: {n - nbit}/{n} sequences differ from the reference in {SEEN_AS[level]}",
+            )
+        return "fail", (
+            f"negative control saw no variation in {n} sequences: the harness is blind here "
+            "(are the flags leaking into this profile, or is the batch schedule too small?)"
+        )
     if level == "text":
         return "report", f"{_tally(comps, level)} (no assertion)"
     return "report", f"{nbit}/{n} bitwise, {_tally(comps, level)} (no assertion)"
 
 
-def verdict(profile: str, prop: str, expect: Expectation, comps: list[Comparison], level: Seen, note: str = "", *,
-            failed: int = 0, unique_outputs: dict[str, int] | None = None,
-            unique_bits: dict[str, int] | None = None) -> Verdict:
+def verdict(
+    profile: str,
+    prop: str,
+    expect: Expectation,
+    comps: list[Comparison],
+    level: Seen,
+    note: str = "",
+    *,
+    failed: int = 0,
+    unique_outputs: dict[str, int] | None = None,
+    unique_bits: dict[str, int] | None = None,
+) -> Verdict:
     """Judge the comparisons and count them; note is appended to the reason, the rest goes to the Verdict as is."""
     status, reason = judge(expect, comps, level)
     if note:
         reason = f"{reason}; {note}"
     n = Counter(c.level for c in comps)
-    return Verdict(profile=profile, property=prop, expect=expect, status=status, reason=reason, sequences=len(comps),
-                   bitwise=n["bitwise"], token_identical=n["bitwise"] + n["tokens"], close=n["close"],
-                   worst=worst(comps), level=level, comparisons=tuple(comps), failed=failed,
-                   unique_outputs={} if unique_outputs is None else unique_outputs,
-                   unique_bits={} if unique_bits is None else unique_bits)
+    return Verdict(
+        profile=profile,
+        property=prop,
+        expect=expect,
+        status=status,
+        reason=reason,
+        sequences=len(comps),
+        bitwise=n["bitwise"],
+        token_identical=n["bitwise"] + n["tokens"],
+        close=n["close"],
+        worst=worst(comps),
+        level=level,
+        comparisons=tuple(comps),
+        failed=failed,
+        unique_outputs={} if unique_outputs is None else unique_outputs,
+        unique_bits={} if unique_bits is None else unique_bits,
+    )
 
 
 def evaluate(records: list[Record], profile: str, prop: str, expect: Expectation, k: int | None = None) -> Verdict:
@@ -320,6 +385,14 @@ def evaluate(records: list[Record], profile: str, prop: str, expect: Expectation
             tok_sets[r.prompt_id].add(tuple(r.tokens))
             bit_sets[r.prompt_id].add(tuple(r.fingerprints))
     note = f"{failed} sequences failed and are left out (see the failed requests)" if failed else ""
-    return verdict(profile, prop, expect, comps, level, note, failed=failed,
-                   unique_outputs={p: len(v) for p, v in sorted(tok_sets.items())},
-                   unique_bits={p: len(v) for p, v in sorted(bit_sets.items())} if level != "text" else {})
+    return verdict(
+        profile,
+        prop,
+        expect,
+        comps,
+        level,
+        note,
+        failed=failed,
+        unique_outputs={p: len(v) for p, v in sorted(tok_sets.items())},
+        unique_bits={p: len(v) for p, v in sorted(bit_sets.items())} if level != "text" else {},
+    )

@@ -1,4 +1,5 @@
 """Latency from records: per-sequence samples, percentiles, and the gate against a baseline. Pure functions."""
+
 from __future__ import annotations
 
 import math
@@ -12,8 +13,19 @@ from . import stats
 # Gated per-sequence metrics. ITL is pooled for percentiles only: its samples within one sequence are not
 # independent, so testing them would overstate significance.
 METRICS = ("ttft", "tpot", "e2e", "tok_s")
-HIGHER_IS_BETTER = {"tok_s", }
-UNITS = {"ttft": "ms", "tpot": "ms", "e2e": "ms", "tok_s": "tok/s", "itl": "ms", "load": "ms", "warm": "ms", "cold": "ms"}
+HIGHER_IS_BETTER = {
+    "tok_s",
+}
+UNITS = {
+    "ttft": "ms",
+    "tpot": "ms",
+    "e2e": "ms",
+    "tok_s": "tok/s",
+    "itl": "ms",
+    "load": "ms",
+    "warm": "ms",
+    "cold": "ms",
+}
 
 
 def sequence_metrics(r: Record) -> dict[str, float]:
@@ -22,8 +34,12 @@ def sequence_metrics(r: Record) -> dict[str, float]:
         return {}
     # A server streams chunks, not always one per token: its token count comes from `usage`.
     n = r.output_tokens or len(t)
-    return {"ttft": t[0], "tpot": (t[-1] - t[0]) / (n - 1) if n > 1 else math.nan, "e2e": t[-1],
-            "tok_s": n / t[-1] if t[-1] > 0 else math.nan}
+    return {
+        "ttft": t[0],
+        "tpot": (t[-1] - t[0]) / (n - 1) if n > 1 else math.nan,
+        "e2e": t[-1],
+        "tok_s": n / t[-1] if t[-1] > 0 else math.nan,
+    }
 
 
 def samples(records: list[Record]) -> dict[str, list[float]]:
@@ -50,9 +66,15 @@ def metric_kind(name: str) -> str:
     return name.rsplit(" ", 1)[-1]
 
 
-def gate(before: dict[str, list[float]], after: dict[str, list[float]], thresholds: dict[str, float],
-         default_threshold: float = 0.05, alpha: float = 0.05, seed: int = 0,
-         runs: dict[str, list[float]] | None = None) -> list[stats.Change]:
+def gate(
+    before: dict[str, list[float]],
+    after: dict[str, list[float]],
+    thresholds: dict[str, float],
+    default_threshold: float = 0.05,
+    alpha: float = 0.05,
+    seed: int = 0,
+    runs: dict[str, list[float]] | None = None,
+) -> list[stats.Change]:
     """Compare every gated metric present on either side; `itl` is reported, not gated. `thresholds` by full name
     (calibrated, "solo tpot") or by metric ("tpot"); `runs`: the baseline's per-run medians by full name."""
     out = []
@@ -61,8 +83,18 @@ def gate(before: dict[str, list[float]], after: dict[str, list[float]], threshol
         if kind == "itl":
             continue
         thr = thresholds.get(name, thresholds.get(kind, default_threshold))
-        out.append(stats.compare(name, before.get(name, []), after.get(name, []), threshold=thr, alpha=alpha,
-                                 higher_is_better=kind in HIGHER_IS_BETTER, seed=seed, runs=(runs or {}).get(name, ())))
+        out.append(
+            stats.compare(
+                name,
+                before.get(name, []),
+                after.get(name, []),
+                threshold=thr,
+                alpha=alpha,
+                higher_is_better=kind in HIGHER_IS_BETTER,
+                seed=seed,
+                runs=(runs or {}).get(name, ()),
+            )
+        )
     return out
 
 

@@ -9,6 +9,7 @@ threshold absorbs the drift). One run gates many rows, so the run has one false-
 over its gated rows), not one per row. The ratio carries a seeded bootstrap 95% interval, and each row reports the
 smallest change it could detect, so a quiet `~` on a noisy box is not mistaken for proof of no change.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,8 +22,15 @@ import numpy as np
 from scipy import stats
 
 ChangeStatus = Literal["regressed", "improved", "~", "insufficient", "not comparable", "failed", "noisy"]
-MARKS: dict[ChangeStatus, str] = {"regressed": "+", "improved": "-", "~": "~", "insufficient": "x",
-                                  "not comparable": "x", "failed": "!", "noisy": "?"}
+MARKS: dict[ChangeStatus, str] = {
+    "regressed": "+",
+    "improved": "-",
+    "~": "~",
+    "insufficient": "x",
+    "not comparable": "x",
+    "failed": "!",
+    "noisy": "?",
+}
 _BOOT = 2000
 _POWER_Z = 0.8416  # one-sided z for 80% power in the detectable-change estimate
 
@@ -33,17 +41,17 @@ class Change:
     status: ChangeStatus
     n_before: int
     n_after: int
-    before: float = math.nan    # median
-    after: float = math.nan     # median
-    ratio: float = math.nan     # after / before
-    ci_low: float = math.nan    # bootstrap 95% interval of the ratio
+    before: float = math.nan  # median
+    after: float = math.nan  # median
+    ratio: float = math.nan  # after / before
+    ci_low: float = math.nan  # bootstrap 95% interval of the ratio
     ci_high: float = math.nan
-    p: float = math.nan         # Mann-Whitney U, two-sided
+    p: float = math.nan  # Mann-Whitney U, two-sided
     detectable: float = math.nan  # smallest relative change these samples could detect (0.05 = 5%)
     threshold: float = 0.05
     higher_is_better: bool = False
     note: str = ""
-    runs: int = 0               # baseline runs the p-value was judged against (0: the samples, Mann-Whitney)
+    runs: int = 0  # baseline runs the p-value was judged against (0: the samples, Mann-Whitney)
 
     @property
     def mark(self) -> str:
@@ -61,13 +69,15 @@ class Change:
         """The status at a per-row significance level (the run's budget decides it; see `family`)."""
         if self.status not in ("regressed", "improved", "~") or self.p != self.p:
             return self
-        status: ChangeStatus = ("regressed" if self.worse and self.p < alpha else
-                                "improved" if self.better and self.p < alpha else "~")
+        status: ChangeStatus = (
+            "regressed" if self.worse and self.p < alpha else "improved" if self.better and self.p < alpha else "~"
+        )
         return dataclasses.replace(self, status=status)
 
 
 class _Sizes(TypedDict):
     """The Change fields known before anything is measured."""
+
     metric: str
     n_before: int
     n_after: int
@@ -134,7 +144,7 @@ def between_runs(runs: Sequence[float], after: float, alpha: float) -> tuple[flo
     return p, detectable
 
 
-CALIBRATION_FLOOR = 0.01   # a lucky quiet calibration must not make a 0.3% wobble a regression
+CALIBRATION_FLOOR = 0.01  # a lucky quiet calibration must not make a 0.3% wobble a regression
 
 
 def calibrated_threshold(run_medians: Sequence[float], alpha: float) -> float:
@@ -151,7 +161,9 @@ def calibrated_threshold(run_medians: Sequence[float], alpha: float) -> float:
 def family(changes: list[Change], budget: float) -> tuple[list[Change], float]:
     """Holm-Bonferroni over a run's gated rows: the chance that an A/A run flags any row stays within `budget`.
     Returns the rows with their statuses decided, and the smallest per-row alpha used (budget / rows)."""
-    tested = sorted((c.p, i) for i, c in enumerate(changes) if c.p == c.p and c.status in ("regressed", "improved", "~"))
+    tested = sorted(
+        (c.p, i) for i, c in enumerate(changes) if c.p == c.p and c.status in ("regressed", "improved", "~")
+    )
     m = len(tested)
     if m == 0:
         return changes, budget
@@ -160,17 +172,27 @@ def family(changes: list[Change], budget: float) -> tuple[list[Change], float]:
     for rank, (p, i) in enumerate(tested):
         level = budget / (m - rank)
         rejecting = rejecting and p <= level
-        alphas[i] = level if rejecting else 0.0   # after the first acceptance nothing further is significant
+        alphas[i] = level if rejecting else 0.0  # after the first acceptance nothing further is significant
     return [c.decided(alphas[i]) if i in alphas else c for i, c in enumerate(changes)], budget / m
 
 
-def compare(metric: str, before: list[float], after: list[float], *, threshold: float = 0.05, alpha: float = 0.05,
-            higher_is_better: bool = False, seed: int = 0, runs: Sequence[float] = ()) -> Change:
+def compare(
+    metric: str,
+    before: list[float],
+    after: list[float],
+    *,
+    threshold: float = 0.05,
+    alpha: float = 0.05,
+    higher_is_better: bool = False,
+    seed: int = 0,
+    runs: Sequence[float] = (),
+) -> Change:
     """`runs`: the baseline runs' medians of this metric; with two or more, p is judged against their spread."""
     a = np.asarray([x for x in before if math.isfinite(x)], dtype=float)
     b = np.asarray([x for x in after if math.isfinite(x)], dtype=float)
-    base = _Sizes(metric=metric, n_before=len(a), n_after=len(b), threshold=threshold,
-                  higher_is_better=higher_is_better)
+    base = _Sizes(
+        metric=metric, n_before=len(a), n_after=len(b), threshold=threshold, higher_is_better=higher_is_better
+    )
     if len(a) == 0 or len(b) == 0:
         return Change(status="failed", note="no samples on one side", **base)
     med_a, med_b = float(np.median(a)), float(np.median(b))
@@ -178,8 +200,12 @@ def compare(metric: str, before: list[float], after: list[float], *, threshold: 
     meds = _Medians(before=med_a, after=med_b, ratio=ratio)
     if min_p(len(a), len(b)) >= alpha:
         need = min_samples(alpha)
-        return Change(status="insufficient", note=f"{len(a)} vs {len(b)} samples can never reach p < {alpha}; "
-                      f"need at least {need} per side", **base, **meds)
+        return Change(
+            status="insufficient",
+            note=f"{len(a)} vs {len(b)} samples can never reach p < {alpha}; need at least {need} per side",
+            **base,
+            **meds,
+        )
     lo, hi = bootstrap_ratio(a, b, seed)
     good_runs = [r for r in runs if math.isfinite(r) and r > 0]
     if len(good_runs) >= 2 and med_b > 0:
@@ -190,6 +216,15 @@ def compare(metric: str, before: list[float], after: list[float], *, threshold: 
         detectable = detectable_change(a, b, alpha)
         # one run: its run-to-run spread is unknown, so p is within-run and the threshold absorbs drift
         note = "1 baseline run: within-run p" if len(good_runs) == 1 else ""
-    c = Change(status="~", ci_low=lo, ci_high=hi, p=p, detectable=detectable, note=note, runs=len(good_runs)
-               if len(good_runs) >= 2 else 0, **base, **meds)
+    c = Change(
+        status="~",
+        ci_low=lo,
+        ci_high=hi,
+        p=p,
+        detectable=detectable,
+        note=note,
+        runs=len(good_runs) if len(good_runs) >= 2 else 0,
+        **base,
+        **meds,
+    )
     return c.decided(alpha)

@@ -8,6 +8,7 @@ perf suite: `python -m tests.bench.gate_rates --calibrate 10 --slow 0.10:10 --sl
    against the calibrated baseline; a run is caught when it exits 1 with a regressed TPOT row.
 Needs the machine to itself: run nothing else beside it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,14 @@ class SlowAdapter(HFAdapter):
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     import os
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, **(env or {})})
+
+    return subprocess.run(
+        [sys.executable, "-m", "harness.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def leave_one_out(files: list[Path], budget: float) -> tuple[int, int, list[str]]:
@@ -72,8 +79,20 @@ def leave_one_out(files: list[Path], budget: float) -> tuple[int, int, list[str]
                 thr = b.thresholds.get(name, 0.05)
                 ratio = after / float(np.median(before))
                 p, _ = stats.between_runs(before, after, budget)
-                rows.append(stats.Change(f"{prof} {name}", "~", len(before), 1, float(np.median(before)), after,
-                                         ratio, p=p, threshold=thr, higher_is_better=kind in latency.HIGHER_IS_BETTER))
+                rows.append(
+                    stats.Change(
+                        f"{prof} {name}",
+                        "~",
+                        len(before),
+                        1,
+                        float(np.median(before)),
+                        after,
+                        ratio,
+                        p=p,
+                        threshold=thr,
+                        higher_is_better=kind in latency.HIGHER_IS_BETTER,
+                    )
+                )
         decided, _ = stats.family(rows, budget)
         hit = [c.metric for c in decided if c.status in ("regressed", "improved")]
         flagged += bool(hit)
@@ -91,7 +110,9 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="gate-rates-"))
     store = tmp / "baselines"
     t0 = time.time()
-    r = cli("calibrate", args.suite, "--runs", str(args.calibrate), "--baselines", str(store), "--out", str(tmp / "cal"))
+    r = cli(
+        "calibrate", args.suite, "--runs", str(args.calibrate), "--baselines", str(store), "--out", str(tmp / "cal")
+    )
     print(r.stdout[-3000:], r.stderr[-2000:] if r.returncode else "", flush=True)
     if r.returncode != 0:
         return r.returncode
@@ -104,14 +125,26 @@ def main() -> int:
         caught = 0
         for k in range(int(runs)):
             out = tmp / f"slow-{frac}-{k}"
-            r = cli("run", args.suite, "--baselines", str(store), "--out", str(out), "--adapter", "slow",
-                    env={**env, "HARNESS_SLOW_FRACTION": frac})
+            r = cli(
+                "run",
+                args.suite,
+                "--baselines",
+                str(store),
+                "--out",
+                str(out),
+                "--adapter",
+                "slow",
+                env={**env, "HARNESS_SLOW_FRACTION": frac},
+            )
             rep = json.loads(next(out.glob("*/report.json")).read_text())
             tpot = [c for rows in rep["perf"].values() for c in rows if c["metric"].endswith("tpot")]
             hit = r.returncode == 1 and any(c["status"] == "regressed" for c in tpot)
             caught += hit
-            print(f"slow {frac} run {k}: exit {r.returncode}; tpot ratios "
-                  + ", ".join(f"{c['ratio']:.3f} {c['status']}" for c in tpot), flush=True)
+            print(
+                f"slow {frac} run {k}: exit {r.returncode}; tpot ratios "
+                + ", ".join(f"{c['ratio']:.3f} {c['status']}" for c in tpot),
+                flush=True,
+            )
         print(f"detection at +{float(frac):.0%} per forward pass: {caught}/{runs} runs", flush=True)
     print(f"total {time.time() - t0:.0f} s; files in {tmp}", flush=True)
     return 0

@@ -1,4 +1,5 @@
 """The harness's own speed (nox -s bench): analysis throughput, and what the per-step capture costs."""
+
 from __future__ import annotations
 
 import random
@@ -30,10 +31,25 @@ def _records() -> list[Record]:
             lps = lps[:10] + [[v - 1e-6 for v in row] for row in lps[10:]]
         if level == "diverged":
             toks = toks[:200] + [t + 1 for t in toks[200:]]
-        out.append(Record(profile="p", prompt_id=f"q{p}", schedule=kind, kind=kind, batch_id=f"{kind}/{i}", batch=[f"q{p}"],
-                          position=0, tokens=toks, pieces=["x"] * STEPS, text="", finish_reason="length", fingerprints=fps,
-                          topk_ids=[[t, t + 1, t + 2, t + 3, t + 4] for t in toks], topk_logprobs=lps,
-                          token_times=[0.01 * (s + 1) for s in range(STEPS)]))
+        out.append(
+            Record(
+                profile="p",
+                prompt_id=f"q{p}",
+                schedule=kind,
+                kind=kind,
+                batch_id=f"{kind}/{i}",
+                batch=[f"q{p}"],
+                position=0,
+                tokens=toks,
+                pieces=["x"] * STEPS,
+                text="",
+                finish_reason="length",
+                fingerprints=fps,
+                topk_ids=[[t, t + 1, t + 2, t + 3, t + 4] for t in toks],
+                topk_logprobs=lps,
+                token_times=[0.01 * (s + 1) for s in range(STEPS)],
+            )
+        )
     return out
 
 
@@ -56,17 +72,36 @@ def adapter(embedded_dir: Path):
 
     from harness.adapters.hf import HFAdapter
     from harness.jobs import Job
+
     torch.manual_seed(0)
-    job = Job(name="bench", profile="bench", model_ref="smollm2-135m", model_dir=str(embedded_dir), device="cpu",
-              dtype="float32", records="", meta="", max_new_tokens=32, top_logprobs=5)
+    job = Job(
+        name="bench",
+        profile="bench",
+        model_ref="smollm2-135m",
+        model_dir=str(embedded_dir),
+        device="cpu",
+        dtype="float32",
+        records="",
+        meta="",
+        max_new_tokens=32,
+        top_logprobs=5,
+    )
     a = HFAdapter(job, torch.device("cpu"))
     a.load()
     return a
 
 
-PROMPTS_4 = [{"id": str(i), "chat": True, "text": t} for i, t in enumerate([
-    "Write a haiku about autumn leaves.", "List five fruits that are rich in vitamin C.",
-    "Explain gravity to a ten-year-old.", "Return a JSON object with the keys name, age and city."])]
+PROMPTS_4 = [
+    {"id": str(i), "chat": True, "text": t}
+    for i, t in enumerate(
+        [
+            "Write a haiku about autumn leaves.",
+            "List five fruits that are rich in vitamin C.",
+            "Explain gravity to a ten-year-old.",
+            "Return a JSON object with the keys name, age and city.",
+        ]
+    )
+]
 PAIRS = 15
 
 
@@ -74,6 +109,7 @@ PAIRS = 15
 @pytest.mark.process  # embedded_dir converts the model in a child process
 def test_capture_overhead_on_the_embedded_model(benchmark, adapter):
     """Fingerprint + top-k + timestamps per step, against the same loop with greedy argmax only."""
+
     def gen(capture: bool, prompts=PROMPTS_4):
         adapter.capture = capture
         return adapter.generate(prompts)
@@ -96,5 +132,7 @@ def test_capture_overhead_on_the_embedded_model(benchmark, adapter):
     overhead = statistics.median(ratios) - 1
     q1, _, q3 = statistics.quantiles(ratios, n=4)
     benchmark.extra_info.update(capture_overhead=overhead, overhead_iqr=[q1 - 1, q3 - 1], pairs=PAIRS)
-    print(f"\ncapture overhead: {100 * overhead:+.2f}% (IQR {100 * (q1 - 1):+.1f}% .. {100 * (q3 - 1):+.1f}%; "
-          f"median of {PAIRS} interleaved pairs, batch of 4 x 32 tokens)")
+    print(
+        f"\ncapture overhead: {100 * overhead:+.2f}% (IQR {100 * (q1 - 1):+.1f}% .. {100 * (q3 - 1):+.1f}%; "
+        f"median of {PAIRS} interleaved pairs, batch of 4 x 32 tokens)"
+    )

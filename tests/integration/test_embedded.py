@@ -1,4 +1,5 @@
 """The real embedded SmolLM2-135M-Instruct on CPU, through the real CLI and the real pytest plugin."""
+
 from __future__ import annotations
 
 import json
@@ -91,12 +92,33 @@ def test_cli_on_the_real_model(tmp_path: Path, embedded_dir: Path):
 
 
 def test_pytest_plugin_items_and_failure_report(tmp_path: Path, embedded_dir: Path):
-    suite = write_suite(tmp_path / "mini.toml", SUITE.replace(
-        'batch-invariance = "tokens"', 'batch-invariance = "bitwise"'))  # bitwise batch invariance fails on CPU
+    suite = write_suite(
+        tmp_path / "mini.toml", SUITE.replace('batch-invariance = "tokens"', 'batch-invariance = "bitwise"')
+    )  # bitwise batch invariance fails on CPU
     junit = tmp_path / "junit.xml"
-    p = subprocess.run([sys.executable, "-m", "pytest", "-p", "harness.pytest_plugin", str(suite), "-o", "testpaths=",
-                        f"--junitxml={junit}", "--out", str(tmp_path / "reports"), "--profile", "deterministic",
-                        "-p", "no:cacheprovider"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "harness.pytest_plugin",
+            str(suite),
+            "-o",
+            "testpaths=",
+            f"--junitxml={junit}",
+            "--out",
+            str(tmp_path / "reports"),
+            "--profile",
+            "deterministic",
+            "-p",
+            "no:cacheprovider",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert p.returncode == 1, p.stdout + p.stderr
     cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
     assert set(cases) == {"repeatability", "batch-invariance", "baseline"}

@@ -1,5 +1,6 @@
 """The latency gate on the real embedded model: a user-registered adapter that wraps the real one with a
 15% delay per token, installed through the `harness.adapters` entry point, must be flagged as regressed."""
+
 from __future__ import annotations
 
 import re
@@ -67,7 +68,9 @@ def test_a_15_percent_slower_adapter_regresses_tpot(tmp_path: Path, embedded_dir
     suite = write_suite(tmp_path / "gate.toml", SUITE)
     store, env = tmp_path / "baselines", _plugin(tmp_path)
     common = ("--baselines", str(store))
-    r = run_cli("run", str(suite), *common, "--out", str(tmp_path / "base"), "--update-baselines", "--reason", "A", env=env)
+    r = run_cli(
+        "run", str(suite), *common, "--out", str(tmp_path / "base"), "--update-baselines", "--reason", "A", env=env
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
     r = run_cli("run", str(suite), *common, "--out", str(tmp_path / "slow"), "--adapter", "slow", env=env)

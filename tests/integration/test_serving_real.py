@@ -1,5 +1,6 @@
 """The embedded model behind the real `transformers serve --continuous-batching`, started and stopped by the
 harness per profile, with concurrent requests: the serving path end to end, nothing stubbed."""
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,7 @@ api = "chat"
 [generation]
 max_new_tokens = 10
 [prompts]
-file = "{ROOT / 'suites' / 'prompts' / 'general.jsonl'}"
+file = "{ROOT / "suites" / "prompts" / "general.jsonl"}"
 [[schedules]]
 kind = "solo"
 [[schedules]]
@@ -43,8 +44,10 @@ expect = {{ cpu = "tokens" }}
 """
 
 
-@pytest.mark.skipif(shutil.which("transformers") is None and not (Path(os.sys.executable).parent / "transformers").exists(),
-                    reason="transformers serve not installed (extra: serving)")
+@pytest.mark.skipif(
+    shutil.which("transformers") is None and not (Path(os.sys.executable).parent / "transformers").exists(),
+    reason="transformers serve not installed (extra: serving)",
+)
 def test_transformers_serve_per_profile_with_concurrent_requests(tmp_path: Path, embedded_dir: Path):
     suite = write_suite(tmp_path / "served.toml", SUITE)
     p = run_cli("run", str(suite), "--out", str(tmp_path / "out"), timeout=900)
@@ -62,7 +65,10 @@ def test_transformers_serve_per_profile_with_concurrent_requests(tmp_path: Path,
     prompts = (ROOT / "suites" / "prompts" / "general.jsonl").read_text().splitlines()
     assert set(inv["unique_outputs"]) == {json.loads(ln)["id"] for ln in prompts if ln.strip()}
     assert any("returned text only" in n for n in rep["notes"])
-    assert "permutation ttft" in rep["latency"]["deterministic"] and rep["latency"]["deterministic"]["needle tpot"]["n"] >= 16
+    assert (
+        "permutation ttft" in rep["latency"]["deterministic"]
+        and rep["latency"]["deterministic"]["needle tpot"]["n"] >= 16
+    )
     log = (run / "logs" / "deterministic.server.log").read_text()
     assert "POST /v1/chat/completions" in log and "Uvicorn running" in log
     assert "unique outputs per prompt" in p.stdout
