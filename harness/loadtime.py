@@ -24,7 +24,8 @@ from .errors import INFRA, USAGE, HarnessError
 from .jobs import Job
 from .loadrun import LoadRun, LoadSuite, Target
 from .run import Check, Options, Outcome, Progress, RunDir, exit_code
-from .suite import SuiteError, Table, parse_head, parse_model
+from .suite import SuiteError, Table
+from .suite_parse import parse_head, parse_model
 
 ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTORCH_NPU_ALLOC_CONF", "NPU_MEMORY_FRACTION")
 

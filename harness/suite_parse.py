@@ -1,0 +1,381 @@
+"""Suite files into the frozen Suite: every table and key checked, one SuiteError line (file, key, what was
+expected) for anything wrong. Imported through harness.suite, which re-exports `load` and `parse`."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from .analysis.determinism import EXPECTATIONS
+from .paths import SAFE_RULE, safe_name, shown
+from .served import parse_endpoint, parse_server
+from .suite import (
+    BASELINE_LEVELS,
+    DEVICES,
+    DTYPES,
+    LATENCY_METRICS,
+    PROPERTIES,
+    SCHEDULE_PARAMS,
+    SUITE_FORMAT,
+    Attachment,
+    BaselinePolicy,
+    Generation,
+    ModelSpec,
+    Perf,
+    Profile,
+    Prompt,
+    Schedule,
+    Suite,
+)
+from .tomltable import Rule, SuiteError, Table, decode, did_you_mean, read_bytes, read_toml
+
+
+def load(path: str | Path) -> Suite:
+    return parse(read_toml(path), str(path), base=Path(path).parent)
+
+
+def parse_head(root: Table) -> tuple[str, int, str]:
+    """The [suite] table every suite kind starts with: (name, seed, description)."""
+    head = root.sub("suite")
+    name = head.get("name", str, expect='a name such as "determinism"')
+    if not safe_name(name):  # it names the run directory and the baseline folder
+        raise head.fail("name", f"{shown(name)} {SAFE_RULE}")
+    version = head.get("version", int, expect=f"the suite format version, {SUITE_FORMAT}")
+    if version != SUITE_FORMAT:
+        raise head.fail("version", f"unsupported suite format {version}; this harness reads version {SUITE_FORMAT}")
+    seed = head.get("seed", int, 0)
+    description = head.get("description", str, "")
+    head.done()
+    return name, seed, description
+
+
+def parse_model(root: Table) -> ModelSpec:
+    m = root.sub("model", {})
+    model = ModelSpec(
+        ref=m.get("ref", str, ModelSpec.ref),
+        dtype=m.get("dtype", str, ModelSpec.dtype, check=lambda v: v in DTYPES, expect=f"one of {', '.join(DTYPES)}"),
+        device=m.get(
+            "device", str, ModelSpec.device, check=lambda v: v in DEVICES, expect=f"one of {', '.join(DEVICES)}"
+        ),
+        adapter=m.get("adapter", str, ModelSpec.adapter),
+    )
+    m.done()
+    return model
+
+
+def parse(data: dict[str, Any], p: str, base: Path = Path(".")) -> Suite:
+    root = Table(p, "", data)
+    name, seed, description = parse_head(root)
+    model = parse_model(root)
+
+    g = root.sub("generation", {})
+    gen = Generation(
+        max_new_tokens=g.get(
+            "max_new_tokens", int, 64, check=lambda v: 1 <= v <= 32768, expect="an integer in [1, 32768]"
+        ),
+        greedy=g.get(
+            "greedy",
+            bool,
+            True,
+            check=lambda v: v,
+            expect="true (only greedy decoding is deterministic by construction)",
+        ),
+        top_logprobs=g.get("top_logprobs", int, 5, check=lambda v: 2 <= v <= 100, expect="an integer in [2, 100]"),
+    )
+    gen = dataclasses.replace(
+        gen,
+        close_k=g.get(
+            "close_k",
+            int,
+            0,
+            check=lambda v: 0 <= v <= gen.top_logprobs,
+            expect=f"0 (all {gen.top_logprobs} captured) or an integer in [1, top_logprobs]",
+        ),
+    )
+    g.done()
+
+    prompts = _prompts(root.sub("prompts"), base)
+
+    r = root.sub("run", {})
+    timeout = float(
+        r.get("timeout_s", (int, float), 1800, check=lambda v: v > 0, expect="a positive number of seconds")
+    )
+    r.done()
+
+    perf = _perf(root.sub("perf")) if "perf" in data else None
+    policy = _baseline_policy(root.sub("baselines", {}))
+    raw = root.get("schedules", list, expect="a list of [[schedules]] tables")
+    if not raw:
+        raise root.fail("schedules", 'empty; add at least a [[schedules]] kind = "solo"')
+    schedules = tuple(_schedule(Table(p, f"schedules[{i}]", s), seed, prompts) for i, s in enumerate(raw))
+    names = [s.name for s in schedules]
+    for n in names:
+        if names.count(n) > 1:
+            raise root.fail("schedules", f"two schedules named {n!r}; give one a distinct `name`")
+    if any(s.property == "batch-invariance" for s in schedules) and not any(s.kind == "solo" for s in schedules):
+        raise root.fail("schedules", 'batch-invariance schedules need a kind = "solo" schedule as their reference')
+
+    pt = root.sub("profiles")
+    if not pt.data:
+        raise root.fail("profiles", "empty; add at least [profiles.default]")
+    for n in pt.data:
+        if not safe_name(n):  # it names the worker's files and the baseline file
+            raise root.fail("profiles", f"{shown(n)} {SAFE_RULE}")
+    profiles = tuple(_profile(pt.sub(n), n) for n in list(pt.data))
+    pt.done()
+    server = parse_server(root.sub("server")) if "server" in data else None
+    media = next((x for x in prompts if x.attachments), None)
+    endpoint = None
+    if server is not None or "endpoint" in data:
+        endpoint = parse_endpoint(root.sub("endpoint", {}), base, server)
+        if "adapter" in data.get("model", {}) and model.adapter != "endpoint":
+            raise root.fail(
+                "model.adapter",
+                f"{model.adapter!r} runs an in-process model; a suite with [endpoint] or "
+                "[server] talks to a server (remove model.adapter)",
+            )
+        model = dataclasses.replace(model, adapter="endpoint")
+        if endpoint.api != "chat" and media:
+            raise root.fail(
+                "endpoint.api",
+                f'prompt {media.id!r} has attachments, which only the chat API carries; set api = "chat"',
+            )
+        for prof in profiles:
+            if prof.torch_deterministic:
+                raise root.fail(
+                    f"profiles.{prof.name}.torch_deterministic",
+                    "acts on an in-process model only; a server "
+                    "takes its switches from env (or its own command and config)",
+                )
+
+    elif media:
+        raise root.fail(
+            "prompts",
+            f"prompt {media.id!r} has attachments; only a served model takes them "
+            '(add [server] or [endpoint] with api = "chat")',
+        )
+    root.done()
+    return Suite(
+        name=name,
+        path=p,
+        model=model,
+        generation=gen,
+        prompts=prompts,
+        schedules=schedules,
+        profiles=profiles,
+        seed=seed,
+        timeout_s=timeout,
+        description=description,
+        perf=perf,
+        baselines=policy,
+        endpoint=endpoint,
+        server=server,
+    )
+
+
+def _baseline_policy(t: Table) -> BaselinePolicy:
+    d = BaselinePolicy()
+    lv = Rule(check=lambda v: v in BASELINE_LEVELS, expect=f"one of {', '.join(BASELINE_LEVELS)}")
+    policy = BaselinePolicy(
+        same_key=t.get("same_key", str, d.same_key, **lv),
+        other_software=t.get("other_software", str, d.other_software, **lv),
+        other_hardware=t.get("other_hardware", str, d.other_hardware, **lv),
+    )
+    t.done()
+    return policy
+
+
+def _perf(t: Table) -> Perf:
+    frac = Rule(check=lambda v: 0 < v < 10, expect="a relative change such as 0.05 (5%)")
+    th = t.sub("thresholds", {})
+    th.only(set(LATENCY_METRICS))
+    per = tuple((m, float(th.get(m, (int, float), **frac))) for m in LATENCY_METRICS if m in th.data)
+    th.done()
+    perf = Perf(
+        warmup=t.get("warmup", int, 0, check=lambda v: v >= 0, expect="a non-negative integer"),
+        repeats=t.get("repeats", int, 1, check=lambda v: v >= 1, expect="a positive integer"),
+        threshold=float(t.get("threshold", (int, float), 0.05, **frac)),
+        thresholds=per,
+        alpha=float(
+            t.get("alpha", float, 0.05, check=lambda v: 0 < v < 0.5, expect="a significance level such as 0.05")
+        ),
+        budget=float(
+            t.get(
+                "false_alarm_budget",
+                float,
+                0.01,
+                check=lambda v: 0 < v < 0.5,
+                expect="the family-wise false-alarm rate per run, such as 0.01",
+            )
+        ),
+        interleave=t.get("interleave", bool, True),
+        noise_share=float(
+            t.get(
+                "noise_share", float, 0.25, check=lambda v: 0 < v <= 1, expect="a share of the host's CPU, such as 0.25"
+            )
+        ),
+    )
+    t.done()
+    return perf
+
+
+def _prompt(t: Table, base: Path) -> Prompt:
+    t.only({"id", "text", "chat", "kind", "attachments"})
+    files = t.get(
+        "attachments",
+        list,
+        [],
+        check=lambda v: all(isinstance(x, str) and x for x in v),
+        expect="a list of image, audio or video file paths",
+    )
+    pr = Prompt(
+        id=t.get("id", str, check=lambda s: s.strip() != "", expect="a non-empty string"),
+        text=t.get("text", str, check=lambda s: s != "", expect="a non-empty string"),
+        chat=t.get("chat", bool, False),
+        kind=t.get("kind", str, ""),
+        attachments=tuple(_attachment(t, base / f) for f in files),
+    )
+    t.done()
+    return pr
+
+
+def _attachment(t: Table, fp: Path) -> Attachment:
+    import mimetypes
+
+    mime = mimetypes.guess_type(fp.name)[0] or ""
+    if mime.split("/")[0] not in ("image", "audio", "video"):
+        raise t.fail(
+            "attachments",
+            f"{fp.name}: not an image, audio or video file by its extension (.png, .jpg, .wav, .mp4, ...)",
+        )
+    try:
+        data = read_bytes(fp, "the attachment")
+    except SuiteError as e:
+        raise t.fail("attachments", str(e)) from None
+    return Attachment(path=str(fp.resolve()), mime=mime, sha256=hashlib.sha256(data).hexdigest())
+
+
+def _prompts(t: Table, base: Path) -> tuple[Prompt, ...]:
+    items = t.get("items", list, None)
+    file = t.get("file", str, None)
+    t.done()
+    if (items is None) == (file is None):
+        raise t.fail("file", "give exactly one of `file` (a JSONL file of prompts) or `items`")
+    out: list[Prompt] = []
+    if file is not None:
+        fp = base / file
+        try:
+            raw = read_bytes(fp, "the prompt file")
+        except SuiteError as e:
+            raise t.fail("file", str(e)) from None
+        # Only \n ends a JSONL line: a prompt may hold U+2028 or a form feed, which splitlines() would cut at.
+        for n, line in enumerate(decode(raw, fp).split("\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SuiteError(f"{fp}:{n}: not valid JSON ({e.msg})") from None
+            out.append(_prompt(Table(str(fp), f"line {n}", obj), fp.parent))
+    else:
+        out = [_prompt(Table(t.path, f"{t.key('items')}[{i}]", x), base) for i, x in enumerate(items)]
+    if not out:
+        raise t.fail("file" if file else "items", "no prompts; add at least one")
+    ids = [x.id for x in out]
+    dup = next((i for i in ids if ids.count(i) > 1), None)
+    if dup:
+        raise t.fail("items", f"prompt id {dup!r} appears twice; ids must be unique")
+    return tuple(out)
+
+
+def _schedule(t: Table, suite_seed: int, prompts: tuple[Prompt, ...]) -> Schedule:
+    kinds = list(SCHEDULE_PARAMS)
+    kind = t.get("kind", str, expect=f"one of {', '.join(kinds)}")
+    if kind not in SCHEDULE_PARAMS:
+        raise t.fail("kind", f"unknown schedule {kind!r}{did_you_mean(kind, kinds)}")
+    t.only({"kind", "name", "seed", *SCHEDULE_PARAMS[kind]})
+    n = len(prompts)
+    pos = Rule(check=lambda v: v >= 1, expect="a positive integer")
+    size = Rule(check=lambda v: 0 <= v, expect="0 (all prompts) or a positive integer")
+    params: dict[str, Any] = {}
+    spec = SCHEDULE_PARAMS[kind]
+    if "count" in spec:
+        params["count"] = t.get("count", int, spec["count"], **pos)
+    if "batch_size" in spec:
+        params["batch_size"] = t.get("batch_size", int, 0, **size)
+    if "sizes" in spec:
+        sizes = t.get(
+            "sizes",
+            list,
+            spec["sizes"],
+            check=lambda v: v and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v),
+            expect="a non-empty list of positive integers",
+        )
+        params["sizes"] = tuple(sizes)
+    if "trials" in spec:
+        if n < 2:  # min_size's default (2) is not checked against the prompts, and the plan would fail mid-run
+            raise t.fail("kind", "a needle schedule needs at least 2 prompts (the target and a filler); add a prompt")
+        params["trials"] = t.get("trials", int, spec["trials"], **pos)
+        params["min_size"] = t.get(
+            "min_size", int, 2, check=lambda v: 2 <= v <= n, expect=f"an integer in [2, {n}] (the number of prompts)"
+        )
+        params["max_size"] = t.get(
+            "max_size",
+            int,
+            0,
+            check=lambda v: v == 0 or params["min_size"] <= v <= n,
+            expect=f"0 (all prompts) or an integer in [min_size, {n}]",
+        )
+        params["prompt"] = t.get(
+            "prompt",
+            str,
+            "",
+            check=lambda v: v == "" or v in {p.id for p in prompts},
+            expect='the id of a prompt in this suite, or "" for each prompt in turn',
+        )
+    s = Schedule(kind=kind, name=t.get("name", str, kind), seed=t.get("seed", int, suite_seed), **params)
+    t.done()
+    return s
+
+
+def _profile(t: Table, name: str) -> Profile:
+    env = t.sub("env", {})
+    for k, v in env.data.items():
+        if not isinstance(v, str):
+            raise env.fail(k, f'expected a string (environment values are text, write "{v}"), got {v!r}')
+    env.used.update(env.data)
+    ex = t.sub("expect", {})
+    expect = []
+    for dev in list(ex.data):
+        if dev not in DEVICES:
+            raise ex.fail(dev, f"unknown device{did_you_mean(dev, list(DEVICES))}")
+        v = ex.data[dev]
+        if isinstance(v, str):
+            per = {prop: v for prop in PROPERTIES}
+        else:
+            sub = ex.sub(dev)
+            per = {}
+            for prop in list(sub.data):
+                if prop not in PROPERTIES:
+                    raise sub.fail(prop, f"unknown property{did_you_mean(prop, list(PROPERTIES))}")
+                per[prop] = sub.data[prop]
+            sub.used.update(sub.data)
+        for e in per.values():
+            if e not in EXPECTATIONS:
+                raise ex.fail(
+                    dev, f"expected one of {', '.join(EXPECTATIONS)} (or a table of them per property), got {e!r}"
+                )
+        ex.used.add(dev)
+        expect.append((dev, tuple(sorted(per.items()))))
+    prof = Profile(
+        name=name,
+        env=tuple(sorted(env.data.items())),
+        torch_deterministic=t.get("torch_deterministic", bool, False),
+        expect=tuple(expect),
+        description=t.get("description", str, ""),
+    )
+    t.done()
+    return prof
