@@ -11,7 +11,7 @@ from tabulate import tabulate
 from . import __version__, atomic
 from .analysis import loadtime as lt
 from .loadrun import LoadRun
-from .report import change_table
+from .tables import change_table
 
 
 def _s(x: float, fmt: str = ".2f") -> str:

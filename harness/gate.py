@@ -1,0 +1,187 @@
+"""The determinism kind's baseline gate: outputs against the stored baselines at the level the baseline's tier
+asks for, latency against the baseline's run history under one false-alarm budget, or new baselines when asked."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from . import baselines, perfgate, report
+from .analysis import baseline as baseline_check
+from .analysis import determinism
+from .errors import HarnessError
+from .jobs import JobOutcome
+from .records import Record
+from .run import Options
+from .suite import Suite
+
+
+def _record_hint(suite: Suite) -> str:
+    return f"record one for this host with: harness run {suite.path} --update-baselines --reason '...'"
+
+
+def against_baselines(
+    suite: Suite,
+    jobs: list[JobOutcome],
+    records: dict[str, list[Record]],
+    samples: dict[str, dict[str, list[float]]],
+    opts: Options,
+) -> report.BaselineResult:
+    """Outputs (and, for suites with [perf], latency) against the stored baselines; or write new ones when asked.
+    What the outputs must meet depends on how the baseline's key relates to this run's (suite [baselines]);
+    timings are gated only on the same hardware."""
+    out = report.BaselineResult()
+    store = baselines.Store(opts.baselines)
+    sdir = baselines.suite_dir(suite.name, suite.model.ref, suite.model_overridden)
+    for j in jobs:
+        if "device" not in j.meta:
+            continue  # the worker never loaded: nothing to compare or store
+        key = baselines.device_key(j.meta["device"])
+        out.device_key = str(key)
+        if opts.update_baselines:
+            if v := _update(suite, store, key, sdir, j, records[j.profile], samples[j.profile], opts, out):
+                out.verdicts.append(v)
+            continue
+        found = store.check(key, sdir, j.profile, suite.case_hash)
+        if isinstance(found, baselines.Missing):
+            out.verdicts.append(
+                baseline_check.missing(
+                    j.profile,
+                    f"no baseline for {found.path.parent.parent.name} "
+                    f"(nor any {key.device} one); {_record_hint(suite)}",
+                )
+            )
+            continue
+        if isinstance(found, baselines.Unusable):
+            out.verdicts.append(baseline_check.not_comparable(j.profile, found.reason))
+            continue
+        b, expect = found.baseline, suite.baselines.level(found.tier)
+        note = (
+            ""
+            if found.tier == "same key"
+            else (
+                f"no baseline for this {'hardware' if found.tier == 'other hardware' else 'software'} ({key}); "
+                f"compared with {found.key} at level {expect}; {_record_hint(suite)}"
+            )
+        )
+        v = baseline_check.evaluate(
+            records[j.profile],
+            lambda pid, b=b: b.reference(pid) if pid in b.outputs else None,
+            j.profile,
+            expect,
+            note,
+            k=suite.generation.k,
+        )
+        if not v.passed and (
+            changed := baselines.environment_changes(b.environment.get("device", {}), j.meta["device"])
+        ):
+            v = dataclasses.replace(v, reason=f"{v.reason}; since the baseline: {', '.join(changed)}")
+        out.verdicts.append(v)
+        out.sources[j.profile] = found.describe()
+        if suite.perf is None:
+            continue
+        if not found.same_hardware:
+            out.ungated_note = (
+                f"latency shown, not gated: the baselines were measured on other hardware "
+                f"({found.key.hardware}; this run {key.hardware}), and timings compare only on one "
+                f"hardware; {_record_hint(suite)}"
+            )
+        rows = perfgate.against(suite.perf, b, records[j.profile], j.meta, suite.seed)
+        out.changes[j.profile] = rows if found.same_hardware else perfgate.ungated(rows)
+        out.gated[j.profile] = found.same_hardware
+        out.found[j.profile] = b
+    if suite.perf is not None:
+        _decide(suite, jobs, records, out)
+    if out.ungated_note:
+        out.notes.append(out.ungated_note)  # said once for the run, not once per profile
+    return out
+
+
+def _decide(suite: Suite, jobs: list[JobOutcome], records: dict[str, list[Record]], out: report.BaselineResult) -> None:
+    """One false-alarm budget for every gated row of the run; a row that only noisy passes decide is `noisy`."""
+    assert suite.perf is not None
+    gated = {p: cs for p, cs in out.changes.items() if out.gated.get(p)}
+    decided, out.alpha_row = perfgate.decide(gated, suite.perf.budget)
+    for j in jobs:
+        if j.profile not in decided:
+            continue
+        noisy = perfgate.noisy_passes(j.meta, suite.perf.noise_share)
+        without = (
+            perfgate.against(
+                suite.perf,
+                out.found[j.profile],
+                [r for r in records[j.profile] if r.repeat not in noisy],
+                j.meta,
+                suite.seed,
+            )
+            if noisy
+            else []
+        )
+        out.changes[j.profile] = perfgate.recheck(decided[j.profile], without, noisy, out.alpha_row)
+    if gated:
+        rows = sum(len(cs) for cs in gated.values())
+        out.notes.append(
+            f"false-alarm budget {suite.perf.budget:g} per run over {rows} gated latency rows "
+            f"(Holm-Bonferroni; the smallest p is compared with {out.alpha_row:.2g})"
+        )
+
+
+def _update(
+    suite: Suite,
+    store: baselines.Store,
+    key: baselines.DeviceKey,
+    sdir: str,
+    j: JobOutcome,
+    records: list[Record],
+    samples: dict[str, list[float]],
+    opts: Options,
+    out: report.BaselineResult,
+) -> determinism.Verdict | None:
+    if not j.ok or any(r.failed for r in records):
+        why = j.describe() if not j.ok else "some requests failed, so some outputs are missing"
+        out.notes.append(f"baseline for {j.profile} not written: {why}")
+        return None
+    load_s = sum(j.meta.get("load_s", {}).values())
+    b = baselines.build(
+        suite=suite.name,
+        profile=j.profile,
+        case_hash=suite.case_hash,
+        device_key=key,
+        environment={"device": j.meta["device"], "host": j.meta.get("host", {}), "env": j.meta.get("env", {})},
+        reason=opts.reason,
+        references=baseline_check.references(records),
+        latency=samples,
+        load_s=[load_s] if load_s else [],
+    )
+    if suite.perf is not None:
+        # Timings accumulate run by run under one key, so the gate can see how far runs drift on this runner.
+        prev = store.check(key, sdir, j.profile, suite.case_hash)
+        keep = isinstance(prev, baselines.Found) and prev.tier == "same key" and not opts.fresh_runs
+        old = prev.baseline if keep and isinstance(prev, baselines.Found) else None
+        b.runs = ((old.runs or [old.run_medians_now()]) if old else []) + [
+            baselines.medians({**samples, **({"load": [load_s]} if load_s else {})})
+        ]
+        b.runs = b.runs[-baselines.MAX_RUNS :]
+        if old:
+            b.thresholds, b.calibration = old.thresholds, old.calibration
+    try:
+        target = store.update(key, sdir, j.profile, b)
+    except HarnessError as e:  # a name that leads out of --baselines: input, not the disk
+        return baseline_check.not_comparable(j.profile, f"{e}; the run's report is kept")
+    except OSError as e:
+        out.unwritable = True
+        return baseline_check.not_comparable(
+            j.profile,
+            f"{store.path(key, sdir, j.profile)}: cannot write the baseline "
+            f"({e.strerror or e}); the run's report is kept",
+        )
+    return determinism.Verdict(
+        profile=j.profile,
+        property="baseline",
+        expect="-",
+        status="updated",
+        reason=f"written to {target} ({opts.reason})",
+        sequences=len(b.outputs),
+        bitwise=0,
+        token_identical=0,
+        level=determinism.lowest_level(records),
+    )
