@@ -319,11 +319,6 @@ def analyse(run: LoadRun, baseline_root: Path, update: bool, reason: str) -> Non
         run.baseline_notes.append(run.ungated_note)  # said once for the run, not once per setting
 
 
-def _family(run: LoadRun) -> None:
-    """One false-alarm budget (the suite's alpha) over every gated load-time row of the run (Holm)."""
-    run.changes, _ = stats.family(run.changes, run.suite.alpha)
-
-
 def checks(run: LoadRun) -> list[Check]:
     out = []
     for st in run.suite.settings:
@@ -363,7 +358,6 @@ class LoadtimeKind:
     def execute(self, suite: LoadSuite, opts: Options) -> Outcome:
         run = sweep(suite, opts.out, opts.progress)
         analyse(run, opts.baselines, opts.update_baselines, opts.reason)
-        _family(run)
         run.exit_code = exit_code(
             infra=any(x.status != "ok" for x in run.samples) or run.unwritable,
             unusable=run.not_comparable,
