@@ -1,0 +1,74 @@
+"""The run seam: run directories that never collide, for every kind, and the one exit-code rule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness import run
+from harness.errors import CHECK_FAILED, INFRA, OK, USAGE
+
+from . import fakes
+from .test_hostile_input import harness, suite, write_suite
+
+LOADTIME = """
+[suite]
+name = "lt"
+version = 1
+[model]
+ref = "fake-model"
+[loadtime]
+omp = [1, "unset"]
+repeats = 1
+drop_caches = false
+"""
+
+
+@pytest.fixture
+def same_second(monkeypatch):
+    """Every run starts in the same second: the case a time-stamped name alone cannot tell apart."""
+    monkeypatch.setattr(run.time, "strftime", lambda fmt, *a: "20261127-120000")
+
+
+def test_run_dirs_started_in_the_same_second_never_collide(tmp_path: Path, same_second):
+    a, b = run.RunDir.create(tmp_path, "s"), run.RunDir.create(tmp_path, "s")
+    assert (a.run_id, b.run_id) == ("20261127-120000-s", "20261127-120000-s-2")
+    assert all((d.path / sub).is_dir() for d in (a, b) for sub in ("jobs", "records", "logs"))
+
+
+def test_load_time_runs_get_their_own_directory_and_loads_file(tmp_path: Path, monkeypatch, same_second):
+    fakes.install(monkeypatch, tmp_path / "model")
+    path = write_suite(tmp_path / "lt.toml", LOADTIME)
+    out = tmp_path / "out"
+    for _ in range(2):
+        code, stdout, err = harness("run", path, "--out", out, "--baselines", tmp_path / "b")
+        assert code == OK, (stdout, err)
+    dirs = sorted(d.name for d in out.iterdir())
+    assert dirs == ["20261127-120000-lt", "20261127-120000-lt-2"]
+    for d in dirs:  # each run's loads file holds its own loads, not both runs' (the old path appended to one)
+        lines = (out / d / "loads.jsonl").read_text().splitlines()
+        assert len(lines) == 2 and {json.loads(x)["setting"] for x in lines} == {"1", "unset"}
+
+
+def test_determinism_runs_in_the_same_second_too(tmp_path: Path, monkeypatch, same_second):
+    fakes.install(monkeypatch, tmp_path / "model")
+    path = suite(tmp_path)
+    for _ in range(2):
+        code, stdout, err = harness("run", path, "--out", tmp_path / "out", "--baselines", tmp_path / "b")
+        assert code == OK, (stdout, err)
+    assert sorted(d.name for d in (tmp_path / "out").iterdir()) == ["20261127-120000-s", "20261127-120000-s-2"]
+
+
+@pytest.mark.parametrize(
+    ("infra", "unusable", "failed", "code"),
+    [
+        (True, True, True, INFRA),
+        (False, True, True, USAGE),
+        (False, False, True, CHECK_FAILED),
+        (False, False, False, OK),
+    ],
+)
+def test_one_exit_code_rule(infra: bool, unusable: bool, failed: bool, code: int):
+    assert run.exit_code(infra=infra, unusable=unusable, failed=failed) == code
