@@ -34,6 +34,34 @@ def install_adapter(tmp: Path, name: str, module: str, source: str, cls: str) ->
     return {"PYTHONPATH": str(site)}
 
 
+def run_plugin(suite: Path, junit: Path, *args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    """`pytest -p harness.pytest_plugin SUITE` in a real process, from `cwd`, with this checkout's harness."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "harness.pytest_plugin",
+            str(suite),
+            "-o",
+            "testpaths=",
+            f"--junitxml={junit}",
+            "-p",
+            "no:cacheprovider",
+            *args,
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+        },
+    )
+
+
 def write_suite(path: Path, body: str) -> Path:
     path.write_text(textwrap.dedent(body), encoding="utf-8")
     return path

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import ROOT, load_report, only_run_dir, run_cli, write_suite
+from .helpers import ROOT, load_report, only_run_dir, run_cli, run_plugin, write_suite
 
 pytestmark = pytest.mark.process  # every test runs the CLI and a real server process
 
@@ -260,27 +260,7 @@ def test_pytest_items_for_a_served_suite_include_the_input_limit(tmp_path: Path)
         tmp_path, command=f"{FAKE} --port {{port}} --logprobs --max-body 0", endpoint="oversize_check = true"
     )
     junit = tmp_path / "junit.xml"
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "harness.pytest_plugin",
-            str(suite),
-            "-o",
-            "testpaths=",
-            f"--junitxml={junit}",
-            "--out",
-            str(tmp_path / "out"),
-            "-p",
-            "no:cacheprovider",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    p = run_plugin(suite, junit, "--out", str(tmp_path / "out"), cwd=tmp_path, timeout=300)
     assert p.returncode == 1, p.stdout + p.stderr
     cases = {
         (c.get("classname").rsplit(".", 1)[-1], c.get("name")): c for c in ET.parse(junit).getroot().iter("testcase")

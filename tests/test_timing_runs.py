@@ -13,7 +13,7 @@ import pytest
 
 from harness import hostnoise
 
-from .helpers import ROOT, load_report, only_run_dir, write_suite
+from .helpers import ROOT, load_report, only_run_dir, run_cli, run_plugin, write_suite
 
 pytestmark = pytest.mark.process
 
@@ -83,13 +83,7 @@ def _passes(run: Path) -> list[tuple[float, str, int, bool]]:
 
 def test_profiles_take_turns_pass_by_pass(tmp_path: Path, tiny_model: Path):
     suite = write_suite(tmp_path / "turns.toml", SUITE.format(model=tiny_model, repeats=3))
-    p = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "run", str(suite), "--out", str(tmp_path / "out")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
+    p = run_cli("run", str(suite), "--out", str(tmp_path / "out"))
     assert p.returncode == 0, p.stdout + p.stderr
     order = [prof for _, prof, _, _ in _passes(only_run_dir(tmp_path / "out"))]
     # warm-up A B, then B A, A B, B A: linear drift falls on both sides alike
@@ -156,25 +150,7 @@ ONE = SUITE.split("[profiles.deterministic]")[0]
 def test_calibrate_keeps_the_run_history_and_fits_thresholds(tmp_path: Path, tiny_model: Path):
     suite = write_suite(tmp_path / "turns.toml", ONE.format(model=tiny_model, repeats=2))
     store = tmp_path / "baselines"
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "harness.cli",
-            "calibrate",
-            str(suite),
-            "--runs",
-            "3",
-            "--baselines",
-            str(store),
-            "--out",
-            str(tmp_path / "out"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
+    p = run_cli("calibrate", str(suite), "--runs", "3", "--baselines", str(store), "--out", str(tmp_path / "out"))
     assert p.returncode == 0, p.stdout + p.stderr
     (f,) = store.glob("*/turns/default.json")
     b = json.loads(f.read_text())
@@ -183,23 +159,7 @@ def test_calibrate_keeps_the_run_history_and_fits_thresholds(tmp_path: Path, tin
     assert all(t >= 0.01 for t in b["thresholds"].values())
     assert "default: 3 runs, per-row alpha 0.002" in p.stdout  # budget 0.01 over 5 gated rows
     # The next run is judged against the three runs' spread, under the calibrated thresholds.
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "harness.cli",
-            "run",
-            str(suite),
-            "--baselines",
-            str(store),
-            "--out",
-            str(tmp_path / "next"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
+    r = run_cli("run", str(suite), "--baselines", str(store), "--out", str(tmp_path / "next"))
     assert r.returncode in (0, 1), r.stdout + r.stderr
     rows = {c["metric"]: c for c in load_report(tmp_path / "next")["perf"]["default"]}
     assert rows["solo tpot"]["runs"] == 3 and rows["solo tpot"]["threshold"] == b["thresholds"]["solo tpot"]
@@ -208,25 +168,16 @@ def test_calibrate_keeps_the_run_history_and_fits_thresholds(tmp_path: Path, tin
 def test_timings_against_another_hardwares_baseline_are_shown_not_gated(tmp_path: Path, tiny_model: Path):
     suite = write_suite(tmp_path / "turns.toml", ONE.format(model=tiny_model, repeats=2))
     store = tmp_path / "baselines"
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "harness.cli",
-            "run",
-            str(suite),
-            "--baselines",
-            str(store),
-            "--out",
-            str(tmp_path / "a"),
-            "--update-baselines",
-            "--reason",
-            "elsewhere",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
+    p = run_cli(
+        "run",
+        str(suite),
+        "--baselines",
+        str(store),
+        "--out",
+        str(tmp_path / "a"),
+        "--update-baselines",
+        "--reason",
+        "elsewhere",
     )
     assert p.returncode == 0, p.stdout + p.stderr
     # The same file, as if recorded on another CPU model ten times slower: a gate would call this an improvement.
@@ -240,30 +191,8 @@ def test_timings_against_another_hardwares_baseline_are_shown_not_gated(tmp_path
     other.write_text(json.dumps(b))
     f.unlink()
     junit = tmp_path / "junit.xml"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "harness.pytest_plugin",
-            str(suite),
-            "-o",
-            "testpaths=",
-            "-q",
-            "-rs",
-            f"--junitxml={junit}",
-            "--baselines",
-            str(store),
-            "--out",
-            str(tmp_path / "b"),
-            "-p",
-            "no:cacheprovider",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
+    r = run_plugin(
+        suite, junit, "-q", "-rs", "--baselines", str(store), "--out", str(tmp_path / "b"), cwd=tmp_path, timeout=600
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "shown, not gated" in r.stdout and "other hardware" in r.stdout

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -14,7 +12,7 @@ from harness import plan
 from harness.records import read_jsonl
 from harness.suite import load as load_suite
 
-from ..helpers import load_report, only_run_dir, run_cli, write_suite
+from ..helpers import load_report, only_run_dir, run_cli, run_plugin, write_suite
 
 pytestmark = [pytest.mark.integration, pytest.mark.process]  # the real model, through the CLI in a subprocess
 
@@ -96,29 +94,7 @@ def test_pytest_plugin_items_and_failure_report(tmp_path: Path, embedded_dir: Pa
         tmp_path / "mini.toml", SUITE.replace('batch-invariance = "tokens"', 'batch-invariance = "bitwise"')
     )  # bitwise batch invariance fails on CPU
     junit = tmp_path / "junit.xml"
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "harness.pytest_plugin",
-            str(suite),
-            "-o",
-            "testpaths=",
-            f"--junitxml={junit}",
-            "--out",
-            str(tmp_path / "reports"),
-            "--profile",
-            "deterministic",
-            "-p",
-            "no:cacheprovider",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    p = run_plugin(suite, junit, "--out", str(tmp_path / "reports"), "--profile", "deterministic", cwd=tmp_path)
     assert p.returncode == 1, p.stdout + p.stderr
     cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
     assert set(cases) == {"repeatability", "batch-invariance", "baseline"}
