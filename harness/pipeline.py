@@ -73,32 +73,34 @@ def preflight(suite: Suite) -> None:
 def run_profiles(suite: Suite, model_dir: Path, run_dir: Path, opts: Options) -> list[JobOutcome]:
     batches = plan.expand(suite)
     timeout = opts.timeout_s or suite.timeout_s
-    if suite.perf is not None and suite.perf.interleave and suite.endpoint is None and len(suite.profiles) > 1:
-        bars = [
-            Progress(f"{suite.name}:{p.name}", plan.count_sequences(batches), "seq", opts.progress)
-            for p in suite.profiles
-        ]
-        try:
-            return runner.run_interleaved(
-                [
-                    (runner.make_job(suite, p, batches, model_dir, run_dir), dict(p.env), bar.to)
-                    for p, bar in zip(suite.profiles, bars)
-                ],
-                timeout,
-                run_dir,
-            )
-        finally:
-            for bar in bars:
-                bar.close()
-    outcomes = []
-    for prof in suite.profiles:
-        job = runner.make_job(suite, prof, batches, model_dir, run_dir)
-        with Progress(f"{suite.name}:{prof.name}", plan.count_sequences(batches), "seq", opts.progress) as bar:
-            if suite.endpoint is None:
+    interleave = suite.perf is not None and suite.perf.interleave and len(suite.profiles) > 1
+    if suite.endpoint is None and not interleave:
+        outcomes = []
+        for prof in suite.profiles:
+            job = runner.make_job(suite, prof, batches, model_dir, run_dir)
+            with Progress(f"{suite.name}:{prof.name}", plan.count_sequences(batches), "seq", opts.progress) as bar:
                 outcomes.append(runner.run_job(job, dict(prof.env), timeout, run_dir, bar.to))
-            else:
-                outcomes.append(runner.run_served(suite, prof, job, model_dir, timeout, run_dir, bar.to))
-    return outcomes
+        return outcomes
+    bars = [
+        Progress(f"{suite.name}:{p.name}", plan.count_sequences(batches), "seq", opts.progress) for p in suite.profiles
+    ]
+    jobs = [runner.make_job(suite, p, batches, model_dir, run_dir) for p in suite.profiles]
+    try:
+        if suite.endpoint is None:
+            return runner.run_interleaved(
+                [(job, dict(p.env), bar.to) for p, job, bar in zip(suite.profiles, jobs, bars)], timeout, run_dir
+            )
+        return runner.run_served_all(
+            suite,
+            [(p, job, bar.to) for p, job, bar in zip(suite.profiles, jobs, bars)],
+            model_dir,
+            timeout,
+            run_dir,
+            interleave=interleave,
+        )
+    finally:
+        for bar in bars:
+            bar.close()
 
 
 def analyse(suite: Suite, records: dict[str, list[Record]]) -> list[determinism.Verdict]:

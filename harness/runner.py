@@ -262,74 +262,107 @@ def server_program(spec: Server | None) -> str:
     return Path(shlex.split(spec.command)[0]).name
 
 
-def run_served(
+def run_served_all(
     suite: Suite,
-    profile: Profile,
-    job: Job,
+    jobs: list[tuple[Profile, Job, Callable[[int], None]]],
     model_dir: Path,
     timeout_s: float,
     run_dir: Path,
-    progress: Callable[[int], None] = lambda n: None,
-) -> JobOutcome:
-    """The worker as a client of the suite's server: started with this profile's environment (its flags set before
-    the server's device libraries start), healthy before the first request, stopped after the last."""
-    from . import server
+    interleave: bool,
+) -> list[JobOutcome]:
+    """Each profile's worker against that profile's own server. Interleaved: every server is started first (each
+    with its own environment), then the workers take turns pass by pass as in-process profiles do, so a neighbour
+    or drift on the runner lands on both sides of the determinism cost; otherwise one server at a time (models too
+    big for two)."""
     from .wire import api_key
 
     assert suite.endpoint is not None
-    job = dataclasses.replace(job, endpoint=suite.endpoint, server=server_program(suite.server))
     secret = api_key(suite.endpoint)
+    jobs = [
+        (prof, dataclasses.replace(job, endpoint=suite.endpoint, server=server_program(suite.server)), progress)
+        for prof, job, progress in jobs
+    ]
     if suite.server is None:  # already running: the profile's flags cannot reach it
-        out = run_job(job, {}, timeout_s, run_dir, progress)
-        scrub([Path(out.log)], secret)
+        outs = [run_job(job, {}, timeout_s, run_dir, progress) for _, job, progress in jobs]
+        scrub([Path(o.log) for o in outs], secret)
+        return outs
+    if not interleave:
+        out = []
+        for item in jobs:
+            out += _against_servers(suite, [item], model_dir, timeout_s, run_dir, secret, paced=False)
         return out
-    log = run_dir / "logs" / f"{job.name}.server.log"
-    start = time.monotonic()
-    try:
-        with server.started(
-            suite.server,
-            suite.endpoint,
-            model=str(model_dir),
-            device=suite.model.device,
-            dtype=suite.model.dtype,
-            env=child_env(dict(profile.env)),
-            log=log,
-        ) as srv:
-            out = run_job(
-                dataclasses.replace(
-                    job, endpoint=dataclasses.replace(suite.endpoint, base_url=srv.url), server_pid=srv.pid
-                ),
-                {},
-                timeout_s,
-                run_dir,
-                progress,
-            )
-    except server.ServerError as e:
-        scrub([log], secret)
-        return JobOutcome(
-            name=job.name,
-            profile=job.profile,
-            status="server-failed",
-            returncode=None,
-            wall_s=time.monotonic() - start,
-            expected=job.expected,
-            completed=0,
-            records=job.records,
-            log=str(log),
-            stderr_tail=e.log_tail,
-            error=str(e),
-            server_log=str(log),
-        )
-    scrub([log, Path(out.log)], secret)
-    out.server_log, out.server_stop, out.server_tail = str(log), srv.stopped, server.log_tail(log)
-    if out.meta:
-        out.meta["load_s"] = {"server_start": srv.start_s, **out.meta.get("load_s", {})}
-        out.meta["server"] = {"pid": srv.pid, "argv": srv.proc.args, "stopped": srv.stopped}
-    if srv.stopped.startswith("exited"):
-        out.status = "server-crashed"
-    if not out.ok:
-        out.stderr_tail = out.stderr_tail + ["--- server log ---"] + server.log_tail(log)
-    return out
+    return _against_servers(suite, jobs, model_dir, timeout_s, run_dir, secret, paced=True)
+
+
+def _against_servers(
+    suite: Suite,
+    jobs: list[tuple[Profile, Job, Callable[[int], None]]],
+    model_dir: Path,
+    timeout_s: float,
+    run_dir: Path,
+    secret: str,
+    paced: bool,
+) -> list[JobOutcome]:
+    """Start one server per job, run the workers (paced: taking turns), stop every server, then say how each
+    ended. A server that does not start fails its own profile only."""
+    from contextlib import ExitStack
+
+    from . import server
+
+    assert suite.endpoint is not None and suite.server is not None
+    results: dict[str, JobOutcome] = {}
+    running: list[tuple[Job, server.Running, Path, Callable[[int], None]]] = []
+    with ExitStack() as stack:
+        for prof, job, progress in jobs:
+            log = run_dir / "logs" / f"{job.name}.server.log"
+            start = time.monotonic()
+            try:
+                srv = stack.enter_context(
+                    server.started(
+                        suite.server,
+                        suite.endpoint,
+                        model=str(model_dir),
+                        device=suite.model.device,
+                        dtype=suite.model.dtype,
+                        env=child_env(dict(prof.env)),
+                        log=log,
+                    )
+                )
+            except server.ServerError as e:
+                scrub([log], secret)
+                results[job.name] = JobOutcome(
+                    name=job.name,
+                    profile=job.profile,
+                    status="server-failed",
+                    returncode=None,
+                    wall_s=time.monotonic() - start,
+                    expected=job.expected,
+                    completed=0,
+                    records=job.records,
+                    log=str(log),
+                    stderr_tail=e.log_tail,
+                    error=str(e),
+                    server_log=str(log),
+                )
+                continue
+            ep = dataclasses.replace(suite.endpoint, base_url=srv.url)
+            running.append((dataclasses.replace(job, endpoint=ep, server_pid=srv.pid), srv, log, progress))
+        if paced and len(running) > 1:
+            outs = run_interleaved([(job, {}, progress) for job, _, _, progress in running], timeout_s, run_dir)
+        else:
+            outs = [run_job(job, {}, timeout_s, run_dir, progress) for job, _, _, progress in running]
+    for out, (_, srv, log, _) in zip(outs, running):
+        scrub([log, Path(out.log)], secret)
+        out.server_log, out.server_stop, out.server_tail = str(log), srv.stopped, server.log_tail(log)
+        if out.meta:
+            out.meta["load_s"] = {"server_start": srv.start_s, **out.meta.get("load_s", {})}
+            out.meta["server"] = {"pid": srv.pid, "argv": srv.proc.args, "stopped": srv.stopped}
+        if srv.stopped.startswith("exited"):
+            out.status = "server-crashed"
+        if not out.ok:
+            out.stderr_tail = out.stderr_tail + ["--- server log ---"] + server.log_tail(log)
+        results[out.name] = out
+    return [results[job.name] for _, job, _ in jobs]
 
 
 def scrub(paths: list[Path], secret: str) -> None:

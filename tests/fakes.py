@@ -85,8 +85,8 @@ def run_job(job: Job, env: dict, timeout_s: float, run_dir: Path, progress=lambd
     )
 
 
-def run_served(suite, profile, job, model_dir, timeout_s, run_dir, progress=lambda n: None) -> JobOutcome:
-    return run_job(job, {}, timeout_s, run_dir, progress)
+def run_served_all(suite, jobs, model_dir, timeout_s, run_dir, interleave) -> list[JobOutcome]:
+    return [run_job(job, {}, timeout_s, run_dir, progress) for _, job, progress in jobs]
 
 
 def run_interleaved(jobs: list, timeout_s: float, run_dir: Path) -> list[JobOutcome]:
@@ -107,7 +107,7 @@ def install(monkeypatch, model_dir: Path) -> list[str]:
 
     monkeypatch.setattr(runner, "prepare_model", prepare_model)
     monkeypatch.setattr(runner, "run_job", run_job)
-    monkeypatch.setattr(runner, "run_served", run_served)
+    monkeypatch.setattr(runner, "run_served_all", run_served_all)
     monkeypatch.setattr(runner, "run_interleaved", run_interleaved)
     monkeypatch.setattr(loadtime, "_prepare_synthetic", lambda size, tok: model_dir)
     return prepared

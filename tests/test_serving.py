@@ -32,6 +32,7 @@ def _suite(
     profiles: str = "",
     api: str = "chat",
     prompts_file: str = "",
+    perf: str = "",
 ) -> Path:
     prompts = prompts or (
         '{id = "a", text = "one two three"}, {id = "b", text = "four five six seven"}, '
@@ -75,6 +76,7 @@ kind = "needle"
 trials = 3
 min_size = 3
 {profiles}
+{perf}
 """,
     )
 
@@ -157,6 +159,45 @@ def test_failed_requests_are_reported_per_request_with_the_server_log_and_exit_3
     inv = next(v for v in load_report(tmp_path / "out")["verdicts"] if v["property"] == "batch-invariance")
     assert inv["failed"] > 0 and inv["sequences"] > 0
     assert time.monotonic() - t0 < 120
+
+
+def _pass_order(run: Path) -> list[str]:
+    passes = []
+    for prof in ("default", "deterministic"):
+        meta = json.loads((run / "records" / f"{prof}.meta.json").read_text())
+        passes += [(p["started"], prof) for p in meta["passes"]]
+    return [prof for _, prof in sorted(passes)]
+
+
+def test_served_profiles_take_turns_pass_by_pass_each_against_its_own_server(tmp_path: Path):
+    suite = _suite(tmp_path, perf="[perf]\nwarmup = 1\nrepeats = 2")
+    p = run_cli("run", str(suite), "--out", str(tmp_path / "out"))
+    assert p.returncode == 0, p.stdout + p.stderr
+    run = only_run_dir(tmp_path / "out")
+    # Both servers up before the first measured pass, then A B, B A, A B: drift and neighbours hit both sides.
+    assert _pass_order(run) == ["default", "deterministic", "deterministic", "default", "default", "deterministic"]
+    servers = {j["profile"]: j["worker"]["server"] for j in load_report(tmp_path / "out")["jobs"]}
+    assert servers["default"]["pid"] != servers["deterministic"]["pid"]
+    assert all(s["stopped"].startswith("SIGTERM") for s in servers.values())
+    # each server kept its own profile's flags
+    assert "determinism flags: HCCL_DETERMINISTIC=true" in (run / "logs" / "deterministic.server.log").read_text()
+    assert "determinism flags: none" in (run / "logs" / "default.server.log").read_text()
+
+
+def test_when_one_profiles_server_will_not_start_the_other_profile_still_runs(tmp_path: Path):
+    wrap = tmp_path / "wrap.sh"
+    wrap.write_text(
+        'if [ -n "$HCCL_DETERMINISTIC" ]; then echo "fatal: HCCL init failed" >&2; exit 7; fi\n'
+        f'exec {FAKE} --port "$1" --logprobs\n'
+    )
+    suite = _suite(tmp_path, command=f"sh {wrap} {{port}}", perf="[perf]\nwarmup = 0\nrepeats = 2")
+    p = run_cli("run", str(suite), "--out", str(tmp_path / "out"))
+    assert p.returncode == 3, p.stdout + p.stderr
+    assert "server for profile 'deterministic' did not start" in p.stdout and "exited with status 7" in p.stdout
+    run = only_run_dir(tmp_path / "out")
+    recs = _records(run, "default")
+    assert recs and all(not r["error"] for r in recs)
+    assert "fatal: HCCL init failed" in (run / "summary.md").read_text()
 
 
 def _listening_port() -> socket.socket:
