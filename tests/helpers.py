@@ -34,6 +34,41 @@ def install_adapter(tmp: Path, name: str, module: str, source: str, cls: str) ->
     return {"PYTHONPATH": str(site)}
 
 
+SLOW_ADAPTER = """
+import os
+import time
+
+from harness.adapters.hf import HFAdapter
+
+FRACTION = float(os.environ["HARNESS_SLOW_FRACTION"])
+
+
+class SlowAdapter(HFAdapter):
+    \"\"\"The real adapter, with every forward pass slower by HARNESS_SLOW_FRACTION.\"\"\"
+
+    def load(self):
+        phases = super().load()
+        forward = self.model.forward
+
+        def slow(*args, **kwargs):
+            t = time.perf_counter()
+            out = forward(*args, **kwargs)
+            time.sleep(FRACTION * (time.perf_counter() - t))
+            return out
+
+        self.model.forward = slow
+        return phases
+"""
+
+
+def install_slow_adapter(tmp: Path, fraction: float) -> dict[str, str]:
+    """The `slow` adapter (the real model, every forward pass `fraction` slower): the env to run the CLI with."""
+    return {
+        **install_adapter(tmp, "slow", "slow_adapter", SLOW_ADAPTER, "SlowAdapter"),
+        "HARNESS_SLOW_FRACTION": str(fraction),
+    }
+
+
 def run_plugin(suite: Path, junit: Path, *args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
     """`pytest -p harness.pytest_plugin SUITE` in a real process, from `cwd`, with this checkout's harness."""
     return subprocess.run(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..records import Record
-from .determinism import Expectation, Verdict, compare, lowest_level, verdict
+from .determinism import Expectation, Status, Verdict, compare, lowest_level, verdict
 
 BASELINE_EXPECTATIONS = ("bitwise", "tokens", "close", "report")
 
@@ -48,24 +48,19 @@ def evaluate(
 
 
 def not_comparable(profile: str, reason: str) -> Verdict:
-    return Verdict(
-        profile=profile,
-        property="baseline",
-        expect="-",
-        status="not comparable",
-        reason=reason,
-        sequences=0,
-        bitwise=0,
-        token_identical=0,
-    )
+    return _unjudged(profile, "not comparable", reason)
 
 
 def missing(profile: str, reason: str) -> Verdict:
+    return _unjudged(profile, "no baseline", reason)
+
+
+def _unjudged(profile: str, status: Status, reason: str) -> Verdict:
     return Verdict(
         profile=profile,
         property="baseline",
         expect="-",
-        status="no baseline",
+        status=status,
         reason=reason,
         sequences=0,
         bitwise=0,

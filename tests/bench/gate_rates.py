@@ -24,30 +24,7 @@ import numpy as np
 from harness import baselines
 from harness.analysis import latency, stats
 
-from ..helpers import ROOT, install_adapter
-
-SLOW = """
-import time
-from harness.adapters.hf import HFAdapter
-import os
-
-FRACTION = float(os.environ["HARNESS_SLOW_FRACTION"])
-
-
-class SlowAdapter(HFAdapter):
-    def load(self):
-        phases = super().load()
-        forward = self.model.forward
-
-        def slow(*args, **kwargs):
-            t = time.perf_counter()
-            out = forward(*args, **kwargs)
-            time.sleep(FRACTION * (time.perf_counter() - t))
-            return out
-
-        self.model.forward = slow
-        return phases
-"""
+from ..helpers import ROOT, install_slow_adapter
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -119,7 +96,7 @@ def main() -> int:
     files = sorted(store.glob("*/perf/*.json"))
     flagged, n, hits = leave_one_out(files, args.budget)
     print(f"A/A: {flagged}/{n} runs flagged (leave one out, budget {args.budget}); {hits}", flush=True)
-    env = install_adapter(tmp, "slow", "slow_adapter", SLOW, "SlowAdapter")
+    env = install_slow_adapter(tmp, 0.0)
     for spec in args.slow:
         frac, runs = spec.split(":")
         caught = 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ..helpers import install_adapter, load_report, run_cli, write_suite
+from ..helpers import install_slow_adapter, load_report, run_cli, write_suite
 
 pytestmark = [pytest.mark.integration, pytest.mark.process]  # the real model, through the CLI in a subprocess
 
@@ -37,36 +37,10 @@ repeats = 3
 [profiles.default]
 """
 
-SLOW = '''
-import time
-from harness.adapters.hf import HFAdapter
-
-
-class SlowAdapter(HFAdapter):
-    """The real adapter, with every forward pass 15% slower."""
-
-    def load(self):
-        phases = super().load()
-        forward = self.model.forward
-
-        def slow(*args, **kwargs):
-            t = time.perf_counter()
-            out = forward(*args, **kwargs)
-            time.sleep(0.15 * (time.perf_counter() - t))
-            return out
-
-        self.model.forward = slow
-        return phases
-'''
-
-
-def _plugin(tmp: Path) -> dict[str, str]:
-    return install_adapter(tmp, "slow", "slow_adapter", SLOW, "SlowAdapter")
-
 
 def test_a_15_percent_slower_adapter_regresses_tpot(tmp_path: Path, embedded_dir: Path):
     suite = write_suite(tmp_path / "gate.toml", SUITE)
-    store, env = tmp_path / "baselines", _plugin(tmp_path)
+    store, env = tmp_path / "baselines", install_slow_adapter(tmp_path, 0.15)
     common = ("--baselines", str(store))
     r = run_cli(
         "run", str(suite), *common, "--out", str(tmp_path / "base"), "--update-baselines", "--reason", "A", env=env
@@ -88,5 +62,11 @@ def test_a_15_percent_slower_adapter_regresses_tpot(tmp_path: Path, embedded_dir
 
 
 def test_unknown_adapter_is_a_usage_error(tmp_path: Path):
-    r = run_cli("run", str(write_suite(tmp_path / "gate.toml", SUITE)), "--adapter", "slwo", env=_plugin(tmp_path))
+    r = run_cli(
+        "run",
+        str(write_suite(tmp_path / "gate.toml", SUITE)),
+        "--adapter",
+        "slwo",
+        env=install_slow_adapter(tmp_path, 0.15),
+    )
     assert r.returncode == 2 and "did you mean 'slow'" in r.stderr and "Traceback" not in r.stderr
