@@ -22,7 +22,7 @@ seed = 5
 [model]
 ref = "smollm2-135m"
 [server]
-command = "transformers serve {{model}} --device {{device}} --dtype {{dtype}} --host {{host}} --port {{port}} --continuous-batching --log-level info"
+command = "transformers serve {{model}} --device {{device}} --dtype {{dtype}} --host {{host}} --port {{port}} --continuous-batching --cb-block-size 32 --cb-num-blocks 256 --cb-max-batch-tokens 2048 --log-level info"
 [endpoint]
 api = "chat"
 [generation]
