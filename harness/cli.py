@@ -83,6 +83,19 @@ def add_run_options(add) -> None:
         metavar="URL",
         help="a served suite against this already running server, instead of starting the suite's [server]",
     )
+    add("--nnodes", type=int, default=None, help="tensor parallel: hosts in each worker group (overrides [parallel])")
+    add(
+        "--node-rank",
+        type=int,
+        default=None,
+        help="tensor parallel: this host's rank among them; node 0 writes records and verdicts (overrides [parallel])",
+    )
+    add(
+        "--rdzv-endpoint",
+        default=None,
+        metavar="HOST:PORT",
+        help="tensor parallel: node 0's c10d rendezvous address, the same on every host (overrides [parallel])",
+    )
     add(
         "--drop-caches",
         action=argparse.BooleanOptionalAction,
@@ -106,6 +119,15 @@ def options(ns) -> run.Options:
         reason=get("reason"),
         endpoint=get("endpoint"),
         drop_caches=get("drop_caches"),
+        parallel={
+            k: v
+            for k, v in (
+                ("nnodes", get("nnodes")),
+                ("node_rank", get("node_rank")),
+                ("rdzv_endpoint", get("rdzv_endpoint")),
+            )
+            if v is not None
+        },
     )
 
 

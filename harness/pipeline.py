@@ -19,6 +19,8 @@ from .suite import PROPERTIES, Suite, SuiteError, parse
 
 
 def load_suite(path: str | Path, data: dict, opts: Options) -> Suite:
+    if opts.parallel:  # the same suite file on every host of a group; each host says where it stands
+        data = {**data, "parallel": {**data.get("parallel", {}), **opts.parallel}}
     try:
         suite = parse(data, str(path), base=Path(path).parent).with_overrides(
             model=opts.model, device=opts.device, profiles=opts.profiles, adapter=opts.adapter, endpoint=opts.endpoint
@@ -93,6 +95,8 @@ def run_profiles(suite: Suite, model_dir: Path, run_dir: Path, opts: Options) ->
     outcomes = []
     for prof in suite.profiles:
         for tp in suite.parallel.tp:  # a worker group per degree: a crash in one leaves the others to run
+            if tp == 1 and suite.parallel.node_rank > 0:
+                continue  # one process runs on node 0 alone
             job = runner.make_job(suite, prof, batches, model_dir, run_dir, tp)
             with Progress(f"{suite.name}:{job.name}", plan.count_sequences(batches), "seq", opts.progress) as bar:
                 if suite.endpoint is None:
@@ -270,6 +274,8 @@ def execute(suite: Suite, opts: Options) -> report.RunResult:
     check_degrees(suite, model_dir)
     rd = RunDir.create(opts.out, suite.name)
     jobs = run_profiles(suite, model_dir, rd.path, opts)
+    if suite.parallel.node_rank > 0:
+        return follower(suite, rd, jobs, started)
     every = {j.name: list(read_jsonl(Path(j.records))) for j in jobs}
     records = {name: [r for r in recs if not r.warmup] for name, recs in every.items()}
     failures = failed_requests(every)
@@ -307,11 +313,36 @@ def execute(suite: Suite, opts: Options) -> report.RunResult:
     return res
 
 
+def follower(suite: Suite, rd: RunDir, jobs: list[JobOutcome], started: float) -> report.RunResult:
+    """Another host of a multi-node group: its ranks ran, node 0 wrote the records and judges them. This host reports
+    only whether its part of each group finished."""
+    res = report.RunResult(
+        suite=suite,
+        run_id=rd.run_id,
+        run_dir=rd.path,
+        jobs=jobs,
+        verdicts=[],
+        exit_code=exit_code(infra=any(not j.ok for j in jobs), unusable=False, failed=False),
+        notes=[
+            f"node {suite.parallel.node_rank} of {suite.parallel.nnodes}: this host's ranks of each worker group; "
+            f"the records and verdicts are on node 0 (rendezvous {suite.parallel.rdzv_endpoint})"
+        ],
+        started=started,
+    )
+    report.write(res)
+    return res
+
+
 def checks(res: report.RunResult) -> list[Check]:
     """Each profile's verdicts as checks: pytest items and the console's verdict lines. A suite with several tensor
     parallel degrees names them per degree (`tp3::batch-invariance`) plus the profile's `tp-invariance`."""
     out = []
     par = res.suite.parallel
+    if par.node_rank > 0:
+        return [
+            Check(j.profile, f"tp{j.tp}::group", "passed" if j.ok else "failed", "" if j.ok else j.describe())
+            for j in res.jobs
+        ]
     for p in res.suite.profiles:
         for name in DETERMINISM.items_for(res.suite, p.name):
             prefix, _, prop = name.rpartition("::")
@@ -373,6 +404,8 @@ class SuiteKind:
         return names + (["tp-invariance"] if len(suite.parallel.tp) > 1 else [])
 
     def items(self, suite: Suite) -> list[tuple[str, str]]:
+        if suite.parallel.node_rank > 0:  # another host's share of the groups: did it finish; node 0 judges
+            return [(p.name, f"tp{tp}::group") for p in suite.profiles for tp in suite.parallel.tp if tp > 1]
         return [(p.name, n) for p in suite.profiles for n in self.items_for(suite, p.name)]
 
     def execute(self, suite: Suite, opts: Options) -> Outcome:

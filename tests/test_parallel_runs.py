@@ -221,3 +221,49 @@ def test_a_held_rendezvous_port_fails_the_job_not_the_night(tmp_path: Path, tiny
     job = load_report(out)["jobs"][0]
     assert job["status"] == "load-failed" and job["completed"] == 0
     assert f"rendezvous port 127.0.0.1:{port} is in use" in job["description"]
+
+
+def _records(out: Path, job: str) -> dict[tuple[str, int], tuple[list[int], list[str]]]:
+    lines = (only_run_dir(out) / "records" / f"{job}.jsonl").read_text().splitlines()
+    return {(r["batch_id"], r["position"]): (r["tokens"], r["fingerprints"]) for r in map(json.loads, lines)}
+
+
+def test_two_nodes_of_one_process_match_one_node_of_two(tmp_path: Path, tiny_model: Path):
+    """Two torchrun launchers on this host joined by a c10d rendezvous on 127.0.0.1, as two servers would be: the
+    same shards and the same gloo all-reduces as one launcher with two processes, so the same bits."""
+    # One thread per rank on both sides: the thread count is the only other thing that differs between them.
+    suite = _tiny(tmp_path, tiny_model, '[profiles.d]\nenv = { OMP_NUM_THREADS = "1" }\n')
+    one = run_cli("run", str(suite), "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
+    from harness.group import free_port
+
+    endpoint = f"127.0.0.1:{free_port()}"
+
+    def node(rank: int) -> subprocess.Popen:
+        args = ["--nnodes", "2", "--node-rank", str(rank), "--rdzv-endpoint", endpoint]
+        return subprocess.Popen(
+            [sys.executable, "-m", "harness.cli", "run", str(suite), "--out", str(tmp_path / f"n{rank}"), *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    n0 = node(0)
+    host, port = endpoint.split(":")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # node 0 hosts the rendezvous store (two hosts would never race for it)
+        with socket.socket() as s:
+            if s.connect_ex((host, int(port))) == 0:
+                break
+        time.sleep(0.1)
+    n1 = node(1)
+    outs = [n.communicate(timeout=600) for n in (n0, n1)]
+    assert (n0.returncode, n1.returncode) == (0, 0), outs
+    ranks = load_report(tmp_path / "n0")["jobs"][0]["worker"]["ranks"]
+    assert sorted(r["node_rank"] for r in ranks) == [0, 1] and len({r["pid"] for r in ranks}) == 2
+    follower = load_report(tmp_path / "n1")
+    assert follower["jobs"][0]["status"] == "ok" and follower["verdicts"] == []
+    assert "node 1 of 2" in outs[1][0] and not (only_run_dir(tmp_path / "n1") / "records" / "d-tp2.jsonl").exists()
+    a, b = _records(tmp_path / "one", "d-tp2"), _records(tmp_path / "n0", "d-tp2")
+    assert len(a) == 12 and a == b  # tokens and logits fingerprints, sequence by sequence
