@@ -32,6 +32,17 @@ def seconds(text: str) -> float:
     return v
 
 
+def degrees(text: str) -> list[int]:
+    """Tensor parallel degrees, comma-separated: "1,4"."""
+    try:
+        out = [int(x) for x in text.split(",")]
+    except ValueError:
+        out = []
+    if not out or any(d < 1 for d in out):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive degrees such as 1,4, got {text!r}")
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="harness", description="Determinism and performance regression harness for LLM inference.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -83,6 +94,13 @@ def add_run_options(add) -> None:
         metavar="URL",
         help="a served suite against this already running server, instead of starting the suite's [server]",
     )
+    add(
+        "--tp",
+        type=degrees,
+        default=None,
+        metavar="1,4",
+        help="tensor parallel degrees to run, e.g. 1,4 for a model whose heads 3 does not divide (overrides [parallel])",
+    )
     add("--nnodes", type=int, default=None, help="tensor parallel: hosts in each worker group (overrides [parallel])")
     add(
         "--node-rank",
@@ -122,6 +140,7 @@ def options(ns) -> run.Options:
         parallel={
             k: v
             for k, v in (
+                ("tp", get("tp")),
                 ("nnodes", get("nnodes")),
                 ("node_rank", get("node_rank")),
                 ("rdzv_endpoint", get("rdzv_endpoint")),

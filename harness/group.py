@@ -38,6 +38,15 @@ def omp_threads(nproc: int) -> int:
     return max(1, cores() // nproc)
 
 
+def suite_threads(par: Parallel) -> int:
+    """One thread count for every process of every degree in a suite (TP 1 included): the largest group's share
+    of this host's cores. A CPU matmul may split its reduction by thread count, so the same count on both sides
+    keeps tp-invariance about the sharding and the all-reduce alone; and on a busy host an OpenMP team larger than
+    the free cores waits at every barrier (measured here: 24 forwards took 5 s with one thread, 100-170 s with two,
+    while other work held the cores)."""
+    return omp_threads(max(par.tp) // par.nnodes)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -100,7 +109,7 @@ def launch(job_name: str, tp: int, par: Parallel, job_path: Path, log_dir: Path,
         argv = shlex.split(par.launcher.replace("{args}", shlex.join(args)))
     else:
         argv = [sys.executable, "-m", "torch.distributed.run", *args]
-    env = {MARK: marker, "OMP_NUM_THREADS": str(omp_threads(nproc)), "HARNESS_NODE_RANK": str(par.node_rank)}
+    env = {MARK: marker, "OMP_NUM_THREADS": str(suite_threads(par)), "HARNESS_NODE_RANK": str(par.node_rank)}
     return Launch(argv=argv, env=env, ranks_dir=log_dir, endpoint=endpoint)
 
 

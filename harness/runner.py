@@ -256,6 +256,8 @@ def run_job(
                 stderr_tail=[f"error: {why}"],
                 tp=job.tp,
             )
+    elif parallel is not None and parallel.multi:  # the reference degree runs with its groups' thread count
+        env = {"OMP_NUM_THREADS": str(group.suite_threads(parallel)), **env}
     w = _Worker(job, env, run_dir, progress, launch)
     try:
         while w.alive(timeout_s):

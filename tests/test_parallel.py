@@ -232,6 +232,11 @@ def test_rank_tail_reads_torchruns_log_dir(tmp_path: Path):
 def test_threads_per_rank_share_the_cores(monkeypatch):
     monkeypatch.setattr(group, "cores", lambda: 8)
     assert [group.omp_threads(n) for n in (1, 3, 8, 16)] == [8, 2, 1, 1]
+    # every process of a suite gets its largest group's share, the reference degree included
+    assert group.suite_threads(_suite(tp=[1, 3]).parallel) == 2
+    assert group.suite_threads(_suite(tp=[1, 4], nnodes=2, rdzv_endpoint="h:1").parallel) == 4
+    la = group.launch("d-tp2", 2, _suite(tp=[1, 2, 4]).parallel, Path("j"), Path("r"), "m")
+    assert la.env["OMP_NUM_THREADS"] == "2"
 
 
 def test_launch_line_and_environment(tmp_path: Path):
@@ -269,3 +274,17 @@ def test_group_note_says_per_flag_what_the_backend_ignores():
     hccl = [{"backend": "hccl", "env": {"HCCL_DETERMINISTIC": "true"}}]
     assert "(read by hccl)" in profiles.group_note("d", 2, {"ranks": hccl})
     assert profiles.group_note("d", 1, {}) == ""
+
+
+def test_command_line_degrees_override_the_suite(tmp_path: Path, monkeypatch):
+    # --model to a bigger checkpoint needs other degrees: --tp gives them without editing the suite
+    _fake_model(monkeypatch, tmp_path, heads=28, kv=4)
+    path = write_suite(tmp_path / "tp.toml", HEAD.replace("TP", "[1, 3]"))
+    code, _, err = harness("run", path, "--out", tmp_path / "o1")
+    refused(code, err, "degree 3 does not divide the model's 28 attention heads and 4 KV heads", "both: 1, 2, 4")
+    code, stdout, err = harness("run", path, "--out", tmp_path / "o2", "--tp", "1,4", "--profile", "default")
+    assert code == OK, (stdout, err)
+    rep = json.loads(next((tmp_path / "o2").glob("*/report.json")).read_text())
+    assert [j["name"] for j in rep["jobs"]] == ["default-tp1", "default-tp4"]
+    code, _, err = harness("run", path, "--nnodes", "2", "--tp", "1,4")
+    refused(code, err, "parallel.rdzv_endpoint: a group over several hosts needs node 0's host:port")
