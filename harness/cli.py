@@ -99,7 +99,7 @@ def add_run_options(add) -> None:
         type=degrees,
         default=None,
         metavar="1,4",
-        help="tensor parallel degrees to run, e.g. 1,4 for a model whose heads 3 does not divide (overrides [parallel])",
+        help="tensor parallel degrees, e.g. 1,4 for a model whose heads 3 does not divide (suites with [parallel])",
     )
     add("--nnodes", type=int, default=None, help="tensor parallel: hosts in each worker group (overrides [parallel])")
     add(

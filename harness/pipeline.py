@@ -19,8 +19,10 @@ from .suite import PROPERTIES, Suite, SuiteError, parse
 
 
 def load_suite(path: str | Path, data: dict, opts: Options) -> Suite:
-    if opts.parallel:  # the same suite file on every host of a group; each host says where it stands
-        data = {**data, "parallel": {**data.get("parallel", {}), **opts.parallel}}
+    if opts.parallel and "parallel" in data:
+        # --tp, --nnodes, --node-rank, --rdzv-endpoint: the same suite file on every host, for any model's heads; a
+        # suite without [parallel] is single-device and stays so (one nox session runs both kinds)
+        data = {**data, "parallel": {**data["parallel"], **opts.parallel}}
     try:
         suite = parse(data, str(path), base=Path(path).parent).with_overrides(
             model=opts.model, device=opts.device, profiles=opts.profiles, adapter=opts.adapter, endpoint=opts.endpoint
