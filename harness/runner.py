@@ -238,7 +238,7 @@ def run_job(
             job.name,
             job.tp,
             parallel,
-            Path(run_dir / "jobs" / f"{job.name}.json"),
+            run_dir / "jobs" / f"{job.name}.json",
             run_dir / "logs" / f"{job.name}.ranks",
             marker,
         )

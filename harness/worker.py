@@ -202,7 +202,7 @@ def _run(job: Job, adapter: Adapter, phases: dict[str, float], describe, after_l
         meta["oversize"] = adapter.oversize()  # type: ignore[attr-defined]  (the endpoint adapter's own check)
     adapter.close()
     if job.tp > 1:  # peak memory again, now that every batch has run
-        ends = _gather(job, {"passes_s": run_s, **after_load()})
+        ends = _gather(job, {"run_s": run_s, **after_load()})
         meta["ranks"] = [{**r, **e} for r, e in zip(meta["ranks"], ends)]
     if writes:
         write_json_atomic(meta_path, meta)
