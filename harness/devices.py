@@ -90,3 +90,27 @@ def _cann_version() -> str:
         except OSError:
             continue
     return "unknown"
+
+
+BACKENDS = {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}
+
+
+def init_group(device: torch.device, timeout_s: float) -> torch.device:
+    """Join the torchrun worker group: the backend the device's collectives run on (torch_npu is already imported by
+    prepare(), after the profile's HCCL/LCCL variables were set, so HCCL reads them), and this rank's own device."""
+    import datetime
+
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    elif device.type == "npu":
+        torch.npu.set_device(local)
+        device = torch.device("npu", local)
+    try:
+        dist.init_process_group(BACKENDS[device.type], timeout=datetime.timedelta(seconds=timeout_s))
+    except Exception as e:
+        raise DeviceError(f"{BACKENDS[device.type]} process group did not start: {type(e).__name__}: {e}") from None
+    return device

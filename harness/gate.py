@@ -35,65 +35,78 @@ def against_baselines(
     for j in jobs:
         if "device" not in j.meta:
             continue  # the worker never loaded: nothing to compare or store
-        key = baselines.device_key(j.meta["device"])
-        out.device_key = str(key)
-        if opts.update_baselines:
-            if v := _update(suite, store, key, sdir, j, records[j.profile], samples[j.profile], opts, out):
-                out.verdicts.append(v)
-            continue
-        found = store.check(key, sdir, j.profile, suite.case_hash)
-        if isinstance(found, baselines.Missing):
-            out.verdicts.append(
-                baseline_check.missing(
-                    j.profile,
-                    f"no baseline for {found.path.parent.parent.name} "
-                    f"(nor any {key.device} one); {_record_hint(suite)}",
-                )
-            )
-            continue
-        if isinstance(found, baselines.Unusable):
-            out.verdicts.append(baseline_check.not_comparable(j.profile, found.reason))
-            continue
-        b, expect = found.baseline, suite.baselines.level(found.tier)
-        note = (
-            ""
-            if found.tier == "same key"
-            else (
-                f"no baseline for this {'hardware' if found.tier == 'other hardware' else 'software'} ({key}); "
-                f"compared with {found.key} at level {expect}; {_record_hint(suite)}"
-            )
-        )
-        v = baseline_check.evaluate(
-            records[j.profile],
-            lambda pid, b=b: b.reference(pid) if pid in b.outputs else None,
-            j.profile,
-            expect,
-            note,
-            k=suite.generation.k,
-        )
-        if not v.passed and (
-            changed := baselines.environment_changes(b.environment.get("device", {}), j.meta["device"])
-        ):
-            v = dataclasses.replace(v, reason=f"{v.reason}; since the baseline: {', '.join(changed)}")
-        out.verdicts.append(v)
-        out.sources[j.profile] = found.describe()
-        if suite.perf is None:
-            continue
-        if not found.same_hardware:
-            out.ungated_note = (
-                f"latency shown, not gated: the baselines were measured on other hardware "
-                f"({found.key.hardware}; this run {key.hardware}), and timings compare only on one "
-                f"hardware; {_record_hint(suite)}"
-            )
-        rows = perfgate.against(suite.perf, b, records[j.profile], j.meta, suite.seed)
-        out.changes[j.profile] = rows if found.same_hardware else perfgate.ungated(rows)
-        out.gated[j.profile] = found.same_hardware
-        out.found[j.profile] = b
+        before = len(out.verdicts)
+        _one(suite, j, records, samples, opts, store, sdir, out)
+        # a worker group's verdicts carry its degree (baseline files are per job: <profile>-tp3.json)
+        out.verdicts[before:] = [dataclasses.replace(v, tp=j.tp) for v in out.verdicts[before:]]
     if suite.perf is not None:
         _decide(suite, jobs, records, out)
     if out.ungated_note:
         out.notes.append(out.ungated_note)  # said once for the run, not once per profile
     return out
+
+
+def _one(
+    suite: Suite,
+    j: JobOutcome,
+    records: dict[str, list[Record]],
+    samples: dict[str, dict[str, list[float]]],
+    opts: Options,
+    store: baselines.Store,
+    sdir: str,
+    out: report.BaselineResult,
+) -> None:
+    key = baselines.device_key(j.meta["device"])
+    out.device_key = str(key)
+    if opts.update_baselines:
+        if v := _update(suite, store, key, sdir, j, records[j.name], samples[j.name], opts, out):
+            out.verdicts.append(v)
+        return
+    found = store.check(key, sdir, j.name, suite.case_hash)
+    if isinstance(found, baselines.Missing):
+        out.verdicts.append(
+            baseline_check.missing(
+                j.profile,
+                f"no baseline for {found.path.parent.parent.name} (nor any {key.device} one); {_record_hint(suite)}",
+            )
+        )
+        return
+    if isinstance(found, baselines.Unusable):
+        out.verdicts.append(baseline_check.not_comparable(j.profile, found.reason))
+        return
+    b, expect = found.baseline, suite.baselines.level(found.tier)
+    note = (
+        ""
+        if found.tier == "same key"
+        else (
+            f"no baseline for this {'hardware' if found.tier == 'other hardware' else 'software'} ({key}); "
+            f"compared with {found.key} at level {expect}; {_record_hint(suite)}"
+        )
+    )
+    v = baseline_check.evaluate(
+        records[j.name],
+        lambda pid, b=b: b.reference(pid) if pid in b.outputs else None,
+        j.profile,
+        expect,
+        note,
+        k=suite.generation.k,
+    )
+    if not v.passed and (changed := baselines.environment_changes(b.environment.get("device", {}), j.meta["device"])):
+        v = dataclasses.replace(v, reason=f"{v.reason}; since the baseline: {', '.join(changed)}")
+    out.verdicts.append(v)
+    out.sources[j.name] = found.describe()
+    if suite.perf is None:
+        return
+    if not found.same_hardware:
+        out.ungated_note = (
+            f"latency shown, not gated: the baselines were measured on other hardware "
+            f"({found.key.hardware}; this run {key.hardware}), and timings compare only on one "
+            f"hardware; {_record_hint(suite)}"
+        )
+    rows = perfgate.against(suite.perf, b, records[j.name], j.meta, suite.seed)
+    out.changes[j.name] = rows if found.same_hardware else perfgate.ungated(rows)
+    out.gated[j.name] = found.same_hardware
+    out.found[j.name] = b
 
 
 def _decide(suite: Suite, jobs: list[JobOutcome], records: dict[str, list[Record]], out: report.BaselineResult) -> None:
@@ -102,21 +115,21 @@ def _decide(suite: Suite, jobs: list[JobOutcome], records: dict[str, list[Record
     gated = {p: cs for p, cs in out.changes.items() if out.gated.get(p)}
     decided, out.alpha_row = perfgate.decide(gated, suite.perf.budget)
     for j in jobs:
-        if j.profile not in decided:
+        if j.name not in decided:
             continue
         noisy = perfgate.noisy_passes(j.meta, suite.perf.noise_share)
         without = (
             perfgate.against(
                 suite.perf,
-                out.found[j.profile],
-                [r for r in records[j.profile] if r.repeat not in noisy],
+                out.found[j.name],
+                [r for r in records[j.name] if r.repeat not in noisy],
                 j.meta,
                 suite.seed,
             )
             if noisy
             else []
         )
-        out.changes[j.profile] = perfgate.recheck(decided[j.profile], without, noisy, out.alpha_row)
+        out.changes[j.name] = perfgate.recheck(decided[j.name], without, noisy, out.alpha_row)
     if gated:
         rows = sum(len(cs) for cs in gated.values())
         out.notes.append(
@@ -138,7 +151,7 @@ def _update(
 ) -> determinism.Verdict | None:
     if not j.ok or any(r.failed for r in records):
         why = j.describe() if not j.ok else "some requests failed, so some outputs are missing"
-        out.notes.append(f"baseline for {j.profile} not written: {why}")
+        out.notes.append(f"baseline for {j.name} not written: {why}")
         return None
     load_s = sum(j.meta.get("load_s", {}).values())
     b = baselines.build(
@@ -154,7 +167,7 @@ def _update(
     )
     if suite.perf is not None:
         # Timings accumulate run by run under one key, so the gate can see how far runs drift on this runner.
-        prev = store.check(key, sdir, j.profile, suite.case_hash)
+        prev = store.check(key, sdir, j.name, suite.case_hash)
         keep = isinstance(prev, baselines.Found) and prev.tier == "same key" and not opts.fresh_runs
         old = prev.baseline if keep and isinstance(prev, baselines.Found) else None
         b.runs = ((old.runs or [old.run_medians_now()]) if old else []) + [
@@ -164,15 +177,14 @@ def _update(
         if old:
             b.thresholds, b.calibration = old.thresholds, old.calibration
     try:
-        target = store.update(key, sdir, j.profile, b)
+        target = store.update(key, sdir, j.name, b)
     except HarnessError as e:  # a name that leads out of --baselines: input, not the disk
         return baseline_check.not_comparable(j.profile, f"{e}; the run's report is kept")
     except OSError as e:
         out.unwritable = True
         return baseline_check.not_comparable(
             j.profile,
-            f"{store.path(key, sdir, j.profile)}: cannot write the baseline "
-            f"({e.strerror or e}); the run's report is kept",
+            f"{store.path(key, sdir, j.name)}: cannot write the baseline ({e.strerror or e}); the run's report is kept",
         )
     return determinism.Verdict(
         profile=j.profile,

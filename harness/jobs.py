@@ -40,6 +40,8 @@ class Job:
     server: str = "external"  # the program serving it, for the device key
     server_pid: int = 0  # its process: its CPU time is the measurement, not a neighbour's
     paced: bool = False  # wait for a line on stdin before each pass (interleaved profiles)
+    tp: int = 1  # tensor parallel degree: > 1 runs under torchrun, one process per device, rank 0 writes
+    collective_timeout_s: float = 300.0  # a collective that waits longer fails the group
 
     @property
     def expected(self) -> int:
@@ -74,6 +76,8 @@ class JobOutcome:
     server_log: str = ""  # the server's log, for a served model
     server_stop: str = ""  # how the server ended
     server_tail: list[str] = field(default_factory=list)  # the server log's last lines, for the report
+    tp: int = 1
+    failed_rank: int | None = None  # a worker group: the rank torchrun saw fail first
 
     @property
     def ok(self) -> bool:
@@ -98,7 +102,8 @@ class JobOutcome:
                 f"sequences; see {self.server_log}"
             )
         if self.status == "load-failed" and (err := self.worker_error()):
-            return f"worker {self.name!r} could not start: {err}"
+            rank = f" (rank {self.failed_rank})" if self.failed_rank is not None else ""
+            return f"worker {self.name!r} could not start{rank}: {err}"
         rc = self.returncode
         how = {
             "timeout": f"timed out after {self.wall_s:.0f}s and was killed",
@@ -109,6 +114,8 @@ class JobOutcome:
                 f"was killed by {signal.Signals(-rc).name}" if rc is not None and rc < 0 else f"exited with status {rc}"
             )
         tail = " | ".join(self.stderr_tail[-3:])
+        if self.failed_rank is not None:
+            how = f"failed: rank {self.failed_rank} {how}"
         return f"worker {self.name!r} {how} after {self.completed}/{self.expected} sequences" + (
             f"; stderr: {tail}" if tail else ""
         )

@@ -19,6 +19,10 @@ from .suite import PROPERTIES, Suite, SuiteError, parse
 
 
 def load_suite(path: str | Path, data: dict, opts: Options) -> Suite:
+    if opts.parallel and "parallel" in data:
+        # --tp, --nnodes, --node-rank, --rdzv-endpoint: the same suite file on every host, for any model's heads; a
+        # suite without [parallel] is single-device and stays so (one nox session runs both kinds)
+        data = {**data, "parallel": {**data["parallel"], **opts.parallel}}
     try:
         suite = parse(data, str(path), base=Path(path).parent).with_overrides(
             model=opts.model, device=opts.device, profiles=opts.profiles, adapter=opts.adapter, endpoint=opts.endpoint
@@ -73,13 +77,19 @@ def preflight(suite: Suite) -> None:
 def run_profiles(suite: Suite, model_dir: Path, run_dir: Path, opts: Options) -> list[JobOutcome]:
     batches = plan.expand(suite)
     timeout = opts.timeout_s or suite.timeout_s
-    interleave = suite.perf is not None and suite.perf.interleave and len(suite.profiles) > 1
+    # Interleaving is for timing profiles against each other on one device; worker groups run one after another.
+    interleave = (
+        suite.perf is not None and suite.perf.interleave and len(suite.profiles) > 1 and not suite.parallel.multi
+    )
     if suite.endpoint is None and not interleave:
         outcomes = []
         for prof in suite.profiles:
-            job = runner.make_job(suite, prof, batches, model_dir, run_dir)
-            with Progress(f"{suite.name}:{prof.name}", plan.count_sequences(batches), "seq", opts.progress) as bar:
-                outcomes.append(runner.run_job(job, dict(prof.env), timeout, run_dir, bar.to))
+            for tp in suite.parallel.tp:  # a worker group per degree: a crash in one leaves the others to run
+                if tp == 1 and suite.parallel.node_rank > 0:
+                    continue  # one process runs on node 0 alone
+                job = runner.make_job(suite, prof, batches, model_dir, run_dir, tp)
+                with Progress(f"{suite.name}:{job.name}", plan.count_sequences(batches), "seq", opts.progress) as bar:
+                    outcomes.append(runner.run_job(job, dict(prof.env), timeout, run_dir, bar.to, suite.parallel))
         return outcomes
     bars = [
         Progress(f"{suite.name}:{p.name}", plan.count_sequences(batches), "seq", opts.progress) for p in suite.profiles
@@ -103,17 +113,35 @@ def run_profiles(suite: Suite, model_dir: Path, run_dir: Path, opts: Options) ->
             bar.close()
 
 
-def analyse(suite: Suite, records: dict[str, list[Record]]) -> list[determinism.Verdict]:
+def analyse(suite: Suite, jobs: list[JobOutcome], records: dict[str, list[Record]]) -> list[determinism.Verdict]:
+    """Per job (profile and degree): the schedules' properties; per profile: each degree against the smallest."""
     props = [p for p in PROPERTIES if any(s.property == p for s in suite.schedules)]
+    dev, k = suite.model.device, suite.generation.k
     verdicts = []
-    for name, recs in records.items():
-        prof = suite.profile(name)
+    for j in jobs:
+        prof = suite.profile(j.profile)
         verdicts += [
-            determinism.evaluate(
-                recs, prof.name, prop, prof.expectation(suite.model.device, prop), k=suite.generation.k
+            dataclasses.replace(
+                determinism.evaluate(records[j.name], prof.name, prop, prof.expectation(dev, prop), k=k), tp=j.tp
             )
             for prop in props
         ]
+    if len(suite.parallel.tp) > 1:
+        ref_tp, *others = suite.parallel.tp
+        for prof in suite.profiles:
+            ref = records.get(suite.parallel.job_name(prof.name, ref_tp), [])
+            verdicts += [
+                determinism.tp_invariance(
+                    ref,
+                    records.get(suite.parallel.job_name(prof.name, tp), []),
+                    prof.name,
+                    prof.expectation(dev, "tp-invariance"),
+                    tp=tp,
+                    ref_tp=ref_tp,
+                    k=k,
+                )
+                for tp in others
+            ]
     return verdicts
 
 
@@ -205,6 +233,32 @@ def _model_dir(suite: Suite) -> Path:
     return runner.prepare_model(suite.model.ref)
 
 
+def check_degrees(suite: Suite, model_dir: Path) -> None:
+    """Every degree must divide the model's attention and KV heads (transformers shards heads whole): one line and
+    exit 2 before any worker starts, instead of a shape error in every rank."""
+    if not any(tp > 1 for tp in suite.parallel.tp):
+        return
+    import json
+
+    try:
+        cfg = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+        heads = int(cfg["num_attention_heads"])
+        kv = int(cfg.get("num_key_value_heads") or heads)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise HarnessError(
+            f"{suite.path}: parallel.tp: cannot read the model's head counts from {model_dir / 'config.json'} ({e})",
+            USAGE,
+        ) from None
+    bad = [tp for tp in suite.parallel.tp if heads % tp or kv % tp]
+    if bad:
+        fits = [d for d in range(1, heads + 1) if heads % d == 0 and kv % d == 0]
+        raise HarnessError(
+            f"{suite.path}: parallel.tp: degree {bad[0]} does not divide the model's {heads} attention heads and "
+            f"{kv} KV heads; use degrees that divide both: {', '.join(map(str, fits))}",
+            USAGE,
+        )
+
+
 def flags_note(suite: Suite) -> str:
     """When no profile's flags can act on this device, every profile ran the same arithmetic: say so, so that a
     passing `deterministic` profile is not read as evidence about the flags."""
@@ -224,15 +278,19 @@ def flags_note(suite: Suite) -> str:
 def execute(suite: Suite, opts: Options) -> report.RunResult:
     started = time.time()
     model_dir = _model_dir(suite)
+    check_degrees(suite, model_dir)
     rd = RunDir.create(opts.out, suite.name)
     jobs = run_profiles(suite, model_dir, rd.path, opts)
-    every = {j.profile: list(read_jsonl(Path(j.records))) for j in jobs}
+    if suite.parallel.node_rank > 0:
+        return follower(suite, rd, jobs, started)
+    every = {j.name: list(read_jsonl(Path(j.records))) for j in jobs}
     records = {name: [r for r in recs if not r.warmup] for name, recs in every.items()}
     failures = failed_requests(every)
-    verdicts = analyse(suite, records) + input_limit(jobs)
+    verdicts = analyse(suite, jobs, records) + input_limit(jobs)
     samples = {name: latency.samples(recs) for name, recs in records.items()}
     base = gate.against_baselines(suite, jobs, records, samples, opts)
     notes = [f"profile {p.name}: {n}" for p in suite.profiles if (n := profiles.note(p, suite.model.device))]
+    notes += [n for j in jobs if (n := profiles.group_note(j.profile, j.tp, j.meta))]
     flags = flags_note(suite)
     every_verdict = verdicts + base.verdicts
     code = exit_code(
@@ -262,16 +320,50 @@ def execute(suite: Suite, opts: Options) -> report.RunResult:
     return res
 
 
+def follower(suite: Suite, rd: RunDir, jobs: list[JobOutcome], started: float) -> report.RunResult:
+    """Another host of a multi-node group: its ranks ran, node 0 wrote the records and judges them. This host reports
+    only whether its part of each group finished."""
+    res = report.RunResult(
+        suite=suite,
+        run_id=rd.run_id,
+        run_dir=rd.path,
+        jobs=jobs,
+        verdicts=[],
+        exit_code=exit_code(infra=any(not j.ok for j in jobs), unusable=False, failed=False),
+        notes=[
+            f"node {suite.parallel.node_rank} of {suite.parallel.nnodes}: this host's ranks of each worker group; "
+            f"the records and verdicts are on node 0 (rendezvous {suite.parallel.rdzv_endpoint})"
+        ],
+        started=started,
+    )
+    report.write(res)
+    return res
+
+
 def checks(res: report.RunResult) -> list[Check]:
-    """Each profile's verdicts as checks: pytest items and the console's verdict lines."""
+    """Each profile's verdicts as checks: pytest items and the console's verdict lines. A suite with several tensor
+    parallel degrees names them per degree (`tp3::batch-invariance`) plus the profile's `tp-invariance`."""
     out = []
+    par = res.suite.parallel
+    if par.node_rank > 0:
+        return [
+            Check(j.profile, f"tp{j.tp}::group", "passed" if j.ok else "failed", "" if j.ok else j.describe())
+            for j in res.jobs
+        ]
     for p in res.suite.profiles:
-        job = next((j for j in res.jobs if j.profile == p.name), None)
-        crashed = [job.describe()] if job is not None and not job.ok else []
         for name in DETERMINISM.items_for(res.suite, p.name):
-            lines = list(crashed)
+            prefix, _, prop = name.rpartition("::")
+            tp = int(prefix.removeprefix("tp")) if prefix else par.tp[0]
+            degrees = par.tp if prop == "tp-invariance" else (tp,)
+            jobs = [j for j in res.jobs if j.profile == p.name and j.tp in degrees]
+            lines = [j.describe() for j in jobs if not j.ok]
             skip = ""
-            if name == "latency":
+            found = [
+                v
+                for v in res.all_verdicts()
+                if v.profile == p.name and v.property == prop and (prop == "tp-invariance" or v.tp == tp)
+            ]
+            if prop == "latency":
                 changes = res.baseline.changes.get(p.name)
                 bad = [c for c in changes or [] if c.status == "regressed"]
                 if changes is None or not res.baseline.gated.get(p.name):
@@ -281,16 +373,16 @@ def checks(res: report.RunResult) -> list[Check]:
                         "latency regressed: " + "; ".join(f"{c.metric} x{c.ratio:.3f} (p={c.p:.3g})" for c in bad),
                         tables.change_table(changes),
                     ]
-            elif (
-                v := next((v for v in res.all_verdicts() if v.profile == p.name and v.property == name), None)
-            ) is None:
-                lines.append(f"no {name} verdict (the worker produced nothing to compare)")
-            elif v.status == "no baseline":
-                skip = v.reason
-            elif not v.passed:
-                lines.append(f"{v.property} expected {v.expect!r}: {v.reason}")
-                if v.worst:
-                    lines.append(f"worst case: {v.worst.describe()}")
+            elif not found:
+                lines.append(f"no {prop} verdict (the worker produced nothing to compare)")
+            elif all(v.status == "no baseline" for v in found):
+                skip = found[0].reason
+            for v in found:
+                if not v.passed:
+                    at = f" at tp {v.tp}" if prop == "tp-invariance" else ""
+                    lines.append(f"{v.property}{at} expected {v.expect!r}: {v.reason}")
+                    if v.worst:
+                        lines.append(f"worst case: {v.worst.describe()}")
             if lines:
                 out.append(Check(p.name, name, "failed", "\n".join(lines + [f"report: {res.run_dir / 'summary.md'}"])))
             else:
@@ -313,9 +405,14 @@ class SuiteKind:
             props.append("latency")
         if suite.endpoint is not None and suite.endpoint.oversize_check:
             props.append("input-limit")
-        return props
+        if not suite.parallel.multi:
+            return props  # one process per profile: the names every single-device suite has always had
+        names = [f"tp{tp}::{n}" for tp in suite.parallel.tp for n in props]
+        return names + (["tp-invariance"] if len(suite.parallel.tp) > 1 else [])
 
     def items(self, suite: Suite) -> list[tuple[str, str]]:
+        if suite.parallel.node_rank > 0:  # another host's share of the groups: did it finish; node 0 judges
+            return [(p.name, f"tp{tp}::group") for p in suite.profiles for tp in suite.parallel.tp if tp > 1]
         return [(p.name, n) for p in suite.profiles for n in self.items_for(suite, p.name)]
 
     def execute(self, suite: Suite, opts: Options) -> Outcome:

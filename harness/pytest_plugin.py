@@ -98,23 +98,38 @@ class SuiteFile(pytest.File):
 
 
 class GroupNode(pytest.Collector):
-    """A profile (or a load-time setting): one item per check."""
+    """A profile (or a load-time setting): one item per check. A check named `tp3::batch-invariance` sits in a
+    node `tp3` below it, so `SUITE::PROFILE::tp3::batch-invariance` is its pytest id."""
 
-    def __init__(self, *, names: list[str], **kw):
+    def __init__(self, *, names: list[str], group: str = "", prefix: str = "", **kw):
         super().__init__(**kw)
-        self.names = names
+        self.names, self.group, self.prefix = names, group or self.name, prefix
 
     def collect(self):
+        order: dict[str, list[str] | None] = {}  # first appearance order: items and sub-groups as listed
         for name in self.names:
-            yield CheckItem.from_parent(self, name=name)
+            head, sep, rest = name.partition("::")
+            if sep:
+                order.setdefault(head, [])
+                order[head].append(rest)  # type: ignore[union-attr]
+            else:
+                order[name] = None
+        for name, sub in order.items():
+            if sub is None:
+                yield CheckItem.from_parent(self, name=name)
+            else:
+                yield GroupNode.from_parent(
+                    self, name=name, names=sub, group=self.group, prefix=f"{self.prefix}{name}::"
+                )
 
 
 class CheckItem(pytest.Item):
     def runtest(self) -> None:
-        out = self.parent.parent.outcome()
-        check = next((c for c in out.checks if (c.group, c.name) == (self.parent.name, self.name)), None)
+        out = self.getparent(SuiteFile).outcome()
+        group, name = self.parent.group, self.parent.prefix + self.name
+        check = next((c for c in out.checks if (c.group, c.name) == (group, name)), None)
         if check is None:
-            raise CheckFailed(f"no {self.name} verdict for {self.parent.name}; report: {out.run_dir / 'summary.md'}")
+            raise CheckFailed(f"no {name} verdict for {group}; report: {out.run_dir / 'summary.md'}")
         if check.outcome == "skipped":
             pytest.skip(check.message)
         if check.outcome == "failed":
@@ -126,4 +141,4 @@ class CheckItem(pytest.Item):
         return super().repr_failure(excinfo)
 
     def reportinfo(self):
-        return self.path, None, f"{self.path.name}::{self.parent.name}::{self.name}"
+        return self.path, None, f"{self.path.name}::{self.parent.group}::{self.parent.prefix}{self.name}"

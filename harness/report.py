@@ -24,6 +24,7 @@ from .tables import (
     clip,
     jobs_table,
     latency_table,
+    ranks_table,
     sequences_md,
     unique_table,
     verdict_table,
@@ -153,6 +154,15 @@ def summary_md(res: RunResult) -> str:
         jobs_table(res.jobs),
         "",
     ]
+    if any(j.meta.get("ranks") for j in res.jobs):
+        md += [
+            "## Worker groups",
+            "",
+            "Each rank's load phases and peak memory (after the last batch).",
+            "",
+            ranks_table(res.jobs),
+            "",
+        ]
     crashed = [j for j in res.jobs if not j.ok]
     if crashed:
         md += ["## Crashes", ""]
@@ -174,12 +184,14 @@ def summary_md(res: RunResult) -> str:
             "",
         ]
         for v in vs:
-            md += [f"- **{v.property}** ({MARK[v.status]}): {v.reason}"]
+            at = f" at tp {v.tp}" if v.tp != 1 else ""
+            md += [f"- **{v.property}**{at} ({MARK[v.status]}): {v.reason}"]
             if v.worst:
                 md += [f"  - worst: {v.worst.describe()}"]
             md += sequences_md(v)
-        if p.name in res.baseline.sources:
-            md += [f"- baseline: {res.baseline.sources[p.name]}"]
+        for j in res.jobs:
+            if j.profile == p.name and j.name in res.baseline.sources:
+                md += [f"- baseline{f' (tp {j.tp})' if j.tp != 1 else ''}: {res.baseline.sources[j.name]}"]
         md += [""]
         if p.name in res.baseline.changes:
             md += [

@@ -42,6 +42,7 @@ class Options:
     endpoint: str | None = None  # URL of a server that is already running (the suite's [server] is not started)
     drop_caches: bool | None = None  # load time: evict the model files before each cold load (None: the suite's)
     fresh_runs: bool = False  # an update starts the baseline's run history anew (calibration's first run)
+    parallel: dict[str, Any] = field(default_factory=dict)  # --nnodes, --node-rank, --rdzv-endpoint over [parallel]
 
 
 @dataclass(frozen=True)

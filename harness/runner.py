@@ -21,10 +21,11 @@ from pathlib import Path
 
 import harness
 
+from . import group
 from .errors import INFRA, USAGE, HarnessError
 from .jobs import Job, JobOutcome, WorkerStatus
 from .plan import Batch
-from .suite import Profile, Server, Suite
+from .suite import Parallel, Profile, Server, Suite
 
 PACKAGE_ROOT = str(Path(harness.__file__).resolve().parent.parent)
 POLL_S = 0.5
@@ -58,8 +59,8 @@ def prepare_model(ref: str, timeout_s: float = 1800) -> Path:
     return Path(p.stdout.strip().splitlines()[-1])
 
 
-def make_job(suite: Suite, profile: Profile, batches: list[Batch], model_dir: Path, run_dir: Path) -> Job:
-    name = profile.name
+def make_job(suite: Suite, profile: Profile, batches: list[Batch], model_dir: Path, run_dir: Path, tp: int = 1) -> Job:
+    name = suite.parallel.job_name(profile.name, tp)
     return Job(
         name=name,
         profile=profile.name,
@@ -76,6 +77,8 @@ def make_job(suite: Suite, profile: Profile, batches: list[Batch], model_dir: Pa
         records=str(run_dir / "records" / f"{name}.jsonl"),
         meta=str(run_dir / "records" / f"{name}.meta.json"),
         seed=suite.seed,
+        tp=tp,
+        collective_timeout_s=suite.parallel.collective_timeout_s,
     )
 
 
@@ -101,17 +104,27 @@ class _Worker:
     """One worker process: started in its own session (a timeout kills it and anything it started), its records
     counted as they land."""
 
-    def __init__(self, job: Job, env: dict[str, str | None], run_dir: Path, progress: Callable[[int], None]):
+    def __init__(
+        self,
+        job: Job,
+        env: dict[str, str | None],
+        run_dir: Path,
+        progress: Callable[[int], None],
+        launch: group.Launch | None = None,
+    ):
         job_path = run_dir / "jobs" / f"{job.name}.json"
         job_path.write_text(job.to_json(), encoding="utf-8")
-        self.job, self.progress = job, progress
+        self.job, self.progress, self.launch = job, progress, launch
         self.log = run_dir / "logs" / f"{job.name}.log"
         self.counter = _LineCounter(Path(job.records))
         self.start = time.monotonic()
         self.status: WorkerStatus = "ok"
+        argv = [sys.executable, "-m", "harness.worker", str(job_path)]
+        if launch is not None:  # a worker group: torchrun's ranks, each with its share of the cores and the marker
+            argv, env = launch.argv, {**launch.env, **env}
         with open(self.log, "wb") as logf:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "harness.worker", str(job_path)],
+                argv,
                 env=child_env(env),
                 stdin=subprocess.PIPE if job.paced else subprocess.DEVNULL,
                 stdout=logf,
@@ -154,6 +167,8 @@ class _Worker:
         except ProcessLookupError:
             pass
         self.proc.wait()
+        if self.launch is not None:
+            group.sweep(self.launch.env[group.MARK])
 
     def finish(self) -> JobOutcome:
         self.close_stdin()
@@ -162,7 +177,16 @@ class _Worker:
         completed = self.counter.poll()
         self.progress(completed)
         rc, status = self.proc.returncode, self.status
-        tail = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()][-20:]
+        text = log.read_text(encoding="utf-8", errors="replace")
+        tail = [ln for ln in text.splitlines() if ln.strip()][-20:]
+        failed_rank = None
+        if self.launch is not None:
+            # torchrun has torn its ranks down (or was killed): anything still carrying the marker is an orphan
+            group.sweep(self.launch.env[group.MARK])
+            if (first := group.first_failure(text)) is not None:
+                # the failing rank's own exit status and words, not the launcher's generic ChildFailedError
+                failed_rank, rc = first.rank, first.exitcode
+                tail = group.rank_tail(self.launch.ranks_dir, first.local_rank) or tail
         meta = {}
         if Path(job.meta).is_file():
             meta = json.loads(Path(job.meta).read_text(encoding="utf-8"))
@@ -178,7 +202,8 @@ class _Worker:
             )
         if status == "ok" and rc != 0:
             status = "load-failed" if rc == INFRA and not meta else "crashed"
-        if status == "ok" and completed < job.expected:
+        follower = self.launch is not None and self.launch.env["HARNESS_NODE_RANK"] != "0"
+        if status == "ok" and completed < job.expected and not follower:  # node 0 writes a group's records
             status = "crashed"
         return JobOutcome(
             name=job.name,
@@ -192,6 +217,8 @@ class _Worker:
             log=str(log),
             stderr_tail=tail,
             meta=meta,
+            tp=job.tp,
+            failed_rank=failed_rank,
         )
 
 
@@ -201,8 +228,37 @@ def run_job(
     timeout_s: float,
     run_dir: Path,
     progress: Callable[[int], None] = lambda n: None,
+    parallel: Parallel | None = None,
 ) -> JobOutcome:
-    w = _Worker(job, env, run_dir, progress)
+    launch = None
+    if job.tp > 1:
+        parallel = parallel or Parallel()
+        marker = f"{run_dir.name}/{job.name}/{os.getpid()}"
+        launch = group.launch(
+            job.name,
+            job.tp,
+            parallel,
+            run_dir / "jobs" / f"{job.name}.json",
+            run_dir / "logs" / f"{job.name}.ranks",
+            marker,
+        )
+        if parallel.node_rank == 0 and (why := group.port_taken(launch.endpoint)):
+            return JobOutcome(
+                name=job.name,
+                profile=job.profile,
+                status="load-failed",
+                returncode=None,
+                wall_s=0.0,
+                expected=job.expected,
+                completed=0,
+                records=job.records,
+                log="",
+                stderr_tail=[f"error: {why}"],
+                tp=job.tp,
+            )
+    elif parallel is not None and parallel.multi:  # the reference degree runs with its groups' thread count
+        env = {"OMP_NUM_THREADS": str(group.suite_threads(parallel)), **env}
+    w = _Worker(job, env, run_dir, progress, launch)
     try:
         while w.alive(timeout_s):
             time.sleep(POLL_S)

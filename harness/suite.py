@@ -19,7 +19,7 @@ SUITE_FORMAT = 1
 DEVICES = ("cpu", "cuda", "npu")
 DTYPES = ("float32", "bfloat16", "float16")
 BASELINE_LEVELS = ("bitwise", "tokens", "close", "report")
-PROPERTIES = ("repeatability", "batch-invariance")
+PROPERTIES = ("repeatability", "batch-invariance", "tp-invariance")
 # kind -> allowed parameters with defaults; `seed` and `name` are allowed everywhere.
 SCHEDULE_PARAMS: dict[str, dict[str, Any]] = {
     "solo": {},
@@ -139,6 +139,26 @@ class Perf:
 
 
 @dataclass(frozen=True)
+class Parallel:
+    """Tensor parallel degrees: each degree > 1 runs as a torchrun worker group, one process per device."""
+
+    tp: tuple[int, ...] = (1,)  # sorted; the smallest is the reference of tp-invariance
+    collective_timeout_s: float = 300.0  # init_process_group(timeout=...): a rank stuck in a collective ends here
+    nnodes: int = 1  # torchrun --nnodes: a group may span several hosts
+    node_rank: int = 0  # this host's --node-rank; only node 0 writes records
+    rdzv_endpoint: str = ""  # host:port of the c10d rendezvous; "" picks a free port on 127.0.0.1
+    launcher: str = ""  # a command template that replaces `python -m torch.distributed.run` (a cluster's own)
+
+    @property
+    def multi(self) -> bool:
+        """More than one degree, or one above 1: jobs and checks are named per degree."""
+        return self.tp != (1,)
+
+    def job_name(self, profile: str, tp: int) -> str:
+        return f"{profile}-tp{tp}" if self.multi else profile
+
+
+@dataclass(frozen=True)
 class Suite:
     name: str
     path: str
@@ -155,6 +175,7 @@ class Suite:
     model_overridden: bool = False  # --model replaced the suite's own model
     endpoint: Endpoint | None = None  # outputs come from an OpenAI-compatible server, not an in-process model
     server: Server | None = None  # ... which the harness starts per profile
+    parallel: Parallel = Parallel()
 
     def profile(self, name: str) -> Profile:
         for p in self.profiles:

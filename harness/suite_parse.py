@@ -24,6 +24,7 @@ from .suite import (
     BaselinePolicy,
     Generation,
     ModelSpec,
+    Parallel,
     Perf,
     Profile,
     Prompt,
@@ -106,6 +107,12 @@ def parse(data: dict[str, Any], p: str, base: Path = Path(".")) -> Suite:
     r.done()
 
     perf = _perf(root.sub("perf")) if "perf" in data else None
+    parallel = _parallel(root.sub("parallel", {}))
+    if parallel.multi and perf is not None:
+        raise root.fail(
+            "parallel.tp",
+            "a [perf] suite times one process per profile; run tensor parallel degrees in a suite without [perf]",
+        )
     policy = _baseline_policy(root.sub("baselines", {}))
     raw = root.get("schedules", list, expect="a list of [[schedules]] tables")
     if not raw:
@@ -143,6 +150,11 @@ def parse(data: dict[str, Any], p: str, base: Path = Path(".")) -> Suite:
                 "endpoint.api",
                 f'prompt {media.id!r} has attachments, which only the chat API carries; set api = "chat"',
             )
+        if parallel.multi:
+            raise root.fail(
+                "parallel.tp",
+                "a served model shards itself (its server's own tensor parallel option); remove [parallel]",
+            )
         for prof in profiles:
             if prof.torch_deterministic:
                 raise root.fail(
@@ -173,7 +185,57 @@ def parse(data: dict[str, Any], p: str, base: Path = Path(".")) -> Suite:
         baselines=policy,
         endpoint=endpoint,
         server=server,
+        parallel=parallel,
     )
+
+
+def _parallel(t: Table) -> Parallel:
+    """[parallel]: degrees to run, the collective timeout, and torchrun's multi-node options."""
+    tp = t.get(
+        "tp",
+        list,
+        [1],
+        check=lambda v: (
+            bool(v)
+            and all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 4096 for x in v)
+            and len(set(v)) == len(v)
+        ),
+        expect="a non-empty list of distinct tensor parallel degrees such as [1, 3]",
+    )
+    nnodes = t.get("nnodes", int, 1, check=lambda v: 1 <= v <= 4096, expect="a positive number of hosts")
+    par = Parallel(
+        tp=tuple(sorted(tp)),
+        collective_timeout_s=float(
+            t.get(
+                "collective_timeout_s", (int, float), 300, check=lambda v: v > 0, expect="a positive number of seconds"
+            )
+        ),
+        nnodes=nnodes,
+        node_rank=t.get(
+            "node_rank", int, 0, check=lambda v: 0 <= v < nnodes, expect=f"an integer in [0, nnodes - 1 = {nnodes - 1}]"
+        ),
+        rdzv_endpoint=t.get(
+            "rdzv_endpoint",
+            str,
+            "",
+            check=lambda v: v == "" or (":" in v and v.rsplit(":", 1)[1].isdigit()),
+            expect='"host:port" of the c10d rendezvous (node 0\'s address), or "" for a free local port',
+        ),
+        launcher=t.get(
+            "launcher",
+            str,
+            "",
+            check=lambda v: v == "" or "{args}" in v,
+            expect='a command template containing {args} (torchrun\'s arguments), e.g. "srun torchrun {args}"',
+        ),
+    )
+    t.done()
+    for d in par.tp:
+        if d > 1 and d % nnodes:
+            raise t.fail("tp", f"degree {d} does not spread evenly over nnodes = {nnodes} hosts")
+    if nnodes > 1 and not par.rdzv_endpoint:
+        raise t.fail("rdzv_endpoint", "a group over several hosts needs node 0's host:port, the same on every host")
+    return par
 
 
 def _baseline_policy(t: Table) -> BaselinePolicy:

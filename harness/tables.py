@@ -29,7 +29,7 @@ def clip(s: str, n: int = 110) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
-SHARES = ("repeatability", "batch-invariance", "baseline")
+SHARES = ("repeatability", "batch-invariance", "tp-invariance", "baseline")
 
 
 def _counts(v: Verdict) -> list[str | int]:
@@ -43,8 +43,11 @@ def _counts(v: Verdict) -> list[str | int]:
 
 
 def verdict_table(verdicts: list[Verdict]) -> str:
+    """One row per property (and tensor parallel degree, in a column of its own when the suite has several)."""
+    tp = any(v.tp != 1 for v in verdicts)
     rows = [
         [
+            *([v.tp] if tp else []),
             v.property,
             v.expect,
             MARK[v.status],
@@ -58,6 +61,7 @@ def verdict_table(verdicts: list[Verdict]) -> str:
     return tabulate(
         rows,
         headers=[
+            *(["tp"] if tp else []),
             "property",
             "expect",
             "verdict",
@@ -81,7 +85,8 @@ def worst_lines(verdicts: list[Verdict]) -> list[str]:
         if v.property == "baseline" and v.expect != "-":
             out.append(f"  baseline: {v.reason}")
         if v.worst or (v.property not in SHARES and v.reason):
-            out.append(f"  {v.property}: {v.worst.describe() if v.worst else v.reason}")
+            at = f" (tp {v.tp})" if v.tp != 1 else ""
+            out.append(f"  {v.property}{at}: {v.worst.describe() if v.worst else v.reason}")
     return out
 
 
@@ -150,6 +155,8 @@ def _yn(x: bool | None) -> str:
 
 
 def jobs_table(jobs: list[JobOutcome]) -> str:
+    """One row per worker (or worker group: its writer's load phases; every rank's are in ranks_table)."""
+    tp = any(j.tp != 1 for j in jobs)
     rows = []
     for j in jobs:
         load = sum(j.meta.get("load_s", {}).values()) if j.meta.get("load_s") else None
@@ -157,6 +164,7 @@ def jobs_table(jobs: list[JobOutcome]) -> str:
         rows.append(
             [
                 j.profile,
+                *([j.tp] if tp else []),
                 j.status,
                 f"{j.completed}/{j.expected}",
                 f"{load:.1f}" if load else "-",
@@ -168,7 +176,17 @@ def jobs_table(jobs: list[JobOutcome]) -> str:
         )
     return tabulate(
         rows,
-        headers=["profile", "worker", "sequences", "load s", "generate s", "tokens/s", "sequences/s", "wall s"],
+        headers=[
+            "profile",
+            *(["tp"] if tp else []),
+            "worker",
+            "sequences",
+            "load s",
+            "generate s",
+            "tokens/s",
+            "sequences/s",
+            "wall s",
+        ],
         tablefmt="github",
     )
 
@@ -239,3 +257,39 @@ def unique_table(verdicts: list[Verdict]) -> str:
         for p in prompts
     ]
     return tabulate(rows, headers=["prompt"] + [f"{v.profile} {v.property}" for v in cols], tablefmt="github")
+
+
+def ranks_table(jobs: list[JobOutcome]) -> str:
+    """Every rank of every worker group: where it ran, its threads, load phases and peak memory."""
+    rows = []
+    for j in jobs:
+        for r in j.meta.get("ranks", []):
+            load = r.get("load_s", {})
+            rows.append(
+                [
+                    j.name,
+                    r.get("rank"),
+                    f"{r.get('hostname')}:{r.get('pid')}",
+                    r.get("backend"),
+                    r.get("threads"),
+                    " ".join(f"{k} {v:.2f}" for k, v in load.items()),
+                    f"{sum(load.values()):.1f}",
+                    f"{r.get('peak_rss_mb', 0):.0f}",
+                    f"{r['device_peak_mb']:.0f}" if "device_peak_mb" in r else "-",
+                ]
+            )
+    return tabulate(
+        rows,
+        headers=[
+            "job",
+            "rank",
+            "host:pid",
+            "backend",
+            "threads",
+            "load phases s",
+            "load s",
+            "peak RSS MB",
+            "device peak MB",
+        ],
+        tablefmt="github",
+    )

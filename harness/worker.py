@@ -51,7 +51,7 @@ def run(job: Job) -> int:
         return USAGE
     if cls.remote:
         adapter = cls(job)
-        return _run(job, adapter, 0.0, adapter.describe, dict)
+        return _run(job, adapter, {"import": 0.0}, adapter.describe, dict)
     t0 = time.perf_counter()
     import torch  # noqa: F401  (timed: import is a load phase on NPU images)
 
@@ -59,25 +59,73 @@ def run(job: Job) -> int:
 
     try:
         device = devices.prepare(job.device, deterministic=job.torch_deterministic)
+        phases = {"import": time.perf_counter() - t0}
+        if job.tp > 1:
+            t0 = time.perf_counter()
+            device = devices.init_group(device, job.collective_timeout_s)
+            phases["init_group"] = time.perf_counter() - t0  # the rendezvous: waits for the slowest rank to start
     except devices.DeviceError as e:
         print(f"error: {e}", file=sys.stderr)
         return INFRA
-    import_s = time.perf_counter() - t0
-    return _run(
-        job,
-        cls(job, device),
-        import_s,
-        lambda: devices.describe(device),
-        lambda: {**peak_memory(device), "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()},
-    )
+    try:
+        return _run(
+            job,
+            cls(job, device),
+            phases,
+            lambda: devices.describe(device),
+            lambda: {**peak_memory(device), "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()},
+        )
+    finally:
+        if job.tp > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
 
 
-def _run(job: Job, adapter: Adapter, import_s: float, describe, after_load) -> int:
+def _rank() -> dict:
+    """Where this process sits in its worker group."""
+    import socket
+
+    import torch
+    import torch.distributed as dist
+
+    return {
+        "rank": dist.get_rank(),
+        "local_rank": int(os.environ.get("LOCAL_RANK", "0")),
+        "node_rank": int(os.environ.get("HARNESS_NODE_RANK", "0")),
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+        "threads": torch.get_num_threads(),
+        "backend": str(dist.get_backend()),
+    }
+
+
+def _gather(job: Job, part: dict) -> list[dict]:
+    """Every rank's part, in rank order, on every rank (the writer keeps them in the job's meta)."""
+    if job.tp <= 1:
+        return []
+    import torch.distributed as dist
+
+    parts: list[dict] = [{} for _ in range(dist.get_world_size())]
+    dist.all_gather_object(parts, part)
+    return parts
+
+
+def _writes(job: Job) -> bool:
+    """One process writes records and meta: the group's first local rank on node 0 (c10d may number the hosts in any
+    order, so not necessarily global rank 0), or the only process."""
+    if job.tp <= 1:
+        return True
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("HARNESS_NODE_RANK", "0") == "0"
+
+
+def _run(job: Job, adapter: Adapter, phases: dict[str, float], describe, after_load) -> int:
     """Load, then every batch: one JSON line per sequence, flushed per batch."""
     from . import envinfo
 
     try:
-        phases = {"import": import_s, **adapter.load()}
+        phases = {**phases, **adapter.load()}
     except Exception as e:
         what = (
             str(e)
@@ -96,14 +144,19 @@ def _run(job: Job, adapter: Adapter, import_s: float, describe, after_load) -> i
         "host": envinfo.host(),
         "env": envinfo.relevant_env(os.environ),
     }
+    if job.tp > 1:
+        # every rank's load phases, memory and the flags it actually ran with, not only the writer's
+        meta = {**meta, "tp": job.tp, **_rank(), "ranks": _gather(job, {**meta, **_rank()})}
+    writes = _writes(job)
     meta_path = Path(job.meta)
-    write_json_atomic(meta_path, meta)
+    if writes:
+        write_json_atomic(meta_path, meta)
     prompts = {p["id"]: p for p in job.prompts}
     own = {os.getpid()} | ({job.server_pid} if job.server_pid else set())
     run_s = 0.0
     tokens = sequences = 0
     passes = []
-    with open(job.records, "a", encoding="utf-8") as out:
+    with open(job.records if writes else os.devnull, "a", encoding="utf-8") as out:
         for (warmup, repeat), group in itertools.groupby(job.batches, key=lambda b: (b.warmup, b.repeat)):
             if job.paced and not sys.stdin.readline():
                 break  # the runner closed the pipe: the run was stopped
@@ -148,7 +201,11 @@ def _run(job: Job, adapter: Adapter, import_s: float, describe, after_load) -> i
     if job.endpoint is not None and job.endpoint.oversize_check:
         meta["oversize"] = adapter.oversize()  # type: ignore[attr-defined]  (the endpoint adapter's own check)
     adapter.close()
-    write_json_atomic(meta_path, meta)
+    if job.tp > 1:  # peak memory again, now that every batch has run
+        ends = _gather(job, {"run_s": run_s, **after_load()})
+        meta["ranks"] = [{**r, **e} for r, e in zip(meta["ranks"], ends)]
+    if writes:
+        write_json_atomic(meta_path, meta)
     return 0
 
 

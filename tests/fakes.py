@@ -15,7 +15,7 @@ from harness.records import Record
 DEVICE = {"device": "cpu", "cpu_capability": "fake", "cpu_model": "fake", "threads": 1, "torch": "0.0"}
 
 
-def run_job(job: Job, env: dict, timeout_s: float, run_dir: Path, progress=lambda n: None) -> JobOutcome:
+def run_job(job: Job, env: dict, timeout_s: float, run_dir: Path, progress=lambda n: None, parallel=None) -> JobOutcome:
     if not timeout_s > 0:  # the real worker would be killed at once
         return JobOutcome(
             name=job.name,
@@ -82,6 +82,7 @@ def run_job(job: Job, env: dict, timeout_s: float, run_dir: Path, progress=lambd
         records=job.records,
         log=str(log),
         meta=meta,
+        tp=job.tp,
     )
 
 

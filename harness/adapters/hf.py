@@ -16,6 +16,17 @@ from ..records import Generated
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def tp_kwargs() -> dict:
+    """transformers' own tensor parallel plan for the model (no hand-written sharding), over the worker group's
+    process group: DistributedConfig where this transformers has it, the older tp_plan="auto" keyword otherwise
+    (CANN images often ship older releases)."""
+    try:
+        from transformers.distributed import DistributedConfig
+    except ImportError:
+        return {"tp_plan": "auto"}
+    return {"distributed_config": DistributedConfig(tp_plan="auto")}
+
+
 class HFAdapter:
     remote = False
 
@@ -35,7 +46,9 @@ class HFAdapter:
         self.tok.padding_side = "left"
         if self.tok.pad_token_id is None:
             self.tok.pad_token = self.tok.eos_token
-        model = AutoModelForCausalLM.from_pretrained(self.job.model_dir, dtype=DTYPES[self.job.dtype])
+        model = AutoModelForCausalLM.from_pretrained(
+            self.job.model_dir, dtype=DTYPES[self.job.dtype], **(tp_kwargs() if self.job.tp > 1 else {})
+        )
         t1 = time.perf_counter()
         self.model = model.to(self.device).eval()
         devices.synchronize(self.device)

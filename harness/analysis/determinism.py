@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import chain
 from operator import sub
 from typing import Literal, TypedDict
@@ -230,6 +230,9 @@ class Verdict:
     level: Seen = "logits"  # what the comparison could see: logits bits, a server's logprobs, or text
     failed: int = 0  # sequences with no output (a request that failed), left out of the comparison
     comparisons: tuple[Comparison, ...] = ()  # every compared sequence, for the report to list
+    tp: int = (
+        1  # tensor parallel degree of the sequences judged (tp-invariance: the degree compared with the reference)
+    )
 
     # builtins.property: in this class body `property` names the str field above
     @builtins.property
@@ -396,3 +399,45 @@ def evaluate(records: list[Record], profile: str, prop: str, expect: Expectation
         unique_outputs={p: len(v) for p, v in sorted(tok_sets.items())},
         unique_bits={p: len(v) for p, v in sorted(bit_sets.items())} if level != "text" else {},
     )
+
+
+def tp_invariance(
+    reference: list[Record],
+    other: list[Record],
+    profile: str,
+    expect: Expectation,
+    *,
+    tp: int,
+    ref_tp: int = 1,
+    k: int | None = None,
+) -> Verdict:
+    """The same batches at tensor parallel degree `tp` against degree `ref_tp`: each sequence with its twin (same
+    batch, same row), so only the degree differs between the two sides, not the batch around the prompt."""
+    failed = sum(r.failed for r in reference + other)
+    twins = {(r.batch_id, r.position): r for r in reference if not r.failed}
+    pairs = [(twins[(r.batch_id, r.position)], r) for r in other if not r.failed and (r.batch_id, r.position) in twins]
+    unmatched = sum(1 for r in other if not r.failed and (r.batch_id, r.position) not in twins)
+    comps = [compare(a, b, k) for a, b in pairs]
+    toks: dict[str, set[tuple[int, ...]]] = defaultdict(set)
+    bits: dict[str, set[tuple[str, ...]]] = defaultdict(set)
+    for a, b in pairs:
+        for r in (a, b):
+            toks[r.prompt_id].add(tuple(r.tokens))
+            bits[r.prompt_id].add(tuple(r.fingerprints))
+    notes = [f"TP {tp} against TP {ref_tp}, batch for batch"]
+    if unmatched:
+        notes.append(f"{unmatched} sequences had no TP {ref_tp} twin (did the reference group stop early?)")
+    if failed:
+        notes.append(f"{failed} sequences failed and are left out")
+    v = verdict(
+        profile,
+        "tp-invariance",
+        expect,
+        comps,
+        lowest_level([a for a, _ in pairs] + [b for _, b in pairs]),
+        "; ".join(notes),
+        failed=failed,
+        unique_outputs={p: len(x) for p, x in sorted(toks.items())},
+        unique_bits={p: len(x) for p, x in sorted(bits.items())},
+    )
+    return replace(v, tp=tp)
