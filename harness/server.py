@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import procgroup
+from .served import redact_config, render
 from .suite import Endpoint, Server
 
 POLL_S = 0.25
@@ -72,10 +74,23 @@ def _family(host: str) -> int:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def command(spec: Server, *, model: str, port: int, device: str, dtype: str) -> list[str]:
+def values(spec: Server, *, model: str, port: int, device: str, dtype: str, config: str = "") -> dict[str, str]:
+    """What the placeholders of the command and of the config template stand for."""
+    return {
+        "model": model,
+        "port": str(port),
+        "host": spec.host,
+        "device": device,
+        "dtype": dtype,
+        "python": sys.executable,  # the harness's own Python: a server installed in its venv (python -m vllm...)
+        "config": config,
+    }
+
+
+def command(spec: Server, *, model: str, port: int, device: str, dtype: str, config: str = "") -> list[str]:
     # Filled in after splitting, so a model path with spaces stays one argument.
-    values = {"model": model, "port": str(port), "host": spec.host, "device": device, "dtype": dtype}
-    argv = [arg.format(**values) for arg in shlex.split(spec.command)]
+    vals = values(spec, model=model, port=port, device=device, dtype=dtype, config=config)
+    argv = [arg.format(**vals) for arg in shlex.split(spec.command)]
     # A console script installed beside this Python (a venv not on PATH) is the one meant.
     beside = Path(sys.executable).parent / argv[0]
     if os.sep not in argv[0] and shutil.which(argv[0]) is None and beside.is_file():
@@ -110,9 +125,34 @@ def started(
             f"port {port} on {spec.host} is already in use by another process: stop it, or set "
             "server.port = 0 to let the harness pick a free port"
         )
-    argv = command(spec, model=model, port=port, device=device, dtype=dtype)
-    url = endpoint.base_url.format(host=spec.host, port=port)
     log.parent.mkdir(parents=True, exist_ok=True)
+    with rendered_config(spec, log, values(spec, model=model, port=port, device=device, dtype=dtype)) as config:
+        argv = command(spec, model=model, port=port, device=device, dtype=dtype, config=config)
+        with _running(spec, endpoint, argv, env, log, port) as run:
+            yield run
+
+
+@contextmanager
+def rendered_config(spec: Server, log: Path, vals: dict[str, str]) -> Iterator[str]:
+    """The config template filled in for this start, in a private directory that goes when the server has stopped
+    (it may hold credentials); the copy kept beside the server log has them redacted."""
+    if not spec.config:
+        yield ""
+        return
+    template = Path(spec.config)
+    text = render(template.read_text(encoding="utf-8"), vals)
+    kept = log.with_name(log.name.removesuffix(".log") + ".config" + template.suffix)
+    kept.write_text(redact_config(text), encoding="utf-8")
+    with tempfile.TemporaryDirectory(prefix="harness-server-") as d:
+        live = Path(d) / template.name
+        with os.fdopen(os.open(live, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as f:
+            f.write(text)
+        yield str(live)
+
+
+@contextmanager
+def _running(spec: Server, endpoint: Endpoint, argv: list[str], env: dict[str, str], log: Path, port: int):
+    url = endpoint.base_url.format(host=spec.host, port=port)
     t0 = time.monotonic()
     with open(log, "ab") as logf:
         try:

@@ -63,11 +63,13 @@ def run(job: Job) -> int:
         print(f"error: {e}", file=sys.stderr)
         return INFRA
     import_s = time.perf_counter() - t0
+    adapter = cls(job, device)
     return _run(
         job,
-        cls(job, device),
+        adapter,
         import_s,
-        lambda: devices.describe(device),
+        # An engine (vLLM) adds its own version to the device's description, and so to the baseline key.
+        lambda: {**devices.describe(device), **(adapter.describe() if hasattr(adapter, "describe") else {})},
         lambda: {**peak_memory(device), "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()},
     )
 
