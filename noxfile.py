@@ -78,8 +78,13 @@ def _install_vllm(session: nox.Session) -> None:
     _install(session, "gguf,serving")
     if session.venv_backend == "none":
         return  # Ascend: the image's vllm and vllm-ascend
+    # Once per venv: a second `pip install` would bring the three packages back, to be removed again.
+    done = Path(session.virtualenv.location) / ".harness-vllm"
+    if done.is_file() and done.read_text() == f"{TORCH} {VLLM}":
+        return
     session.install(TORCH, VLLM)
     session.run_install("python", "-m", "pip", "uninstall", "-y", "torchvision", "torchaudio", "torchcodec")
+    done.write_text(f"{TORCH} {VLLM}")
 
 
 @nox.session
