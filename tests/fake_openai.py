@@ -155,7 +155,9 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int)
-    p.add_argument("--config", help='a JSON file such as MindIE takes: {"ServerConfig": {"ipAddress": ..., "port": ...}}')
+    p.add_argument(
+        "--config", help='a JSON file such as MindIE takes: {"ServerConfig": {"ipAddress": ..., "port": ...}}'
+    )
     p.add_argument("--logprobs", action="store_true")
     p.add_argument("--key-env", default="")
     p.add_argument("--echo-auth", action="store_true")
