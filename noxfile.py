@@ -1,4 +1,5 @@
-"""Sessions: determinism (the nightly job), serving (the same through a server), perf (latency gate), loadtime,
+"""Sessions: determinism (the nightly job), serving (the same through a server), vllm (vLLM in process and served;
+vllmtests: its tests), perf (latency gate), loadtime,
 bench (the harness's own speed), unit (the fast lane), tests (all). Torch is pinned to a CPU-friendly build by default;
 on an Ascend runner use `nox --no-venv` so the CANN image's torch and torch_npu are used."""
 
@@ -94,6 +95,25 @@ def vllm(session: nox.Session) -> None:
     `nox --no-venv -s vllm -- --device npu` uses the image's vllm and vllm-ascend."""
     _install_vllm(session)
     _pytest_suites(session, VLLM_SUITES, "reports/junit-vllm.xml")
+
+
+@nox.session
+def vllmtests(session: nox.Session) -> None:
+    """The harness's tests against real vLLM (CI, after `tests`): the in-process adapter, the served path with a
+    config file, a start-up failure and a server killed mid-run, and the process-group teardown; one engine start
+    per test module."""
+    _install_vllm(session)
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "tests/integration/test_vllm_inprocess.py",
+        "tests/integration/test_vllm_served.py",
+        "tests/test_procgroup.py",
+        "tests/test_server_config.py",
+        "-rs",
+        *session.posargs,
+    )
 
 
 @nox.session

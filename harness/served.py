@@ -54,7 +54,7 @@ def render(template: str, values: dict[str, str]) -> str:
 
 
 # A config key whose value is a credential (vLLM's api-key, hf-token; MindIE's passwords); a key file's path stays.
-SECRET_KEY = re.compile(r"(secret|passw(or)?d|api[_-]?key|token)$", re.I)
+SECRET_KEY = re.compile(r"(secret|passw(or)?d|pwd|api[_-]?key|token)$", re.I)
 _ENTRY = re.compile(r"""^(\s*-?\s*["']?([\w.-]+)["']?\s*:\s*)(.+?)(,?\s*)$""")
 
 

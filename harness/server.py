@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -182,11 +183,10 @@ def _wait_healthy(run: Running, endpoint: Endpoint, timeout_s: float, t0: float)
             rc = run.proc.poll()
             if rc is not None:
                 tail = log_tail(run.log)
-                taken = any("address already in use" in ln.lower() for ln in tail)
-                why = "could not bind its port (address already in use)" if taken else "exited"
+                why = start_up_cause(tail)
                 raise ServerError(
-                    f"server {why} with status {rc} during start-up, before {endpoint.health_path} "
-                    f"answered; see {run.log}",
+                    f"server exited with status {rc} during start-up, before {endpoint.health_path} "
+                    f"answered: {why}; see {run.log}",
                     tail,
                 )
             last = _health(client, run.url + endpoint.health_path)
@@ -200,6 +200,31 @@ def _wait_healthy(run: Running, endpoint: Endpoint, timeout_s: float, t0: float)
                     log_tail(run.log),
                 )
             time.sleep(POLL_S)
+
+
+# Start-up failures whose cause the log names, each explained in one line.
+KNOWN_CAUSES = (
+    ("address already in use", "could not bind its port (address already in use)"),
+    (
+        "batch_invariant",
+        "VLLM_BATCH_INVARIANT=1 needs vLLM's batch-invariant (Triton) kernels, which this device lacks (CPU); "
+        "set it for npu / cuda only, under the profile's device_env",
+    ),
+    ("out of memory", "out of memory"),
+)
+_ERROR_LINE = re.compile(r"(Error|Exception|error:|fatal|FATAL)")
+
+
+def start_up_cause(tail: list[str]) -> str:
+    """Why a server died during start-up, from its log's last lines: a known cause explained, else the last line
+    that reads like an error (or the last line)."""
+    text = "\n".join(tail).lower()
+    for needle, why in KNOWN_CAUSES:
+        if needle in text:
+            return why
+    errors = [ln.strip() for ln in tail if _ERROR_LINE.search(ln)]
+    last = (errors or [ln.strip() for ln in tail] or ["no output"])[-1]
+    return f"log: {last[:200]}"
 
 
 def stop(run: Running, grace_s: float) -> None:

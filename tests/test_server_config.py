@@ -138,3 +138,21 @@ def test_a_server_configured_by_file_gets_it_rendered_per_start_and_the_kept_cop
     assert not any(b"hunter2" in f.read_bytes() for f in run.rglob("*") if f.is_file())
     argv = load_report(tmp_path / "out")["jobs"][0]["worker"]["server"]["argv"]
     assert argv[0] == sys.executable and not Path(argv[-1]).exists()  # the live file went with the server
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["vllm.toml", "vllm-bf16.toml", "serving-vllm.toml", "serving-vllm-bf16.toml", "examples/serving-mindie.toml"],
+)
+def test_shipped_vllm_and_example_suites_load(path: str):
+    s = load(ROOT / "suites" / path)
+    assert s.profiles and (s.server is None or s.server.command)
+    if path.startswith("examples/"):
+        assert s.server is not None and s.server.config.endswith("mindie-config.json")
+        npu = s.with_overrides(device="npu")
+        assert dict(npu.profile("deterministic").env)["HCCL_DETERMINISTIC"] == "true"
+    else:
+        det = [p for p in s.profiles if p.name == "deterministic"]
+        for p in det:  # on NPU and CUDA the batch-invariant kernels; on CPU they would crash the engine
+            assert "VLLM_BATCH_INVARIANT" in dict(s.with_overrides(device="npu").profile(p.name).env)
+            assert "VLLM_BATCH_INVARIANT" not in dict(p.env)

@@ -21,7 +21,9 @@ from ..jobs import Job
 from ..records import Generated
 from .endpoint import Step, generated
 
-# Start-up phases vLLM logs; the rest of the engine's construction is `engine_other`.
+# Start-up phases vLLM logs (vllm 0.32), and the modules that log them; the rest of the engine's construction is
+# `engine_other`.
+PHASE_LOGGERS = ("vllm.model_executor.model_loader.default_loader", "vllm.v1.engine.core")
 PHASES = {
     "weights": re.compile(r"Loading weights took ([\d.]+) s"),
     "engine_init": re.compile(r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) s"),
@@ -56,7 +58,10 @@ class VLLMAdapter:
 
         t1 = time.perf_counter()
         handler = _Phases()
-        logging.getLogger("vllm").addHandler(handler)
+        # On the emitting modules' own loggers: vLLM re-configures its "vllm" logger (dictConfig) during start-up,
+        # which would drop a handler there.
+        for name in PHASE_LOGGERS:
+            logging.getLogger(name).addHandler(handler)
         try:
             widest = max((len(b.prompt_ids) for b in self.job.batches), default=1)
             self.llm = vllm.LLM(
@@ -72,7 +77,8 @@ class VLLMAdapter:
                 max_logprobs=self.job.top_logprobs,
             )
         finally:
-            logging.getLogger("vllm").removeHandler(handler)
+            for name in PHASE_LOGGERS:
+                logging.getLogger(name).removeHandler(handler)
         total = time.perf_counter() - t1
         self.tok = self.llm.get_tokenizer()
         seen = handler.seen
