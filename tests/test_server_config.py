@@ -156,3 +156,16 @@ def test_shipped_vllm_and_example_suites_load(path: str):
         for p in det:  # on NPU and CUDA the batch-invariant kernels; on CPU they would crash the engine
             assert "VLLM_BATCH_INVARIANT" in dict(s.with_overrides(device="npu").profile(p.name).env)
             assert "VLLM_BATCH_INVARIANT" not in dict(p.env)
+
+
+def test_a_start_up_failure_is_explained_in_one_line():
+    from harness.server import start_up_cause
+
+    tail = [
+        "INFO loading weights",
+        '  File "vllm/model_executor/layers/batch_invariant.py", line 40, in init_batch_invariance',
+        "RuntimeError: Engine core initialization failed. See root cause above.",
+    ]
+    assert start_up_cause(tail).startswith("VLLM_BATCH_INVARIANT=1 needs vLLM's batch-invariant (Triton) kernels")
+    assert start_up_cause(["INFO ok", "ValueError: bad dtype", "INFO shutting down"]) == "log: ValueError: bad dtype"
+    assert start_up_cause([]) == "log: no output"

@@ -70,8 +70,7 @@ class VLLMAdapter:
                 seed=self.job.seed,
                 max_num_seqs=max(widest, 1),
                 # Every planned batch is prefilled in one step: no prompt waits for a later one.
-                max_num_batched_tokens=max(8192, widest * 2048),
-                max_model_len=2048,
+                max_num_batched_tokens=max(16384, widest * 2048),
                 # No torch.compile / graph capture: on CPU it adds 80 s of start-up and changes no result here.
                 enforce_eager=self.job.device == "cpu",
                 max_logprobs=self.job.top_logprobs,
