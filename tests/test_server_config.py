@@ -169,3 +169,11 @@ def test_a_start_up_failure_is_explained_in_one_line():
     assert start_up_cause(tail).startswith("VLLM_BATCH_INVARIANT=1 needs vLLM's batch-invariant (Triton) kernels")
     assert start_up_cause(["INFO ok", "ValueError: bad dtype", "INFO shutting down"]) == "log: ValueError: bad dtype"
     assert start_up_cause([]) == "log: no output"
+
+
+def test_profiles_that_differ_only_on_other_devices_are_said_to_be_the_same_here():
+    from harness.pipeline import flags_note
+
+    s = load(ROOT / "suites" / "vllm.toml")
+    assert flags_note(s).startswith("default, deterministic ran with the same variables on cpu")
+    assert flags_note(s.with_overrides(device="npu")) == ""
