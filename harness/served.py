@@ -106,6 +106,7 @@ def parse_server(t: Table, base: Path) -> Server:
             "command", f"unknown placeholder {{{bad[0]}}}; known: {', '.join('{' + p + '}' for p in PLACEHOLDERS)}"
         )
     config = t.get("config", str, "")
+    template = ""
     if config:
         path = base / config
         if path.suffix.lower() not in CONFIG_SUFFIXES:
@@ -114,10 +115,13 @@ def parse_server(t: Table, base: Path) -> Server:
             raise t.fail("config", f"file {path} not found")
         if "config" not in fields:
             raise t.fail("command", "has no {config} placeholder, so the rendered server.config would not reach it")
+        try:
+            template = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise t.fail("config", f"cannot read {path} as UTF-8 text ({e})") from None
         if path.suffix.lower() == ".json":
-            sample = render(path.read_text(encoding="utf-8"), {p: "1" for p in PLACEHOLDERS})
             try:
-                json.loads(sample)
+                json.loads(render(template, {p: "1" for p in PLACEHOLDERS}))
             except json.JSONDecodeError as e:
                 raise t.fail("config", f"{path} is not valid JSON once rendered: {e.msg} at line {e.lineno}") from None
         config = str(path.resolve())
@@ -133,8 +137,7 @@ def parse_server(t: Table, base: Path) -> Server:
         stop_grace_s=float(t.get("stop_grace_s", (int, float), 10, **secs)),
     )
     t.done()
-    in_config = bool(srv.config) and "{port}" in Path(srv.config).read_text(encoding="utf-8")
-    if srv.port == 0 and "port" not in fields and not in_config:
+    if srv.port == 0 and "port" not in fields and "{port}" not in template:
         raise t.fail("command", "has no {port} placeholder, so set server.port to the port the command listens on")
     return srv
 
