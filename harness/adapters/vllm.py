@@ -30,16 +30,21 @@ PHASES = {
 }
 
 
-class _Phases(logging.Handler):
+class _Phases(logging.Filter):
+    """Reads the phase timings off the records as they pass, and lets every record through. A filter, not a handler:
+    vLLM configures logging (dictConfig) during start-up, which empties the handlers of every "vllm.*" logger but
+    leaves their filters."""
+
     def __init__(self) -> None:
-        super().__init__(logging.INFO)
+        super().__init__()
         self.seen: dict[str, float] = {}
 
-    def emit(self, record: logging.LogRecord) -> None:
+    def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
         for name, pattern in PHASES.items():
             if m := pattern.search(msg):
                 self.seen[name] = float(m.group(1))
+        return True
 
 
 class VLLMAdapter:
@@ -50,18 +55,16 @@ class VLLMAdapter:
         self.llm = self.tok = None
 
     def load(self) -> dict[str, float]:
-        # The engine core in this process: its start-up logs reach the handler below, and no engine process can
+        # The engine core in this process: its start-up logs pass the filter below, and no engine process can
         # outlive the worker. A profile may still set it to 1.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         t0 = time.perf_counter()
         import vllm
 
         t1 = time.perf_counter()
-        handler = _Phases()
-        # On the emitting modules' own loggers: vLLM re-configures its "vllm" logger (dictConfig) during start-up,
-        # which would drop a handler there.
+        phases = _Phases()
         for name in PHASE_LOGGERS:
-            logging.getLogger(name).addHandler(handler)
+            logging.getLogger(name).addFilter(phases)
         try:
             widest = max((len(b.prompt_ids) for b in self.job.batches), default=1)
             self.llm = vllm.LLM(
@@ -77,10 +80,10 @@ class VLLMAdapter:
             )
         finally:
             for name in PHASE_LOGGERS:
-                logging.getLogger(name).removeHandler(handler)
+                logging.getLogger(name).removeFilter(phases)
         total = time.perf_counter() - t1
         self.tok = self.llm.get_tokenizer()
-        seen = handler.seen
+        seen = phases.seen
         return {"import_vllm": t1 - t0, **seen, "engine_other": max(0.0, total - sum(seen.values()))}
 
     def describe(self) -> dict[str, str]:
