@@ -330,6 +330,7 @@ def run_served(
         out.status = "server-crashed"
     if not out.ok:
         out.stderr_tail = out.stderr_tail + ["--- server log ---"] + server.log_tail(log)
+        out.error = server.known_cause(log)  # e.g. the engine died at the first request: the log says why
     return out
 
 

@@ -183,7 +183,7 @@ def _wait_healthy(run: Running, endpoint: Endpoint, timeout_s: float, t0: float)
             rc = run.proc.poll()
             if rc is not None:
                 tail = log_tail(run.log)
-                why = start_up_cause(tail)
+                why = start_up_cause(tail, run.log)
                 raise ServerError(
                     f"server exited with status {rc} during start-up, before {endpoint.health_path} "
                     f"answered: {why}; see {run.log}",
@@ -202,22 +202,34 @@ def _wait_healthy(run: Running, endpoint: Endpoint, timeout_s: float, t0: float)
             time.sleep(POLL_S)
 
 
-# Start-up failures whose cause the log names, each explained in one line.
+# Failures whose cause a server's log names (anywhere in its last 256 KiB: a traceback buries it), explained in a line.
 KNOWN_CAUSES = (
     ("address already in use", "could not bind its port (address already in use)"),
     (
         "batch_invariant",
-        "VLLM_BATCH_INVARIANT=1 needs vLLM's batch-invariant (Triton) kernels, which this device lacks (CPU); "
-        "set it for npu / cuda only, under the profile's device_env",
+        "the engine failed in vLLM's batch-invariant kernels (VLLM_BATCH_INVARIANT=1), which need Triton: there is "
+        "no CPU backend, so set it for npu / cuda only, under the profile's device_env",
     ),
     ("out of memory", "out of memory"),
 )
 _ERROR_LINE = re.compile(r"(Error|Exception|error:|fatal|FATAL)")
 
 
-def start_up_cause(tail: list[str]) -> str:
-    """Why a server died during start-up, from its log's last lines: a known cause explained, else the last line
-    that reads like an error (or the last line)."""
+def known_cause(log: Path) -> str:
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - (256 << 10)))
+            text = f.read().decode("utf-8", errors="replace").lower()
+    except OSError:
+        return ""
+    return next((why for needle, why in KNOWN_CAUSES if needle in text), "")
+
+
+def start_up_cause(tail: list[str], log: Path | None = None) -> str:
+    """Why a server died during start-up: a known cause explained, else the last line of its log's tail that reads
+    like an error (or the last line)."""
+    if log is not None and (why := known_cause(log)):
+        return why
     text = "\n".join(tail).lower()
     for needle, why in KNOWN_CAUSES:
         if needle in text:

@@ -1,6 +1,6 @@
 """The real vLLM OpenAI server, started by the harness per profile, configured by a YAML file (`--config {config}`),
-in one harness run (this module's only one): a profile whose server dies at start-up (VLLM_BATCH_INVARIANT=1 has no
-CPU backend), a normal profile compared on logprobs, and a profile whose server the test kills mid-run. Afterwards
+in one harness run (this module's only one): a profile whose engine dies before the run (VLLM_BATCH_INVARIANT=1 has
+no CPU backend), a normal profile compared on logprobs, and a profile whose server the test kills mid-run. Afterwards
 no process of any of them (API server, VLLM::Worker, resource tracker) may be left."""
 
 from __future__ import annotations
@@ -128,12 +128,15 @@ def test_no_vllm_process_survives_a_normal_stop_a_kill_or_a_failed_start(run):
     assert jobs["killed"]["worker"]["server"]["stopped"].startswith("exited with status -9"), jobs["killed"]
 
 
-def test_a_server_dying_at_start_up_is_one_line_with_the_log_tail_and_exit_3(run):
+def test_an_engine_dying_before_the_run_is_one_line_naming_the_cause_and_exit_3(run):
+    # With --enforce-eager, VLLM_BATCH_INVARIANT=1 passes start-up on CPU and the engine dies at the first request
+    # (the worker's probe), in a Triton kernel launch; the harness reads the cause off the server's log.
     rc, output, out, _, _, _ = run
     assert rc == 3, output
-    line = next((ln for ln in output.splitlines() if "server for profile 'invariant' did not start" in ln), "")
-    assert "VLLM_BATCH_INVARIANT" in line, output
+    line = next((ln for ln in output.splitlines() if ln.startswith("! worker 'invariant'")), "")
+    assert "batch-invariant kernels (VLLM_BATCH_INVARIANT=1)" in line and "no CPU backend" in line, output
     assert "Traceback" not in output
+    assert "TypeError" in (only_run_dir(out) / "logs" / "invariant.server.log").read_text()  # kept with the run
 
 
 def test_the_other_profile_compares_on_logprobs_through_a_config_file(run):
