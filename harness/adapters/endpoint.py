@@ -135,8 +135,12 @@ def generated(
         return Generated(
             tokens=[_tid(s.token) for s in steps],
             pieces=[s.token for s in steps],
+            # Tied top-k entries in a canonical order: engines list exact ties (common in bfloat16) in either order.
             fingerprints=[
-                hashlib.blake2b(json.dumps([s.token, s.logprob, s.top]).encode(), digest_size=8).hexdigest()
+                hashlib.blake2b(
+                    json.dumps([s.token, s.logprob, sorted(s.top, key=lambda e: (-e[1], e[0]))]).encode(),
+                    digest_size=8,
+                ).hexdigest()
                 for s in steps
             ],
             topk_ids=[[_tid(t) for t, _ in s.top] for s in steps],
