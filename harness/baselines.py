@@ -140,6 +140,8 @@ def device_key(info: dict) -> DeviceKey:
             sw += [f"torchnpu{_mm(info.get('torch_npu', ''))}", f"cann{_mm(info.get('cann', ''))}"]
         if info.get("transformers"):
             sw.append(f"tf{_mm(info['transformers'])}")
+        if info.get("vllm"):
+            sw.append(f"vllm{_mm(info['vllm'])}")
     return DeviceKey(dev, "-".join(slug(p) for p in hw if p), "-".join(slug(p) for p in sw if p))
 
 

@@ -72,7 +72,7 @@ class JobOutcome:
     log: str
     stderr_tail: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
-    error: str = ""  # why the server would not start
+    error: str = ""  # why the server would not start, or a known cause its log names
     server_log: str = ""  # the server's log, for a served model
     server_stop: str = ""  # how the server ended
     server_tail: list[str] = field(default_factory=list)  # the server log's last lines, for the report
@@ -92,6 +92,12 @@ class JobOutcome:
         return next((ln.removeprefix("error: ") for ln in reversed(own) if ln.startswith("error: ")), "")
 
     def describe(self) -> str:
+        said = self._describe()
+        if self.error and self.status != "server-failed":
+            said += f"; the server's log says: {self.error}"
+        return said
+
+    def _describe(self) -> str:
         if self.ok:
             return f"worker {self.name!r} finished {self.completed}/{self.expected} sequences"
         if self.status == "server-failed":

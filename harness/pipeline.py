@@ -262,6 +262,13 @@ def check_degrees(suite: Suite, model_dir: Path) -> None:
 def flags_note(suite: Suite) -> str:
     """When no profile's flags can act on this device, every profile ran the same arithmetic: say so, so that a
     passing `deterministic` profile is not read as evidence about the flags."""
+    names = ", ".join(p.name for p in suite.profiles)
+    same = len({(p.env, p.torch_deterministic) for p in suite.profiles}) == 1
+    if len(suite.profiles) > 1 and same and any(p.device_env for p in suite.profiles):
+        return (
+            f"{names} ran with the same variables on {suite.model.device}: they differ only on other devices "
+            "(device_env), so their verdicts here say nothing about those switches"
+        )
     dev = suite.model.device if suite.endpoint is None else ""
     flagged = [p for p in suite.profiles if p.env]
     if not dev or not flagged or any(len(profiles.inert_flags(p, dev)) < len(p.env) for p in flagged):

@@ -112,15 +112,17 @@ def console(res: RunResult) -> str:
             change_table(res.cost, "default", "deterministic"),
             "",
         ]
-    if res.suite.endpoint is not None:
-        if any(v.unique_outputs for v in res.verdicts):
-            out += [
-                "unique outputs per prompt (in brackets: distinct logprob patterns, where the server gives them)",
-                unique_table(res.verdicts),
-                "",
-            ]
-        if any(res.latency.values()):
-            out += ["latency through the server", latency_table(res.latency), ""]
+    # A server, or an engine that returns logprobs (vLLM in process): the headline figure per prompt.
+    if (res.suite.endpoint is not None or any(v.level == "logprobs" for v in res.verdicts)) and any(
+        v.unique_outputs for v in res.verdicts
+    ):
+        out += [
+            "unique outputs per prompt (in brackets: distinct logprob patterns, where the engine returns them)",
+            unique_table(res.verdicts),
+            "",
+        ]
+    if res.suite.endpoint is not None and any(res.latency.values()):
+        out += ["latency through the server", latency_table(res.latency), ""]
     out += [f"! {j.describe()}" for j in res.jobs if not j.ok]
     out += [
         f"! request failed: {r.profile} prompt {r.prompt_id!r} in {r.batch_id}: {r.error}" for r in res.failures[:10]

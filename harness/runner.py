@@ -21,7 +21,7 @@ from pathlib import Path
 
 import harness
 
-from . import group
+from . import group, procgroup
 from .errors import INFRA, USAGE, HarnessError
 from .jobs import Job, JobOutcome, WorkerStatus
 from .plan import Batch
@@ -162,17 +162,17 @@ class _Worker:
 
     def kill(self) -> None:
         """The worker and anything it started; a group that has already gone is no error."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        procgroup.signal_group(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+        procgroup.wait_empty(self.proc.pid, 30.0)
         if self.launch is not None:
             group.sweep(self.launch.env[group.MARK])
 
     def finish(self) -> JobOutcome:
         self.close_stdin()
         self.proc.wait()
+        # An engine's helpers (vLLM's EngineCore) can outlive a worker that crashed: the group goes with it.
+        procgroup.stop(self.proc, 5.0)
         job, log = self.job, self.log
         completed = self.counter.poll()
         self.progress(completed)
@@ -417,6 +417,7 @@ def _against_servers(
             out.status = "server-crashed"
         if not out.ok:
             out.stderr_tail = out.stderr_tail + ["--- server log ---"] + server.log_tail(log)
+            out.error = server.known_cause(log)  # e.g. the engine died at the first request: the log says why
         results[out.name] = out
     return [results[job.name] for _, job, _ in jobs]
 

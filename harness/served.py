@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .tomltable import Rule, SuiteError, Table
 
 APIS = ("completions", "chat")
-PLACEHOLDERS = ("model", "port", "host", "device", "dtype")
+PLACEHOLDERS = ("model", "port", "host", "device", "dtype", "python", "config")
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 MIB = 1 << 20
 
 
@@ -37,11 +40,35 @@ class Endpoint:
 class Server:
     """How to start the server per profile; without it the endpoint must already be running."""
 
-    command: str  # template: {model} {port} {host} {device} {dtype}
+    command: str  # template: {model} {port} {host} {device} {dtype} {python} (this Python) {config}
+    config: str = ""  # a config file template (JSON or YAML, same placeholders), rendered per start into {config}
     host: str = "127.0.0.1"
     port: int = 0  # 0: a free port picked at each start
     startup_timeout_s: float = 300.0
     stop_grace_s: float = 10.0  # after SIGTERM, before SIGKILL
+
+
+def render(template: str, values: dict[str, str]) -> str:
+    """Only the known {placeholders} are filled in: JSON and YAML have braces of their own."""
+    return re.sub(r"\{(" + "|".join(PLACEHOLDERS) + r")\}", lambda m: values.get(m.group(1), m.group(0)), template)
+
+
+# A config key whose value is a credential (vLLM's api-key, hf-token; MindIE's passwords); a key file's path stays.
+SECRET_KEY = re.compile(r"(secret|passw(or)?d|pwd|api[_-]?key|token)$", re.I)
+_ENTRY = re.compile(r"""^(\s*-?\s*["']?([\w.-]+)["']?\s*:\s*)(.+?)(,?\s*)$""")
+
+
+def redact_config(text: str) -> str:
+    """The rendered config as kept with the run: the value of every key named like a credential is replaced,
+    line by line (JSON or YAML, one key per line), so the copy never holds what the live file did."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        m = _ENTRY.match(line.rstrip("\n"))
+        if m and SECRET_KEY.search(m.group(2)) and m.group(3).strip() not in ("{", "["):
+            quote = '"' if m.group(3).startswith('"') else ""
+            line = f"{m.group(1)}{quote}<redacted>{quote}{m.group(4)}" + ("\n" if line.endswith("\n") else "")
+        out.append(line)
+    return "".join(out)
 
 
 def base_url(url: str, where: str) -> str:
@@ -62,7 +89,7 @@ def _template_fields(template: str) -> list[str]:
         raise SuiteError(str(e)) from None
 
 
-def parse_server(t: Table) -> Server:
+def parse_server(t: Table, base: Path) -> Server:
     cmd = t.get(
         "command",
         str,
@@ -78,16 +105,39 @@ def parse_server(t: Table) -> Server:
         raise t.fail(
             "command", f"unknown placeholder {{{bad[0]}}}; known: {', '.join('{' + p + '}' for p in PLACEHOLDERS)}"
         )
+    config = t.get("config", str, "")
+    template = ""
+    if config:
+        path = base / config
+        if path.suffix.lower() not in CONFIG_SUFFIXES:
+            raise t.fail("config", f"expected a .json, .yaml or .yml template, got {config!r}")
+        if not path.is_file():
+            raise t.fail("config", f"file {path} not found")
+        if "config" not in fields:
+            raise t.fail("command", "has no {config} placeholder, so the rendered server.config would not reach it")
+        try:
+            template = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise t.fail("config", f"cannot read {path} as UTF-8 text ({e})") from None
+        if path.suffix.lower() == ".json":
+            try:
+                json.loads(render(template, {p: "1" for p in PLACEHOLDERS}))
+            except json.JSONDecodeError as e:
+                raise t.fail("config", f"{path} is not valid JSON once rendered: {e.msg} at line {e.lineno}") from None
+        config = str(path.resolve())
+    elif "config" in fields:
+        raise t.fail("command", "uses {config} but server.config names no template to render into it")
     secs = Rule(check=lambda v: v > 0, expect="a positive number of seconds")
     srv = Server(
         command=cmd,
+        config=config,
         host=t.get("host", str, "127.0.0.1", check=lambda s: s.strip() != "", expect="a host name or address"),
         port=t.get("port", int, 0, check=lambda v: 0 <= v <= 65535, expect="0 (pick a free port) or a port number"),
         startup_timeout_s=float(t.get("startup_timeout_s", (int, float), 300, **secs)),
         stop_grace_s=float(t.get("stop_grace_s", (int, float), 10, **secs)),
     )
     t.done()
-    if srv.port == 0 and "port" not in fields:
+    if srv.port == 0 and "port" not in fields and "{port}" not in template:
         raise t.fail("command", "has no {port} placeholder, so set server.port to the port the command listens on")
     return srv
 

@@ -1,5 +1,6 @@
 """An OpenAI-compatible server started per profile: its environment carries the profile's flags, its log goes to
-the run directory, it is healthy before any request is sent, and it is stopped with SIGTERM, then SIGKILL.
+the run directory, it is healthy before any request is sent, and it is stopped as a process group (SIGTERM, then
+SIGKILL), waited for until none of the group is left (harness.procgroup).
 
 Every way it can fail to start (command not found, port taken, exit during start-up, never healthy) is a
 ServerError whose message is one line, with the log tail kept beside it for the report.
@@ -9,18 +10,21 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import procgroup
+from .served import redact_config, render
 from .suite import Endpoint, Server
 
 POLL_S = 0.25
@@ -39,7 +43,7 @@ class Running:
     log: Path
     start_s: float  # launch to healthy
     proc: subprocess.Popen = field(repr=False)
-    stopped: str = ""  # how it ended: "SIGTERM after 0.4 s", "SIGKILL after 10 s", "exited 1 during the run"
+    stopped: str = ""  # how it ended: "SIGTERM, group empty after 0.4 s", "exited with status 1 before ..."
 
 
 def log_tail(path: Path, n: int = 20) -> list[str]:
@@ -71,10 +75,23 @@ def _family(host: str) -> int:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def command(spec: Server, *, model: str, port: int, device: str, dtype: str) -> list[str]:
+def values(spec: Server, *, model: str, port: int, device: str, dtype: str, config: str = "") -> dict[str, str]:
+    """What the placeholders of the command and of the config template stand for."""
+    return {
+        "model": model,
+        "port": str(port),
+        "host": spec.host,
+        "device": device,
+        "dtype": dtype,
+        "python": sys.executable,  # the harness's own Python: a server installed in its venv (python -m vllm...)
+        "config": config,
+    }
+
+
+def command(spec: Server, *, model: str, port: int, device: str, dtype: str, config: str = "") -> list[str]:
     # Filled in after splitting, so a model path with spaces stays one argument.
-    values = {"model": model, "port": str(port), "host": spec.host, "device": device, "dtype": dtype}
-    argv = [arg.format(**values) for arg in shlex.split(spec.command)]
+    vals = values(spec, model=model, port=port, device=device, dtype=dtype, config=config)
+    argv = [arg.format(**vals) for arg in shlex.split(spec.command)]
     # A console script installed beside this Python (a venv not on PATH) is the one meant.
     beside = Path(sys.executable).parent / argv[0]
     if os.sep not in argv[0] and shutil.which(argv[0]) is None and beside.is_file():
@@ -109,9 +126,34 @@ def started(
             f"port {port} on {spec.host} is already in use by another process: stop it, or set "
             "server.port = 0 to let the harness pick a free port"
         )
-    argv = command(spec, model=model, port=port, device=device, dtype=dtype)
-    url = endpoint.base_url.format(host=spec.host, port=port)
     log.parent.mkdir(parents=True, exist_ok=True)
+    with rendered_config(spec, log, values(spec, model=model, port=port, device=device, dtype=dtype)) as config:
+        argv = command(spec, model=model, port=port, device=device, dtype=dtype, config=config)
+        with _running(spec, endpoint, argv, env, log, port) as run:
+            yield run
+
+
+@contextmanager
+def rendered_config(spec: Server, log: Path, vals: dict[str, str]) -> Iterator[str]:
+    """The config template filled in for this start, in a private directory that goes when the server has stopped
+    (it may hold credentials); the copy kept beside the server log has them redacted."""
+    if not spec.config:
+        yield ""
+        return
+    template = Path(spec.config)
+    text = render(template.read_text(encoding="utf-8"), vals)
+    kept = log.with_name(log.name.removesuffix(".log") + ".config" + template.suffix)
+    kept.write_text(redact_config(text), encoding="utf-8")
+    with tempfile.TemporaryDirectory(prefix="harness-server-") as d:
+        live = Path(d) / template.name
+        with os.fdopen(os.open(live, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as f:
+            f.write(text)
+        yield str(live)
+
+
+@contextmanager
+def _running(spec: Server, endpoint: Endpoint, argv: list[str], env: dict[str, str], log: Path, port: int):
+    url = endpoint.base_url.format(host=spec.host, port=port)
     t0 = time.monotonic()
     with open(log, "ab") as logf:
         try:
@@ -141,11 +183,10 @@ def _wait_healthy(run: Running, endpoint: Endpoint, timeout_s: float, t0: float)
             rc = run.proc.poll()
             if rc is not None:
                 tail = log_tail(run.log)
-                taken = any("address already in use" in ln.lower() for ln in tail)
-                why = "could not bind its port (address already in use)" if taken else "exited"
+                why = start_up_cause(tail, run.log)
                 raise ServerError(
-                    f"server {why} with status {rc} during start-up, before {endpoint.health_path} "
-                    f"answered; see {run.log}",
+                    f"server exited with status {rc} during start-up, before {endpoint.health_path} "
+                    f"answered: {why}; see {run.log}",
                     tail,
                 )
             last = _health(client, run.url + endpoint.health_path)
@@ -161,26 +202,42 @@ def _wait_healthy(run: Running, endpoint: Endpoint, timeout_s: float, t0: float)
             time.sleep(POLL_S)
 
 
+# Failures whose cause a server's log names (anywhere in its last 256 KiB: a traceback buries it), explained in a line.
+KNOWN_CAUSES = (
+    ("address already in use", "could not bind its port (address already in use)"),
+    (
+        "batch_invariant",
+        "the engine failed in vLLM's batch-invariant kernels (VLLM_BATCH_INVARIANT=1), which need Triton: there is "
+        "no CPU backend, so set it for npu / cuda only, under the profile's device_env",
+    ),
+    ("out of memory", "out of memory"),
+)
+_ERROR_LINE = re.compile(r"(Error|Exception|error:|fatal|FATAL)")
+
+
+def known_cause(log: Path) -> str:
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - (256 << 10)))
+            text = f.read().decode("utf-8", errors="replace").lower()
+    except OSError:
+        return ""
+    return next((why for needle, why in KNOWN_CAUSES if needle in text), "")
+
+
+def start_up_cause(tail: list[str], log: Path | None = None) -> str:
+    """Why a server died during start-up: a known cause explained, else the last line of its log's tail that reads
+    like an error (or the last line)."""
+    if log is not None and (why := known_cause(log)):
+        return why
+    text = "\n".join(tail).lower()
+    for needle, why in KNOWN_CAUSES:
+        if needle in text:
+            return why
+    errors = [ln.strip() for ln in tail if _ERROR_LINE.search(ln)]
+    last = (errors or [ln.strip() for ln in tail] or ["no output"])[-1]
+    return f"log: {last[:200]}"
+
+
 def stop(run: Running, grace_s: float) -> None:
-    rc = run.proc.poll()
-    if rc is not None:
-        run.stopped = run.stopped or f"exited with status {rc} before it was stopped"
-        return
-    t = time.monotonic()
-    _signal_group(run.proc, signal.SIGTERM)
-    try:
-        run.proc.wait(grace_s)
-        run.stopped = f"SIGTERM, exited after {time.monotonic() - t:.1f} s"
-    except subprocess.TimeoutExpired:
-        _signal_group(run.proc, signal.SIGKILL)
-        run.proc.wait()
-        run.stopped = f"SIGKILL after ignoring SIGTERM for {grace_s:.0f} s"
-    # Children that outlived the leader (a SIGTERM'd parent leaves its workers) go too.
-    _signal_group(run.proc, signal.SIGKILL)
-
-
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
+    run.stopped = procgroup.stop(run.proc, grace_s)

@@ -80,9 +80,20 @@ class Profile:
     # device -> property -> expectation; missing entries mean "report"
     expect: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
     description: str = ""
+    # device -> variables added to (or replacing) env on that device only, e.g. VLLM_BATCH_INVARIANT on npu
+    device_env: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+    shared_env: tuple[tuple[str, str], ...] | None = None  # env before on_device() added a device's variables
 
     def expectation(self, device: str, prop: str) -> str:
         return dict(dict(self.expect).get(device, ())).get(prop, "report")
+
+    def on_device(self, device: str) -> Profile:
+        """The profile as run on `device`: `env` is the shared variables plus that device's (which win)."""
+        if not self.device_env:
+            return self
+        shared = self.env if self.shared_env is None else self.shared_env
+        env = {**dict(shared), **dict(dict(self.device_env).get(device, ()))}
+        return dataclasses.replace(self, env=tuple(sorted(env.items())), shared_env=shared)
 
 
 @dataclass(frozen=True)
@@ -203,6 +214,7 @@ class Suite:
             adapter=adapter or self.model.adapter,
         )
         chosen = self.profiles if not profiles else tuple(self.profile(n) for n in profiles)
+        chosen = tuple(p.on_device(spec.device) for p in chosen)
         ep, server = self.endpoint, self.server
         if endpoint is not None:
             if ep is None:

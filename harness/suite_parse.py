@@ -131,9 +131,9 @@ def parse(data: dict[str, Any], p: str, base: Path = Path(".")) -> Suite:
     for n in pt.data:
         if not safe_name(n):  # it names the worker's files and the baseline file
             raise root.fail("profiles", f"{shown(n)} {SAFE_RULE}")
-    profiles = tuple(_profile(pt.sub(n), n) for n in list(pt.data))
+    profiles = tuple(_profile(pt.sub(n), n).on_device(model.device) for n in list(pt.data))
     pt.done()
-    server = parse_server(root.sub("server")) if "server" in data else None
+    server = parse_server(root.sub("server"), base) if "server" in data else None
     media = next((x for x in prompts if x.attachments), None)
     endpoint = None
     if server is not None or "endpoint" in data:
@@ -403,12 +403,29 @@ def _schedule(t: Table, suite_seed: int, prompts: tuple[Prompt, ...]) -> Schedul
     return s
 
 
-def _profile(t: Table, name: str) -> Profile:
-    env = t.sub("env", {})
+def _env(env: Table) -> tuple[tuple[str, str], ...]:
     for k, v in env.data.items():
         if not isinstance(v, str):
             raise env.fail(k, f'expected a string (environment values are text, write "{v}"), got {v!r}')
     env.used.update(env.data)
+    return tuple(sorted(env.data.items()))
+
+
+def _profile(t: Table, name: str) -> Profile:
+    env = _env(t.sub("env", {}))
+    de = t.sub("device_env", {})
+    device_env = []
+    for dev in list(de.data):
+        if dev not in DEVICES:
+            raise de.fail(
+                dev, f"unknown device{did_you_mean(dev, list(DEVICES))}; device_env maps cpu, cuda or npu to variables"
+            )
+        if not isinstance(de.data[dev], dict):
+            raise de.fail(
+                dev, f'expected a table of variables such as {{ VLLM_BATCH_INVARIANT = "1" }}, got {de.data[dev]!r}'
+            )
+        device_env.append((dev, _env(de.sub(dev))))
+        de.used.add(dev)
     ex = t.sub("expect", {})
     expect = []
     for dev in list(ex.data):
@@ -434,7 +451,8 @@ def _profile(t: Table, name: str) -> Profile:
         expect.append((dev, tuple(sorted(per.items()))))
     prof = Profile(
         name=name,
-        env=tuple(sorted(env.data.items())),
+        env=env,
+        device_env=tuple(device_env),
         torch_deterministic=t.get("torch_deterministic", bool, False),
         expect=tuple(expect),
         description=t.get("description", str, ""),

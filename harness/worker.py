@@ -67,12 +67,14 @@ def run(job: Job) -> int:
     except devices.DeviceError as e:
         print(f"error: {e}", file=sys.stderr)
         return INFRA
+    adapter = cls(job, device)
     try:
         return _run(
             job,
-            cls(job, device),
+            adapter,
             phases,
-            lambda: devices.describe(device),
+            # An engine (vLLM) adds its own version to the device's description, and so to the baseline key.
+            lambda: {**devices.describe(device), **(adapter.describe() if hasattr(adapter, "describe") else {})},
             lambda: {**peak_memory(device), "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()},
         )
     finally:

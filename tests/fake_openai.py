@@ -5,7 +5,7 @@ Output is a deterministic function of the prompt (its words reversed), streamed 
 logprobs when started with --logprobs. A prompt containing FAULT:<kind> (optionally xN: only the first N
 requests with that prompt) triggers: 500, 400, reset, badjson, hang.
 
-    python tests/fake_openai.py --port P [--logprobs] [--key-env NAME] [--echo-auth] [--max-body BYTES]
+    python tests/fake_openai.py --port P | --config FILE.json [--logprobs] [--key-env NAME] [--echo-auth] [--max-body BYTES]
                                 [--certfile F --keyfile F [--client-ca F]]
 """
 
@@ -154,7 +154,10 @@ class Handler(BaseHTTPRequestHandler):
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", type=int)
+    p.add_argument(
+        "--config", help='a JSON file such as MindIE takes: {"ServerConfig": {"ipAddress": ..., "port": ...}}'
+    )
     p.add_argument("--logprobs", action="store_true")
     p.add_argument("--key-env", default="")
     p.add_argument("--echo-auth", action="store_true")
@@ -163,6 +166,13 @@ def main() -> None:
     p.add_argument("--keyfile")
     p.add_argument("--client-ca", help="require a client certificate signed by this CA (mutual TLS)")
     args = p.parse_args()
+    if args.config:
+        with open(args.config, encoding="utf-8") as f:
+            conf = json.load(f)
+        conf = conf.get("ServerConfig", conf)  # MindIE's layout, or a flat one
+        args.host, args.port = conf.get("ipAddress", args.host), conf["port"]
+    if args.port is None:
+        p.error("give --port or --config")
     Handler.args = args
     httpd = ThreadingHTTPServer((args.host, args.port), Handler)
     httpd.daemon_threads = True

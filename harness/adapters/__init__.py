@@ -8,7 +8,11 @@ import importlib
 import importlib.metadata
 from typing import Any
 
-BUILTIN = {"hf": "harness.adapters.hf:HFAdapter", "endpoint": "harness.adapters.endpoint:EndpointAdapter"}
+BUILTIN = {
+    "hf": "harness.adapters.hf:HFAdapter",
+    "endpoint": "harness.adapters.endpoint:EndpointAdapter",
+    "vllm": "harness.adapters.vllm:VLLMAdapter",
+}
 GROUP = "harness.adapters"
 
 

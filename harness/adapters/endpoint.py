@@ -44,19 +44,19 @@ def _tid(token: str) -> int:
 
 
 @dataclass
-class _Step:
+class Step:
     token: str
     logprob: float
     top: list[tuple[str, float]]
 
 
-def _steps(choice: dict, api: str) -> list[_Step]:
+def _steps(choice: dict, api: str) -> list[Step]:
     lp = choice.get("logprobs")
     if not lp:
         return []
     if api == "chat":
         return [
-            _Step(
+            Step(
                 e.get("token", ""),
                 float(e.get("logprob", 0.0)),
                 [(t.get("token", ""), float(t.get("logprob", 0.0))) for t in e.get("top_logprobs") or []],
@@ -65,7 +65,7 @@ def _steps(choice: dict, api: str) -> list[_Step]:
         ]
     tops = lp.get("top_logprobs") or []
     return [
-        _Step(
+        Step(
             tok,
             float(lp_ if lp_ is not None else 0.0),
             sorted(((k, float(v)) for k, v in (tops[i] or {}).items()), key=lambda kv: -kv[1]) if i < len(tops) else [],
@@ -114,7 +114,7 @@ def _http_error(status: int, raw: bytes, server: str) -> str:
 def generated(
     text_pieces: list[str],
     times: list[float],
-    steps: list[_Step],
+    steps: list[Step],
     finish: str,
     usage: dict,
     error: str = "",
@@ -135,8 +135,12 @@ def generated(
         return Generated(
             tokens=[_tid(s.token) for s in steps],
             pieces=[s.token for s in steps],
+            # Tied top-k entries in a canonical order: engines list exact ties (common in bfloat16) in either order.
             fingerprints=[
-                hashlib.blake2b(json.dumps([s.token, s.logprob, s.top]).encode(), digest_size=8).hexdigest()
+                hashlib.blake2b(
+                    json.dumps([s.token, s.logprob, sorted(s.top, key=lambda e: (-e[1], e[0]))]).encode(),
+                    digest_size=8,
+                ).hexdigest()
                 for s in steps
             ],
             topk_ids=[[_tid(t) for t, _ in s.top] for s in steps],
@@ -288,7 +292,7 @@ class EndpointAdapter:
 
         pieces: list[str] = []
         times: list[float] = []
-        steps: list[_Step] = []
+        steps: list[Step] = []
         usage: dict = {}
         finish, done = "", False
         t0 = time.perf_counter()
