@@ -75,6 +75,7 @@ def run(job: Job) -> int:
 def _run(job: Job, adapter: Adapter, import_s: float, describe, after_load) -> int:
     """Load, then every batch: one JSON line per sequence, flushed per batch."""
     from . import envinfo
+    from .models import file_hashes
 
     try:
         phases = {"import": import_s, **adapter.load()}
@@ -95,6 +96,7 @@ def _run(job: Job, adapter: Adapter, import_s: float, describe, after_load) -> i
         "device": describe(),
         "host": envinfo.host(),
         "env": envinfo.relevant_env(os.environ),
+        "model_files": file_hashes(job.model_dir),
     }
     meta_path = Path(job.meta)
     write_json_atomic(meta_path, meta)
