@@ -280,7 +280,7 @@ def model_permissions(ctx: Context) -> Iterator[Finding]:
         if narrow:
             yield Finding(
                 "model.permissions",
-                "warning",
+                "warning" if strict else "info",
                 f"{names(narrow)} in {m}: narrower than 640: a service user in the group (e.g. HwHiAiUser) cannot read",
                 fix,
             )
@@ -761,8 +761,15 @@ def serving_tls(ctx: Context) -> Iterator[Finding]:
     if not served_suites:
         yield Finding("serving.tls", "info", "no served suite in scope")
     elif not found:
+        n = sum(
+            bool(s.data["endpoint"].get(k)) for s in served_suites for k in ("ca_bundle", "client_cert", "client_key")
+        )
         yield Finding(
-            "serving.tls", "info", f"{len(served_suites)} served suite(s): TLS files present, readable, valid"
+            "serving.tls",
+            "info",
+            f"{len(served_suites)} served suite(s): {n} TLS file(s), present, readable and not expired"
+            if n
+            else f"{len(served_suites)} served suite(s), none with TLS files",
         )
 
 
