@@ -87,7 +87,7 @@ class Context:
             capture_output=True,
             text=True,
             timeout=self.timeout_s,
-            env={**self.environ, "PYTHONNOUSERSITE": self.environ.get("PYTHONNOUSERSITE", "")},
+            env=dict(self.environ),
         )
 
     @functools.cached_property
@@ -261,6 +261,8 @@ def main(args: Any, default_suites: list[Path]) -> int:
     from .cli import options
 
     opts = options(args)
+    if args.python and not Path(args.python).exists():
+        raise HarnessError(f"--python {args.python}: no such interpreter", USAGE)
     ctx = build_context(
         args.suites or default_suites,
         device=args.device,
@@ -269,8 +271,6 @@ def main(args: Any, default_suites: list[Path]) -> int:
         baselines=args.baselines,
         opts=opts,
     )
-    if args.python and not Path(args.python).exists():
-        raise HarnessError(f"--python {args.python}: no such interpreter", USAGE)
     findings = run_checks(ctx)
     if args.json:
         print(json.dumps(to_json(findings), indent=1))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,7 +151,10 @@ def judge(name: str, suite: str, outcome: run.Outcome, rel_dir: str, report: dic
     if skipped or thin:
         todo = [c.message.split("; ")[-1] for c in skipped if "--update-baselines" in c.message][:1]
         if thin:
-            todo.append("raise [perf] repeats (or [loadtime] repeats) so these rows can reach significance")
+            todo.append(
+                "too few samples or baseline runs for these rows: add runs to the baseline (harness calibrate SUITE, "
+                "or another --update-baselines) or raise the suite's repeats"
+            )
         return Gate(
             **common,
             verdict="incomplete",
@@ -196,16 +200,35 @@ def current_device(report: dict) -> dict:
     return {}
 
 
-def used_baselines(report: dict, store: Path) -> list[Path]:
-    """The baseline files a run compared with."""
-    out = [Path(s.split(" (", 1)[0]) for s in report.get("baselines", {}).values()]
+def used_baselines(report: dict, store: Path) -> list[tuple[Path, str]]:
+    """The baseline files a run compared with, each with its tier (same key, other software, other hardware)."""
+    out = []
+    for s in report.get("baselines", {}).values():  # "path (tier; created, 'reason')"
+        path, _, rest = s.partition(" (")
+        out.append((Path(path), rest.split(";", 1)[0]))
     if report.get("kind") == "loadtime" and report.get("device"):
         key = baselines.device_key(report["device"])
         for st in report.get("suite", {}).get("settings", []):
             f = baselines.Store(store).check(key, report["suite"]["name"], f"omp-{st}", report["suite"]["case_hash"])
             if isinstance(f, baselines.Found):
-                out.append(f.path)
+                out.append((f.path, f.tier))
     return out
+
+
+def other_keys(gate: Gate, used: list[tuple[Path, str]]) -> Gate:
+    """A gate judged against another key's baseline (another torch, CANN or chip) passed at that tier's weaker
+    level; for a release that is not enough: the baselines of this key must be recorded (and reviewed) first."""
+    other = sorted({f"{p} ({tier})" for p, tier in used if tier != "same key"})
+    if gate.verdict != "pass" or not other:
+        return gate
+    return dataclasses.replace(
+        gate,
+        verdict="incomplete",
+        reasons=(
+            f"no baseline for this key: compared with {', '.join(other[:3])}" + (" ..." if len(other) > 3 else ""),
+        ),
+        todo=f"review, then record this key's baselines: harness run {gate.suite} --update-baselines --reason '...'",
+    )
 
 
 def environment_rows(base: dict, now: dict, base_commit: str, commit: str) -> list[list[str]]:
@@ -351,35 +374,38 @@ def execute(spec: Spec, opts: run.Options, python: str | None = None) -> Signoff
     )
     findings = run_doctor(ctx)
     atomic.write_json(rd.path / "doctor.json", doctor.to_json(findings))
-    gates: list[Gate] = [
-        Gate(g.suite.stem, str(g.suite), "not in scope", reasons=(f"needs {', '.join(g.requires)}, not installed",))
-        for g in spec.gates
+    done: dict[int, Gate] = {
+        i: Gate(g.suite.stem, str(g.suite), "not in scope", reasons=(f"needs {', '.join(g.requires)}, not installed",))
+        for i, g in enumerate(spec.gates)
         if g not in in_scope
-    ]
+    }
+    todo = [(i, g) for i, g in enumerate(spec.gates) if i not in done]
     per_gate: list[tuple[list[Path], dict]] = []
-    if not any(f.severity == "error" for f in findings):
+    if any(f.severity == "error" for f in findings):
+        done |= {i: Gate(g.suite.stem, str(g.suite), "not run", reasons=("the doctor found errors",)) for i, g in todo}
+    else:
         runs = rd.path / "runs"
         runs.mkdir()
         loaded = []
-        for g in in_scope:
+        for i, g in todo:
             o = dataclasses.replace(opts, out=runs, profiles=opts.profiles or list(g.profiles) or None)
-            loaded.append((g, o, *run.load(g.suite, o)))  # all validated before anything runs
-        for g, o, kind, suite in loaded:
-            print(f"signoff: gate {g.suite.stem} ({g.suite})", flush=True)
+            loaded.append((i, g, o, *run.load(g.suite, o)))  # all validated before anything runs
+        for i, g, o, kind, suite in loaded:
+            print(f"signoff: gate {g.suite.stem} ({g.suite})", file=sys.stderr, flush=True)
             try:
                 outcome = kind.execute(suite, o)
             except HarnessError as e:  # the model would not prepare, the run directory could not be made
-                gates.append(Gate(g.suite.stem, str(g.suite), "error", e.code, reasons=(str(e),), todo="fix and rerun"))
+                done[i] = Gate(g.suite.stem, str(g.suite), "error", e.code, reasons=(str(e),), todo="fix and rerun")
                 continue
             rel = outcome.run_dir.relative_to(rd.path).as_posix()
             try:
                 report = json.loads((outcome.run_dir / "report.json").read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 report = {}
-            gates.append(judge(g.suite.stem, str(g.suite), outcome, rel, report))
-            per_gate.append((used_baselines(report, opts.baselines), current_device(report)))
-    else:
-        gates += [Gate(g.suite.stem, str(g.suite), "not run", reasons=("the doctor found errors",)) for g in in_scope]
+            used = used_baselines(report, opts.baselines)
+            done[i] = other_keys(judge(g.suite.stem, str(g.suite), outcome, rel, report), used)
+            per_gate.append(([p for p, _ in used], current_device(report)))
+    gates = [done[i] for i in sorted(done)]
     result, code, reason = decide(findings, gates)
     commit = baselines._project_commit()  # noqa: SLF001  (the same commit the baselines record)
     res = SignoffResult(

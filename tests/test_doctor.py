@@ -39,7 +39,9 @@ def model_folder(tmp: Path, *, config: dict | None = None, tensors: dict | None 
     if config is not None:
         (d / "config.json").write_text(json.dumps(config))
         os.chmod(d / "config.json", mode)
-    header = {k: {"dtype": v, "shape": [2, 2], "data_offsets": [0, 4]} for k, v in (tensors or {"w.weight": "F32"}).items()}
+    header = {
+        k: {"dtype": v, "shape": [2, 2], "data_offsets": [0, 4]} for k, v in (tensors or {"w.weight": "F32"}).items()
+    }
     raw = json.dumps(header).encode()
     (d / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 16)
     os.chmod(d / "model.safetensors", mode)
@@ -287,7 +289,9 @@ def test_an_expired_ca_bundle(tmp_path: Path):
 
 def test_a_prompt_over_4_mib(tmp_path: Path):
     big = "x" * (4 * (1 << 20) + 10)
-    (tmp_path / "p.jsonl").write_text(json.dumps({"id": "big", "text": big}) + "\n" + json.dumps({"id": "ok", "text": "hi"}) + "\n")
+    (tmp_path / "p.jsonl").write_text(
+        json.dumps({"id": "big", "text": big}) + "\n" + json.dumps({"id": "ok", "text": "hi"}) + "\n"
+    )
     s = served(tmp_path, prompts='file = "p.jsonl"')
     (f,) = findings(suite_ctx(s), "serving.body")
     assert f.severity == "error" and "prompt 'big'" in f.found and "4.00 MiB" in f.found
@@ -295,7 +299,9 @@ def test_a_prompt_over_4_mib(tmp_path: Path):
 
 def test_media_the_server_does_not_take(tmp_path: Path):
     (tmp_path / "clip.ogg").write_bytes(b"OggS" + b"\0" * 100)
-    (tmp_path / "p.jsonl").write_text(json.dumps({"id": "a", "text": "what is this?", "attachments": ["clip.ogg"]}) + "\n")
+    (tmp_path / "p.jsonl").write_text(
+        json.dumps({"id": "a", "text": "what is this?", "attachments": ["clip.ogg"]}) + "\n"
+    )
     (w, ok) = findings(suite_ctx(served(tmp_path, prompts='file = "p.jsonl"')), "serving.body")
     assert w.severity == "warning" and "audio/ogg" in w.found and ok.severity == "info"
 
@@ -407,10 +413,16 @@ def test_a_tokenizer_json_other_than_the_baselines(tmp_path: Path, embedded_dir:
     b = tmp_path / "b" / "key" / "suite" / "default.json"
     b.parent.mkdir(parents=True)
     b.write_text(json.dumps({"environment": {"model_files": {"tokenizer.json": "0" * 64}}}))
-    (f,) = findings(doctor.Context(model_dirs=[d], baselines=tmp_path / "b", environ=dict(os.environ)), "model.tokenizer")
+    (f,) = findings(
+        doctor.Context(model_dirs=[d], baselines=tmp_path / "b", environ=dict(os.environ)), "model.tokenizer"
+    )
     assert f.severity == "error" and "differs from 0000000000000000" in f.found and str(b) in f.found
-    b.write_text(json.dumps({"environment": {"model_files": {"tokenizer.json": doctor_checks.sha256(d / "tokenizer.json")}}}))
-    (f,) = findings(doctor.Context(model_dirs=[d], baselines=tmp_path / "b", environ=dict(os.environ)), "model.tokenizer")
+    b.write_text(
+        json.dumps({"environment": {"model_files": {"tokenizer.json": doctor_checks.sha256(d / "tokenizer.json")}}})
+    )
+    (f,) = findings(
+        doctor.Context(model_dirs=[d], baselines=tmp_path / "b", environ=dict(os.environ)), "model.tokenizer"
+    )
     assert f.severity == "info" and "matches 1 baseline" in f.found
 
 
