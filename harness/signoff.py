@@ -108,18 +108,25 @@ class Gate:
     todo: str = ""  # what to do about it
 
 
-def insufficient_rows(report: Any) -> list[str]:
-    """Metrics a run could not judge for want of samples: anywhere in a report.json, a row with status
-    `insufficient`."""
-    out: list[str] = []
+UNJUDGED = {
+    "insufficient": "too few samples or baseline runs for these rows: add runs to the baseline (harness calibrate "
+    "SUITE, or another --update-baselines) or raise the suite's repeats",
+    "noisy": "only passes that ran beside other work decide these rows: rerun on a quiet runner",
+}
+
+
+def unjudged_rows(report: Any) -> list[tuple[str, str]]:
+    """(metric, status) of the timing rows a run could not judge (`insufficient`, `noisy`), anywhere in a
+    report.json: neither a pass nor a failure."""
+    out: list[tuple[str, str]] = []
     if isinstance(report, dict):
-        if report.get("status") == "insufficient" and "metric" in report:
-            out.append(str(report["metric"]))
+        if report.get("status") in UNJUDGED and "metric" in report:
+            out.append((str(report["metric"]), str(report["status"])))
         for v in report.values():
-            out += insufficient_rows(v)
+            out += unjudged_rows(v)
     elif isinstance(report, list):
         for v in report:
-            out += insufficient_rows(v)
+            out += unjudged_rows(v)
     return out
 
 
@@ -128,7 +135,7 @@ def judge(name: str, suite: str, outcome: run.Outcome, rel_dir: str, report: dic
     checks = tuple(outcome.checks)
     failed = [c for c in checks if c.outcome == "failed"]
     skipped = [c for c in checks if c.outcome == "skipped"]
-    thin = sorted(set(insufficient_rows(report)))
+    thin = sorted(set(unjudged_rows(report)))
     line = lambda c: f"{c.group}::{c.name}: {one_line(c.message.splitlines()[0]) if c.message else c.outcome}"  # noqa: E731
     common = {"name": name, "suite": suite, "exit_code": outcome.exit_code, "run_dir": rel_dir, "checks": checks}
     if outcome.exit_code == INFRA:
@@ -150,15 +157,11 @@ def judge(name: str, suite: str, outcome: run.Outcome, rel_dir: str, report: dic
         return Gate(**common, verdict="fail", reasons=tuple(map(line, failed)), todo=f"see {rel_dir}/summary.md")
     if skipped or thin:
         todo = [c.message.split("; ")[-1] for c in skipped if "--update-baselines" in c.message][:1]
-        if thin:
-            todo.append(
-                "too few samples or baseline runs for these rows: add runs to the baseline (harness calibrate SUITE, "
-                "or another --update-baselines) or raise the suite's repeats"
-            )
+        todo += [UNJUDGED[st] for st in sorted({st for _, st in thin})]
         return Gate(
             **common,
             verdict="incomplete",
-            reasons=tuple(map(line, skipped)) + tuple(f"{m}: insufficient samples" for m in thin),
+            reasons=tuple(map(line, skipped)) + tuple(f"{m}: {st}" for m, st in thin),
             todo="; ".join(todo) or "record baselines for this host (--update-baselines --reason '...')",
         )
     return Gate(**common, verdict="pass")

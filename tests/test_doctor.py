@@ -442,3 +442,14 @@ def test_a_clean_environment_has_no_error(tmp_path: Path):
     out = json.loads(r.stdout)
     assert out["counts"]["error"] == 0, [f for f in out["findings"] if f["severity"] == "error"]
     assert {f["id"] for f in out["findings"]} >= set(doctor.registry())
+
+
+@pytest.mark.process
+def test_the_cli_exits_2_on_an_error_and_names_the_check(tmp_path: Path):
+    d = model_folder(tmp_path)  # no config.json
+    s = write_suite(tmp_path / "s.toml", SUITE)
+    r = run_cli("doctor", str(s), "--model", str(d))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "| model.config" in r.stdout and "error" in r.stdout and "doctor: 1 error(s)" in r.stdout
+    r = run_cli("doctor", str(s), "--python", str(tmp_path / "nope"))
+    assert r.returncode == 2 and "no such interpreter" in r.stderr and "Traceback" not in r.stderr

@@ -185,7 +185,9 @@ def test_judge_and_decide():
     crashed = signoff.judge("c", "c.toml", outcome(3, ("baseline", "failed")), "runs/c", {})
     failed = signoff.judge("d", "d.toml", outcome(1, ("latency", "failed"), ("baseline", "skipped")), "runs/d", {})
     assert (ok.verdict, thin.verdict, crashed.verdict, failed.verdict) == ("pass", "incomplete", "error", "fail")
-    assert "tpot: insufficient samples" in thin.reasons and "baseline" in thin.todo
+    assert "tpot: insufficient" in thin.reasons and "baseline" in thin.todo
+    noisy = signoff.judge("e", "e.toml", outcome(0), "runs/e", {"baseline": [{"metric": "load", "status": "noisy"}]})
+    assert noisy.verdict == "incomplete" and "load: noisy" in noisy.reasons and "quiet runner" in noisy.todo
     assert signoff.decide([], [ok])[:2] == ("GO", 0)
     assert signoff.decide([], [ok, thin])[:2] == ("INCOMPLETE", 1)
     assert signoff.decide([], [ok, crashed])[:2] == ("INCOMPLETE", 3)
