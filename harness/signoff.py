@@ -189,6 +189,7 @@ def decide(findings: list[doctor.Finding], gates: list[Gate]) -> tuple[Result, i
 # ---- the environment against the baselines ---------------------------------------------------------------
 
 # What a release reader asks about first; shown even where the baselines do not record it.
+VOLATILE = {"url"}  # a served run's URL names a free port picked per start: a difference there means nothing
 HEADLINE = ("chip", "cpu_model", "driver", "firmware", "cann", "torch", "torch_npu", "transformers", "server")
 
 
@@ -238,7 +239,7 @@ def environment_rows(base: dict, now: dict, base_commit: str, commit: str) -> li
     """field, baseline, this run, mark: `!` changed, blank same, `?` not recorded on one side."""
     dev = dict(base.get("device", {}))
     dev["python"] = base.get("host", {}).get("python", "")
-    keys = [k for k in HEADLINE if k in dev or k in now] + sorted((set(dev) | set(now)) - set(HEADLINE))
+    keys = [k for k in HEADLINE if k in dev or k in now] + sorted((set(dev) | set(now)) - set(HEADLINE) - VOLATILE)
     keys += [k for k in HEADLINE if k not in keys and now.get("device") == "npu"]
     rows = []
     for k in keys:
