@@ -112,21 +112,25 @@ UNJUDGED = {
     "insufficient": "too few samples or baseline runs for these rows: add runs to the baseline (harness calibrate "
     "SUITE, or another --update-baselines) or raise the suite's repeats",
     "noisy": "only passes that ran beside other work decide these rows: rerun on a quiet runner",
+    "underpowered": "this run could not have seen a change of the threshold's size (detectable > threshold): rerun "
+    "on a quieter runner, raise the repeats, or calibrate thresholds for this runner (harness calibrate SUITE)",
 }
 
 
-def unjudged_rows(report: Any) -> list[tuple[str, str]]:
-    """(metric, status) of the timing rows a run could not judge (`insufficient`, `noisy`), anywhere in a
-    report.json: neither a pass nor a failure."""
-    out: list[tuple[str, str]] = []
-    if isinstance(report, dict):
-        if report.get("status") in UNJUDGED and "metric" in report:
-            out.append((str(report["metric"]), str(report["status"])))
-        for v in report.values():
-            out += unjudged_rows(v)
-    elif isinstance(report, list):
-        for v in report:
-            out += unjudged_rows(v)
+def unjudged_rows(report: dict) -> list[tuple[str, str]]:
+    """(metric, why) of the gated timing rows a run could not judge: `insufficient`, `noisy`, or `~` where the
+    smallest change the run could detect is larger than the threshold (a pass that proves nothing). The rows are
+    a served or in-process run's `perf` and a load-time run's `baseline`; the determinism cost and the load-time
+    recommendation compare settings, not releases, and are not gates."""
+    rows = [r for rs in (report.get("perf") or {}).values() for r in rs]
+    rows += report.get("baseline") if isinstance(report.get("baseline"), list) else []
+    out = []
+    for r in rows:
+        st, det, thr = r.get("status"), r.get("detectable"), r.get("threshold")
+        if st in UNJUDGED:
+            out.append((str(r.get("metric")), str(st)))
+        elif st == "~" and isinstance(det, (int, float)) and isinstance(thr, (int, float)) and det > thr:
+            out.append((f"{r.get('metric')} (detectable {det:.0%} > threshold {thr:.0%})", "underpowered"))
     return out
 
 

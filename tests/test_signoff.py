@@ -188,6 +188,12 @@ def test_judge_and_decide():
     assert "tpot: insufficient" in thin.reasons and "baseline" in thin.todo
     noisy = signoff.judge("e", "e.toml", outcome(0), "runs/e", {"baseline": [{"metric": "load", "status": "noisy"}]})
     assert noisy.verdict == "incomplete" and "load: noisy" in noisy.reasons and "quiet runner" in noisy.todo
+    row = {"metric": "solo tpot", "status": "~", "detectable": 0.37, "threshold": 0.05}
+    blind = signoff.judge("f", "f.toml", outcome(0), "runs/f", {"perf": {"default": [row]}})
+    assert blind.verdict == "incomplete" and "detectable 37% > threshold 5%" in blind.reasons[0]
+    seen = signoff.judge("g", "g.toml", outcome(0), "runs/g", {"perf": {"default": [{**row, "detectable": 0.02}]}})
+    cost = {"cost": [{"metric": "solo tpot", "status": "insufficient"}], "perf": {}}
+    assert seen.verdict == "pass" and signoff.judge("h", "h.toml", outcome(0), "r", cost).verdict == "pass"
     assert signoff.decide([], [ok])[:2] == ("GO", 0)
     assert signoff.decide([], [ok, thin])[:2] == ("INCOMPLETE", 1)
     assert signoff.decide([], [ok, crashed])[:2] == ("INCOMPLETE", 3)

@@ -1,6 +1,7 @@
 """The sign-off on the real embedded model, through the CLI in a subprocess: the real doctor, real workers, real
 baselines. A tiny determinism gate recorded on this host gives GO and a manifest that --verify accepts until one byte
-changes; the same with a latency gate run through a 15%-slower adapter gives NO-GO naming that gate."""
+changes; the same with a latency gate run through a 15%-slower adapter is never GO: NO-GO naming that gate, or, on
+a runner too busy to see 15%, INCOMPLETE naming the rows it could not judge."""
 
 from __future__ import annotations
 
@@ -88,12 +89,20 @@ def test_go_on_this_hosts_baselines_and_verify(recorded):
     assert r.returncode == 1 and "changed: signoff.md" in r.stdout
 
 
-def test_a_15_percent_slower_adapter_is_no_go(recorded):
+def test_a_15_percent_slower_adapter_is_never_go(recorded):
+    """NO-GO naming the latency gate when the run can see 15%; on a runner so busy that it cannot (the README
+    measured run-to-run drift of 1.6% on a quiet 2-core VM; a shared one can be ten times worse), INCOMPLETE
+    naming the rows it could not judge. Never GO."""
     tmp, env = recorded
     code, out, folder = signoff(tmp, env, ["tiny", "gate"], "--adapter", "slow")
     md = (folder / "signoff.md").read_text()
-    assert code == 1 and md.startswith("# NO-GO: 1 of 2 gates failed: gate"), md[:2000]
+    print(md)  # the example the closing note quotes
     gates = {g["name"]: g for g in json.loads((folder / "signoff.json").read_text())["gates"]}
     assert gates["tiny"]["verdict"] == "pass"  # the wrapper changes speed, not tokens or bits
-    assert gates["gate"]["verdict"] == "fail" and any("latency regressed" in r for r in gates["gate"]["reasons"])
-    print(md)  # the NO-GO example the README quotes
+    assert code == 1, out
+    if md.startswith("# NO-GO"):
+        assert md.startswith("# NO-GO: 1 of 2 gates failed: gate"), md[:300]
+        assert gates["gate"]["verdict"] == "fail" and any("latency regressed" in r for r in gates["gate"]["reasons"])
+    else:
+        assert md.startswith("# INCOMPLETE: 1 of 2 gates not judged: gate (incomplete)"), md[:300]
+        assert any("solo tpot" in r and ("underpowered" in r or "noisy" in r) for r in gates["gate"]["reasons"]), gates
