@@ -1,7 +1,8 @@
 """Sessions: determinism (the nightly job), parallel (tensor parallel worker groups), serving (the same through a
-server), vllm (vLLM in process and served; vllmtests: its tests), perf (latency gate), loadtime,
-bench (the harness's own speed), unit (the fast lane), tests (all). Torch is pinned to a CPU-friendly build by default;
-on an Ascend runner use `nox --no-venv` so the CANN image's torch and torch_npu are used."""
+server), vllm (vLLM in process and served; vllmtests: its tests), perf (latency gate), loadtime, doctor (preflight),
+signoff (everything, GO / NO-GO), bench (the harness's own speed), unit (the fast lane), tests (all). Torch is pinned
+to a CPU-friendly build by default; on an Ascend runner use `nox --no-venv` so the CANN image's torch and torch_npu
+are used."""
 
 from __future__ import annotations
 
@@ -143,6 +144,24 @@ def loadtime(session: nox.Session) -> None:
     --update-baselines --reason TEXT, or another suite file."""
     _install(session, "gguf,loadtime")
     _pytest_suites(session, ["suites/loadtime.toml"], "reports/junit-loadtime.xml")
+
+
+@nox.session
+def doctor(session: nox.Session) -> None:
+    """Preflight against the known failure modes (interpreter, imports, static TLS, model folder, memory, load time,
+    determinism switches, TLS files, request sizes). Exit 2 when it finds an error. Options after `--`: suite files
+    (default: those of suites/signoff.toml), --device, --model, --python ENGINE_PYTHON, --json."""
+    _install(session, "gguf")
+    session.run("python", "-m", "harness.cli", "doctor", *session.posargs)
+
+
+@nox.session
+def signoff(session: nox.Session) -> None:
+    """The pre-release sign-off: the doctor, then every gate of suites/signoff.toml against the stored baselines;
+    GO / NO-GO / INCOMPLETE in reports/<time>-signoff/signoff.md with a SHA256SUMS manifest. Exit 0 only on GO.
+    Options after `--`: --file, --device, --model, --out, --baselines, --verify DIR."""
+    _install(session, "gguf,loadtime,serving")
+    session.run("python", "-m", "harness.cli", "signoff", *session.posargs)
 
 
 @nox.session

@@ -58,6 +58,23 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("suites", nargs=1, type=Path, metavar="SUITE", help="a suite with a [perf] section")
     cal.add_argument("--runs", type=int, default=10, help="A/A runs (default 10; at least 3)")
     add_run_options(cal.add_argument)
+    doc = sub.add_parser("doctor", help="preflight: the known failure modes of the environment, model and suites")
+    doc.add_argument(
+        "suites", nargs="*", type=Path, metavar="SUITE", help="suites to check (default: those of suites/signoff.toml)"
+    )
+    doc.add_argument("--python", default=None, help="the engine's interpreter (default: this one)")
+    doc.add_argument("--json", action="store_true", help="findings as JSON on stdout")
+    add_run_options(doc.add_argument)
+    so = sub.add_parser("signoff", help="doctor, then every sign-off suite against the baselines: GO / NO-GO")
+    so.add_argument(
+        "--file",
+        type=Path,
+        default=Path("suites/signoff.toml"),
+        help="the sign-off file (default: suites/signoff.toml)",
+    )
+    so.add_argument("--verify", type=Path, default=None, metavar="DIR", help="check a sign-off folder's SHA256SUMS")
+    so.add_argument("--python", default=None, help="the engine's interpreter, for the doctor (default: this one)")
+    add_run_options(so.add_argument)
     return p
 
 
@@ -169,10 +186,25 @@ def calibrate_main(args) -> int:
     return code
 
 
+def doctor_main(args) -> int:
+    from . import doctor, signoff
+
+    return doctor.main(args, signoff.default_suites(Path("suites/signoff.toml")))
+
+
+def signoff_main(args) -> int:
+    from . import signoff
+
+    return signoff.main(args)
+
+
+COMMANDS = {"calibrate": calibrate_main, "doctor": doctor_main, "signoff": signoff_main}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return (calibrate_main if args.command == "calibrate" else run_main)(args)
+        return COMMANDS.get(args.command, run_main)(args)
     except HarnessError as e:
         print(f"harness: error: {e}", file=sys.stderr)
         return e.code

@@ -73,7 +73,22 @@ def describe(device: torch.device) -> dict[str, str]:
         info["chip"] = torch.npu.get_device_name(device)
         info["torch_npu"] = torch_npu.__version__
         info["cann"] = _cann_version()
+        # Driver and firmware move kernels too; recorded so a sign-off can name them when bits move.
+        info["driver"] = _version_file("/usr/local/Ascend/driver/version.info")
+        info["firmware"] = _version_file("/usr/local/Ascend/firmware/version.info")
     return info
+
+
+def _version_file(path: str) -> str:
+    """`Version=24.1.rc2` from an Ascend version.info; "unknown" when absent."""
+    try:
+        for line in open(path, encoding="utf-8"):
+            k, _, v = line.partition("=")
+            if k.strip().lower() == "version":
+                return v.strip()
+    except OSError:
+        pass
+    return "unknown"
 
 
 def _cann_version() -> str:

@@ -159,7 +159,12 @@ def _update(
         profile=j.profile,
         case_hash=suite.case_hash,
         device_key=key,
-        environment={"device": j.meta["device"], "host": j.meta.get("host", {}), "env": j.meta.get("env", {})},
+        environment={
+            "device": j.meta["device"],
+            "host": j.meta.get("host", {}),
+            "env": j.meta.get("env", {}),
+            "model_files": j.meta.get("model_files", {}),  # the doctor compares tokenizer.json with it
+        },
         reason=opts.reason,
         references=baseline_check.references(records),
         latency=samples,

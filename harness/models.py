@@ -61,6 +61,27 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+# The small files that decide what a model means (weights aside): recorded with every run and baseline, so that a
+# replaced or corrupt tokenizer is named, not guessed at, when outputs move.
+DESCRIBING_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
+
+
+def file_hashes(model_dir: str | Path, names: tuple[str, ...] | None = DESCRIBING_FILES) -> dict[str, str]:
+    """File name -> sha256 of the model folder's files (`names`, or every file when None); {} for no folder."""
+    d = Path(model_dir)
+    if not d.is_dir():
+        return {}
+    files = sorted(f for f in d.iterdir() if f.is_file() and (names is None or f.name in names))
+    return {f.name: _sha256(f) for f in files}
+
+
 def prepare(ref: str) -> Path:
     """A directory that `from_pretrained` loads: the reference itself, or its cached conversion."""
     path = locate(ref)

@@ -125,6 +125,7 @@ def _writes(job: Job) -> bool:
 def _run(job: Job, adapter: Adapter, phases: dict[str, float], describe, after_load) -> int:
     """Load, then every batch: one JSON line per sequence, flushed per batch."""
     from . import envinfo
+    from .models import file_hashes
 
     try:
         phases = {**phases, **adapter.load()}
@@ -145,6 +146,7 @@ def _run(job: Job, adapter: Adapter, phases: dict[str, float], describe, after_l
         "device": describe(),
         "host": envinfo.host(),
         "env": envinfo.relevant_env(os.environ),
+        "model_files": file_hashes(job.model_dir),
     }
     if job.tp > 1:
         # every rank's load phases, memory and the flags it actually ran with, not only the writer's

@@ -1,0 +1,280 @@
+"""`harness doctor`: a preflight against the known failure modes (the MindIE FAQ's automatable ones), before a model
+loads. Each check is a small function that looks at a Context and returns Findings: an id, a severity, what it
+found and the exact fix. The checks live in the modules of CHECK_MODULES (one line per module: tensor parallel or
+vLLM add theirs there); a check registers itself with @check.
+
+Exit 0 when no finding is an error, 2 when one is (the environment or the input is wrong: USAGE, like any other
+input error). The doctor never imports torch: what the engine's interpreter can import is asked in a subprocess.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import OK, USAGE, HarnessError, one_line
+
+Severity = Literal["error", "warning", "info"]
+SEVERITIES: tuple[Severity, ...] = ("error", "warning", "info")
+NOT_APPLICABLE = "not applicable on {device}"
+
+# Modules whose import registers checks; another run kind adds its module here.
+CHECK_MODULES = ["harness.doctor_checks"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    id: str
+    severity: Severity
+    found: str
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class SuiteFile:
+    """A suite in scope: its raw TOML (checks that must see a suite its own parser refuses read this), the suite as
+    the run would load it (None when it does not load), and why it does not."""
+
+    path: Path
+    data: dict
+    kind: str = ""
+    suite: Any = None
+    error: str = ""
+
+
+@dataclass
+class Context:
+    """What the checks look at. Facts that cost a subprocess are computed once, on first use."""
+
+    device: str = "cpu"
+    python: str = sys.executable  # the engine's interpreter (atb_llm / MindIE run under the image's Python)
+    suites: list[SuiteFile] = field(default_factory=list)
+    model_dirs: list[Path] = field(default_factory=list)
+    model_errors: list[str] = field(default_factory=list)  # references that could not be prepared
+    baselines: Path = Path("baselines")
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    timeout_s: float = 300.0
+    _imports: dict[str, tuple[bool, str]] = field(default_factory=dict, repr=False)
+
+    def not_applicable(self) -> str:
+        return NOT_APPLICABLE.format(device=self.device)
+
+    @property
+    def engines(self) -> set[str]:
+        """What computes: transformers in-process, torch_npu on an NPU, MindIE (mindie_llm + atb_llm) when a
+        served suite starts it."""
+        out = {"transformers"}
+        if self.device == "npu":
+            out.add("torch_npu")
+        for s in self.suites:
+            cmd = str(s.data.get("server", {}).get("command", "")).lower() if isinstance(s.data, dict) else ""
+            if "mindie" in cmd or "mindieservice" in cmd:
+                out.add("mindie")
+        return out
+
+    def run_python(self, code: str, *args: str) -> subprocess.CompletedProcess:
+        """`code` under the engine's interpreter and environment; a missing interpreter is the caller's finding."""
+        return subprocess.run(
+            [self.python, "-c", code, *args],
+            capture_output=True,
+            text=True,
+            timeout=self.timeout_s,
+            env=dict(self.environ),
+        )
+
+    @functools.cached_property
+    def probe(self) -> dict:
+        """The engine interpreter's version, prefix, pip and package versions, without importing any of them."""
+        try:
+            p = self.run_python(_PROBE)
+        except (OSError, subprocess.SubprocessError) as e:
+            return {"error": f"cannot run {self.python}: {e}"}
+        if p.returncode != 0:
+            return {"error": f"{self.python} failed: {(p.stderr.strip().splitlines() or ['no output'])[-1]}"}
+        return json.loads(p.stdout.strip().splitlines()[-1])
+
+    def try_import(self, module: str) -> tuple[bool, str]:
+        """Import `module` in a fresh interpreter: a crash or a static-TLS failure cannot take the doctor down."""
+        if module not in self._imports:
+            try:
+                p = self.run_python(f"import {module}")
+                self._imports[module] = (p.returncode == 0, p.stderr.strip())
+            except subprocess.TimeoutExpired:
+                self._imports[module] = (False, f"import {module} did not finish in {self.timeout_s:.0f}s")
+            except OSError as e:
+                self._imports[module] = (False, f"cannot run {self.python}: {e}")
+        return self._imports[module]
+
+
+_PROBE = r"""
+import importlib.metadata as md, importlib.util as u, json, sys
+def version(d):
+    try:
+        return md.version(d)
+    except Exception:
+        return ""
+def where(m):
+    try:
+        s = u.find_spec(m)
+    except Exception:
+        return ""
+    return list(s.submodule_search_locations or [])[0] if s and s.submodule_search_locations else ""
+print(json.dumps({
+    "version": list(sys.version_info[:3]), "executable": sys.executable, "prefix": sys.prefix,
+    "versions": {d: version(d) for d in ("torch", "torch_npu", "transformers", "mindie_llm", "atb_llm", "vllm")},
+    "pip": where("pip"), "torch_dir": where("torch"),
+}))
+"""
+
+CheckFn = Callable[[Context], Iterable[Finding]]
+REGISTRY: dict[str, CheckFn] = {}
+
+
+def check(id: str) -> Callable[[CheckFn], CheckFn]:
+    def register(fn: CheckFn) -> CheckFn:
+        REGISTRY[id] = fn
+        return fn
+
+    return register
+
+
+def registry() -> dict[str, CheckFn]:
+    for m in CHECK_MODULES:
+        importlib.import_module(m)
+    return REGISTRY
+
+
+def run_checks(ctx: Context, only: Iterable[str] | None = None) -> list[Finding]:
+    """Every registered check (or those named), in registration order. A check that crashes is a warning that
+    names it: the doctor reports what it could not look at instead of dying."""
+    out: list[Finding] = []
+    for id, fn in registry().items():
+        if only is not None and id not in only:
+            continue
+        try:
+            out += list(fn(ctx))
+        except Exception as e:  # noqa: BLE001  (a bug in one check must not hide the others' findings)
+            out.append(Finding(id, "warning", f"the check could not run: {type(e).__name__}: {e}", "report this"))
+    return out
+
+
+def exit_code(findings: Iterable[Finding]) -> int:
+    return USAGE if any(f.severity == "error" for f in findings) else OK
+
+
+def table(findings: list[Finding]) -> str:
+    from tabulate import tabulate
+
+    rows = [[f.id, f.severity, one_line(f.found), one_line(f.fix)] for f in findings]
+    return tabulate(
+        rows, headers=["check", "severity", "found", "fix"], tablefmt="github", maxcolwidths=[None, None, 70, 70]
+    )
+
+
+def to_json(findings: list[Finding]) -> dict:
+    counts = {s: sum(f.severity == s for f in findings) for s in SEVERITIES}
+    return {"result": "error" if counts["error"] else "ok", "counts": counts, "findings": [asdict(f) for f in findings]}
+
+
+def summary(findings: list[Finding]) -> str:
+    c = to_json(findings)["counts"]
+    return f"doctor: {c['error']} error(s), {c['warning']} warning(s), {c['info']} info"
+
+
+# ---- building the context -------------------------------------------------------------------------------
+
+
+def suite_file(path: Path, opts: Any) -> SuiteFile:
+    """A suite as the run would load it, and its raw TOML for the checks that must see what its parser refuses."""
+    from . import run
+    from .tomltable import SuiteError, read_toml
+
+    try:
+        data = read_toml(path)
+    except SuiteError as e:
+        return SuiteFile(path, {}, error=str(e))
+    kind = run.kind_name(data)
+    try:
+        _, suite = run.load(path, opts)
+    except HarnessError as e:
+        return SuiteFile(path, data, kind, error=str(e))
+    return SuiteFile(path, data, kind, suite)
+
+
+def model_refs(suites: list[SuiteFile], override: str | None) -> list[str]:
+    if override:
+        return [override]
+    refs: list[str] = []
+    for s in suites:
+        ref = getattr(s.suite, "model_ref", None) or getattr(getattr(s.suite, "model", None), "ref", None)
+        if ref is None:
+            ref = str(s.data.get("model", {}).get("ref", "smollm2-135m")) if isinstance(s.data, dict) else ""
+        if ref and ref not in refs:
+            refs.append(ref)
+    return refs or ["smollm2-135m"]
+
+
+def build_context(
+    suites: list[Path],
+    *,
+    device: str | None,
+    model: str | None,
+    python: str | None,
+    baselines: Path,
+    opts: Any,
+    prepare: Callable[[str], Path] | None = None,
+) -> Context:
+    from . import runner
+
+    files = [suite_file(p, opts) for p in suites]
+    dirs, errors = [], []
+    for ref in model_refs(files, model):
+        try:
+            d = (prepare or runner.prepare_model)(ref)
+        except HarnessError as e:
+            errors.append(f"{ref}: {e}")
+            continue
+        if d not in dirs:
+            dirs.append(d)
+    dev = device or next(
+        (str(s.data.get("model", {}).get("device", "")) for s in files if isinstance(s.data.get("model"), dict)), ""
+    )
+    return Context(
+        device=dev or "cpu",
+        python=python or sys.executable,
+        suites=files,
+        model_dirs=dirs,
+        model_errors=errors,
+        baselines=baselines,
+    )
+
+
+def main(args: Any, default_suites: list[Path]) -> int:
+    from .cli import options
+
+    opts = options(args)
+    if args.python and not Path(args.python).exists():
+        raise HarnessError(f"--python {args.python}: no such interpreter", USAGE)
+    ctx = build_context(
+        args.suites or default_suites,
+        device=args.device,
+        model=args.model,
+        python=args.python,
+        baselines=args.baselines,
+        opts=opts,
+    )
+    findings = run_checks(ctx)
+    if args.json:
+        print(json.dumps(to_json(findings), indent=1))
+    else:
+        print(table(findings))
+        print(summary(findings))
+    return exit_code(findings)

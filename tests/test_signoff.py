@@ -1,0 +1,224 @@
+"""The sign-off: gates from the sign-off file through the real CLI and run seam, with the model and workers faked
+(tests/fakes.py) and the doctor's findings given, so that GO, NO-GO and INCOMPLETE are each reached on purpose;
+the manifest checked and broken by one byte."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from harness import cli, doctor, signoff
+from harness.run import Check, Outcome
+
+from . import fakes
+from .helpers import write_suite
+
+SUITE = """
+[suite]
+name = "{name}"
+version = 1
+[model]
+ref = "smollm2-135m"
+[generation]
+max_new_tokens = 3
+[prompts]
+items = [{{id = "a", text = "one"}}, {{id = "b", text = "two"}}]
+[[schedules]]
+kind = "solo"
+[[schedules]]
+kind = "repeat"
+[profiles.default]
+expect = {{ cpu = "bitwise" }}
+"""
+
+
+def harness(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main([str(a) for a in argv])
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def world(monkeypatch, tmp_path: Path):
+    """Two fake suites, a sign-off file naming them, empty baselines, and a doctor that finds nothing wrong
+    (its own checks are tested in test_doctor.py; these tests are about what the sign-off makes of them)."""
+    fakes.install(monkeypatch, tmp_path / "model")
+    found: list[doctor.Finding] = [doctor.Finding("python.version", "info", "fine")]
+    monkeypatch.setattr(signoff, "run_doctor", lambda ctx: list(found))
+    for name in ("alpha", "beta"):
+        write_suite(tmp_path / f"{name}.toml", SUITE.format(name=name))
+    (tmp_path / "signoff.toml").write_text(
+        '[signoff]\nversion = 1\ngates = [\n  { suite = "alpha.toml" },\n  { suite = "beta.toml" },\n'
+        '  { suite = "beta.toml", requires = ["no_such_extra_module"] },\n]\n'
+    )
+    return tmp_path, found
+
+
+def sign(tmp: Path, *extra: str) -> tuple[int, str, Path]:
+    code, out, err = harness(
+        "signoff", "--file", tmp / "signoff.toml", "--out", tmp / "reports", "--baselines", tmp / "b", *extra
+    )
+    assert "Traceback" not in err, err
+    folders = sorted((tmp / "reports").glob("*-signoff*"))
+    return code, out, folders[-1] if folders else tmp
+
+
+def record(tmp: Path) -> None:
+    for name in ("alpha", "beta"):
+        code, out, err = harness(
+            "run", tmp / f"{name}.toml", "--out", tmp / "rec", "--baselines", tmp / "b",
+            "--update-baselines", "--reason", "test",
+        )  # fmt: skip
+        assert code == 0, out + err
+
+
+def test_no_baselines_is_incomplete_never_go(world):
+    tmp, _ = world
+    code, out, folder = sign(tmp)
+    md = (folder / "signoff.md").read_text()
+    assert code == 1 and md.startswith("# INCOMPLETE: 2 of 2 gates not judged"), md[:300]
+    js = json.loads((folder / "signoff.json").read_text())
+    assert js["result"] == "INCOMPLETE" and js["exit_code"] == 1
+    verdicts = {(g["name"], g["verdict"]) for g in js["gates"]}
+    assert verdicts == {("alpha", "incomplete"), ("beta", "incomplete"), ("beta", "not in scope")}
+    alpha = next(g for g in js["gates"] if g["name"] == "alpha")
+    assert "no baseline" in alpha["reasons"][0] and "--update-baselines" in alpha["todo"]
+    assert (folder / alpha["run_dir"] / "summary.md").is_file()  # the link leads to the gate's run
+    assert out.splitlines()[0].startswith("INCOMPLETE")
+
+
+def test_every_gate_passing_is_go_and_verifies(world):
+    tmp, _ = world
+    record(tmp)
+    code, out, folder = sign(tmp)
+    md = (folder / "signoff.md").read_text()
+    assert code == 0 and md.startswith("# GO: all 2 gates passed"), md[:500]
+    assert "## Environment against the baselines" in md and "harness commit" in md
+    assert "## Model files" in md and "model.safetensors" in md
+    assert harness("signoff", "--verify", folder)[0] == 0
+    # One byte of one artifact changed: named, exit 1.
+    records = sorted(folder.glob("runs/*/records/*.jsonl"))[0]
+    data = bytearray(records.read_bytes())
+    data[10] ^= 1
+    records.write_bytes(bytes(data))
+    code, out, _ = harness("signoff", "--verify", folder)
+    assert code == 1 and f"changed: {records.relative_to(folder).as_posix()}" in out
+
+
+def test_a_gate_that_fails_is_no_go(world):
+    tmp, _ = world
+    record(tmp)
+    b = next((tmp / "b").glob("*/beta/default.json"))
+    base = json.loads(b.read_text())
+    base["outputs"]["a"]["tokens"][0] += 1  # the golden output moved: beta's baseline check fails
+    b.write_text(json.dumps(base))
+    code, out, folder = sign(tmp)
+    md = (folder / "signoff.md").read_text()
+    assert code == 1 and md.startswith("# NO-GO: 1 of 2 gates failed: beta"), md[:300]
+    js = json.loads((folder / "signoff.json").read_text())
+    beta = next(g for g in js["gates"] if g["name"] == "beta" and g["verdict"] != "not in scope")
+    assert beta["verdict"] == "fail" and any("default::baseline" in r for r in beta["reasons"])
+
+
+def test_a_doctor_error_stops_before_the_gates(world):
+    tmp, found = world
+    found.append(doctor.Finding("model.config", "error", "no config.json", "copy it"))
+    code, out, folder = sign(tmp)
+    js = json.loads((folder / "signoff.json").read_text())
+    assert code == 2 and js["result"] == "NO-GO" and "model.config" in js["reason"]
+    assert {g["verdict"] for g in js["gates"]} == {"not run", "not in scope"}
+    assert not (folder / "runs").exists()
+    assert harness("signoff", "--verify", folder)[0] == 0
+
+
+def test_verify_names_a_missing_and_an_added_file(world):
+    tmp, _ = world
+    code, out, folder = sign(tmp)
+    (folder / "doctor.json").unlink()
+    (folder / "extra.txt").write_text("x")
+    code, out, _ = harness("signoff", "--verify", folder)
+    assert code == 1 and "missing: doctor.json" in out and "not in the manifest: extra.txt" in out
+
+
+def test_verify_of_a_folder_without_manifest_is_a_usage_error(tmp_path: Path):
+    code, out, err = harness("signoff", "--verify", tmp_path)
+    assert code == 2 and "SHA256SUMS" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ("[signoff]\nversion = 2\ngates = []\n", "unsupported format 2"),
+        ('[signoff]\nversion = 1\ngates = [{ suite = "nope.toml" }]\n', "nope.toml not found"),
+        ('[signoff]\nversion = 1\ngates = [{ suite = "a.toml", profile = ["x"] }]\n', "did you mean 'profiles'"),
+        ("[signoff]\nversion = 1\ngates = []\n", "empty"),
+    ],
+)
+def test_a_bad_signoff_file_is_one_line(tmp_path: Path, body: str, words: str):
+    (tmp_path / "a.toml").write_text("")
+    (tmp_path / "s.toml").write_text(body)
+    code, out, err = harness("signoff", "--file", tmp_path / "s.toml", "--out", tmp_path / "r")
+    assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+
+
+def outcome(code: int, *checks: tuple[str, str]) -> Outcome:
+    return Outcome(code, "", Path("."), [Check("p", name, state, f"{name} {state}") for name, state in checks])
+
+
+def test_judge_and_decide():
+    ok = signoff.judge("a", "a.toml", outcome(0, ("baseline", "passed")), "runs/a", {})
+    thin = signoff.judge(
+        "b",
+        "b.toml",
+        outcome(0, ("latency", "passed")),
+        "runs/b",
+        {"perf": {"p": [{"metric": "tpot", "status": "insufficient"}]}},
+    )
+    crashed = signoff.judge("c", "c.toml", outcome(3, ("baseline", "failed")), "runs/c", {})
+    failed = signoff.judge("d", "d.toml", outcome(1, ("latency", "failed"), ("baseline", "skipped")), "runs/d", {})
+    assert (ok.verdict, thin.verdict, crashed.verdict, failed.verdict) == ("pass", "incomplete", "error", "fail")
+    assert "tpot: insufficient" in thin.reasons and "baseline" in thin.todo
+    noisy = signoff.judge("e", "e.toml", outcome(0), "runs/e", {"baseline": [{"metric": "load", "status": "noisy"}]})
+    assert noisy.verdict == "incomplete" and "load: noisy" in noisy.reasons and "quiet runner" in noisy.todo
+    row = {"metric": "solo tpot", "status": "~", "detectable": 0.37, "threshold": 0.05}
+    blind = signoff.judge("f", "f.toml", outcome(0), "runs/f", {"perf": {"default": [row]}})
+    assert blind.verdict == "incomplete" and "detectable 37% > threshold 5%" in blind.reasons[0]
+    seen = signoff.judge("g", "g.toml", outcome(0), "runs/g", {"perf": {"default": [{**row, "detectable": 0.02}]}})
+    cost = {"cost": [{"metric": "solo tpot", "status": "insufficient"}], "perf": {}}
+    assert seen.verdict == "pass" and signoff.judge("h", "h.toml", outcome(0), "r", cost).verdict == "pass"
+    assert signoff.decide([], [ok])[:2] == ("GO", 0)
+    assert signoff.decide([], [ok, thin])[:2] == ("INCOMPLETE", 1)
+    assert signoff.decide([], [ok, crashed])[:2] == ("INCOMPLETE", 3)
+    assert signoff.decide([], [ok, thin, failed, crashed])[:2] == ("NO-GO", 3)
+    assert signoff.decide([], [])[:2] == ("INCOMPLETE", 1)
+    err = doctor.Finding("serving.tls", "error", "expired", "renew")
+    assert signoff.decide([err], [ok]) == ("NO-GO", 2, "the doctor found 1 error(s): serving.tls")
+
+
+def test_the_shipped_signoff_file_names_the_default_suites():
+    spec = signoff.load_spec(Path(__file__).resolve().parent.parent / "suites" / "signoff.toml")
+    names = [g.suite.name for g in spec.gates]
+    assert names == ["determinism.toml", "determinism-bf16.toml", "perf.toml", "loadtime.toml", "serving.toml"]
+    assert next(g for g in spec.gates if g.suite.name == "serving.toml").requires == ("httpx",)
+
+
+def test_a_pass_against_another_keys_baseline_is_incomplete():
+    ok = signoff.judge("a", "a.toml", outcome(0, ("baseline", "passed")), "runs/a", {})
+    same = signoff.other_keys(ok, [(Path("b/k/a/p.json"), "same key")])
+    other = signoff.other_keys(ok, [(Path("b/k/a/p.json"), "same key"), (Path("b/h/a/q.json"), "other hardware")])
+    assert same.verdict == "pass"
+    assert other.verdict == "incomplete" and "b/h/a/q.json (other hardware)" in other.reasons[0]
+    assert "--update-baselines" in other.todo
+
+
+def test_used_baselines_reads_the_tier_from_the_report(tmp_path: Path):
+    report = {"baselines": {"default": "b/k/s/default.json (other software; 2026-11-26, 'x')"}}
+    assert signoff.used_baselines(report, tmp_path) == [(Path("b/k/s/default.json"), "other software")]
