@@ -319,8 +319,10 @@ class SuiteKind:
         return [(p.name, n) for p in suite.profiles for n in self.items_for(suite, p.name)]
 
     def execute(self, suite: Suite, opts: Options) -> Outcome:
+        from .headline import from_run
+
         res = execute(suite, opts)
-        return Outcome(res.exit_code, report.console(res), res.run_dir, checks(res))
+        return Outcome(res.exit_code, report.console(res), res.run_dir, checks(res), from_run(res), res)
 
 
 DETERMINISM = SuiteKind("determinism")

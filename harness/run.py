@@ -42,6 +42,9 @@ class Options:
     endpoint: str | None = None  # URL of a server that is already running (the suite's [server] is not started)
     drop_caches: bool | None = None  # load time: evict the model files before each cold load (None: the suite's)
     fresh_runs: bool = False  # an update starts the baseline's run history anew (calibration's first run)
+    history: Path | None = (
+        None  # where each run appends its headline metrics (the CLI's default: <out>/history); None: off
+    )
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,8 @@ class Outcome:
     console: str
     run_dir: Path
     checks: list[Check] = field(default_factory=list)
+    headlines: list[Any] = field(default_factory=list)  # history.Headline per profile or setting: the history row
+    result: Any = None  # the kind's full result, for report.html
 
 
 def exit_code(*, infra: bool, unusable: bool, failed: bool) -> int:
@@ -174,12 +179,36 @@ def directory_option(flag: str, path: Path) -> None:
             )
 
 
+def execute(kind: Kind, suite: Any, opts: Options) -> Outcome:
+    """Run a suite, then what every kind shares after it: its headline metrics appended to the history, and
+    report.html (which shows that history's trend). Neither can fail the run: a problem is a note."""
+    out = kind.execute(suite, opts)
+    notes: list[str] = []
+    if opts.history is not None and out.headlines:
+        from . import history
+
+        written, problems = history.append(
+            opts.history, out.headlines, run_id=out.run_dir.name, exit_code=out.exit_code
+        )
+        notes += problems + ([f"history: {len(written)} row(s) appended under {opts.history}"] if written else [])
+    if out.result is not None:
+        from . import html
+
+        notes += html.write(out.result, out.run_dir, opts.history, out.headlines)
+    if notes:
+        last = out.console.rsplit("\n", 1)
+        out.console = "\n".join([*last[:-1], *(f"note: {n}" for n in notes), last[-1]])
+    return out
+
+
 def load(path: str | Path, opts: Options) -> tuple[Kind, Any]:
     """The suite's kind and its validated suite, before any model loads or server starts."""
     if opts.update_baselines and not opts.reason.strip():
         raise HarnessError("--update-baselines needs --reason 'why these outputs and timings are the new truth'", USAGE)
     directory_option("--out", opts.out)
     directory_option("--baselines", opts.baselines)
+    if opts.history is not None:
+        directory_option("--history", opts.history)
     try:
         data = read_toml(path)
     except SuiteError as e:
