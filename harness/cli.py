@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--history", type=Path, default=Path("reports/history"), help="history folder (default: reports/history/)"
     )
-    tr.add_argument("--pvalue", type=probability, default=0.001, help="Otava's significance level (default 0.001)")
+    tr.add_argument(
+        "--pvalue", type=probability, default=1e-5, help="Otava's significance level per series (default 1e-5)"
+    )
     tr.add_argument(
         "--threshold",
         action="append",

@@ -21,7 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from . import __version__, atomic, history
+from . import __version__, atomic, history, trend
 from .records import Record, read_jsonl
 
 TREND_RUNS = 30  # runs shown in each trend chart
@@ -69,6 +69,7 @@ def render(result: Any, run_dir: Path, history_root: Path | None, headlines: lis
         "figures": [],
         "trends": trends(history_root, headlines) if history_root is not None else [],
         "colours": LEVEL_COLOURS,
+        "pvalue": f"{trend.PVALUE:g}",
     }
     if isinstance(result, RunResult):
         s = result.suite
@@ -335,7 +336,7 @@ def trends(root: Path, headlines: list[history.Headline]) -> list[dict[str, Any]
     try:
         import otava.analysis  # noqa: F401
 
-        from .trend import MIN_RUNS, change_points
+        from .trend import MIN_RUNS, PVALUE, change_points
 
         have_otava = True
     except ImportError:
@@ -363,7 +364,7 @@ def trends(root: Path, headlines: list[history.Headline]) -> list[dict[str, Any]
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
             if have_otava and len(values) >= MIN_RUNS:
-                for i, p in change_points(values):
+                for i, p in change_points(values, PVALUE):
                     ax.axvline(i - 0.5, color="#d32f2f", ls="--", lw=1)
                     env = history.environment_changes(rows[i - 1], rows[i])
                     marks.append(

@@ -17,7 +17,10 @@ from tabulate import tabulate
 from .history import History, Row, environment_changes, read_all
 
 MIN_RUNS = 5  # below this a t-test of before against after cannot reach the default p-value anyway
-PVALUE = 0.001  # Otava's default
+# Otava's default is 0.001, but its p-value is a t-test at the best split, after searching every split: on 30 runs of
+# 1% noise, 2.8% of series showed a change point at 0.001, 0.25% at 1e-4 and 0.05% at 1e-5 (2,000 series each), while
+# a 5% step was found in 200 of 200 at 1e-5 (a 3% step in 185). A nightly trend looks at hundreds of series.
+PVALUE = 1e-5
 WINDOW = 50  # Otava's default sliding window (runs)
 # Gated metric kinds and how much worse a persistent shift may be before the trend fails (relative).
 THRESHOLDS = {"ttft": 0.30, "tpot": 0.05, "e2e": 0.05, "tok_s": 0.05, "warm": 0.10, "cold": 0.10, "share_tokens": 0.05}
