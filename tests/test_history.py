@@ -136,3 +136,58 @@ def test_environment_changes_name_the_upgrade(tmp_path: Path):
 def test_history_option(argv: list[str], expected: Path | None):
     args = cli.build_parser().parse_args(["run", "x.toml", "--out", "o", *argv])
     assert cli.options(args).history == expected
+
+
+NIGHTLY = """
+[suite]
+name = "nightly"
+version = 1
+[model]
+ref = "{model}"
+[generation]
+max_new_tokens = 6
+[prompts]
+items = [{{id = "a", text = "The sea is"}}, {{id = "b", text = "Count: one, two,"}}, {{id = "c", text = "Hello"}}]
+[[schedules]]
+kind = "solo"
+[[schedules]]
+kind = "batch-sizes"
+sizes = [3]
+[profiles.default]
+expect = {{ cpu = "report" }}
+"""
+
+
+@pytest.mark.process
+def test_two_real_runs_leave_two_rows_per_metric_and_trend_says_too_few(tmp_path: Path, tiny_model: Path):
+    from .helpers import run_cli, write_suite
+
+    suite = write_suite(tmp_path / "nightly.toml", NIGHTLY.format(model=tiny_model))
+    out = tmp_path / "reports"
+    for _ in range(2):
+        p = run_cli("run", str(suite), "--out", str(out), "--baselines", str(tmp_path / "b"))
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "history: 1 row(s) appended" in p.stdout
+    files = list((out / "history").glob("*/nightly/default.csv"))
+    assert len(files) == 1, files
+    h = history.read(files[0])
+    assert not h.problems and len(h.rows) == 2
+    for m in (
+        "batch-invariance.share_bitwise",
+        "batch-invariance.share_tokens",
+        "batch-invariance.max_unique",
+        "solo.ttft.p50",
+        "solo.tpot.p99",
+        "batch-sizes.e2e.p50",
+        "tok_s",
+        "load.read",
+    ):
+        assert len(h.series(m)[1]) == 2, m  # every headline metric in both rows
+    assert all(len(h.series(m)[1]) == 2 for m in h.metrics)
+    assert h.rows[0].attributes["env.torch"] and h.rows[0].attributes["model_hash"]
+    runs = sorted(d for d in out.iterdir() if d.name != "history")
+    assert all((d / "report.html").stat().st_size > 10_000 for d in runs)
+    assert "(2 runs)" in (runs[1] / "report.html").read_text()  # the second run's page shows the trend
+    p = run_cli("trend", "--history", str(out / "history"))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "too few runs for change points" in p.stdout and "result: PASS (exit 0)" in p.stdout
