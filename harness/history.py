@@ -190,7 +190,9 @@ def _locked(root: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def row_for(head: Headline, *, run_id: str, harness_version: str, commit: str, exit_code: int, when: float) -> dict:
+def row_for(
+    head: Headline, *, run_id: str, harness_version: str, commit: str, exit_code: int, when: float
+) -> dict[str, str]:
     cells = {
         "time": datetime.fromtimestamp(when).astimezone().isoformat(timespec="seconds"),
         "run_id": run_id,
@@ -265,7 +267,7 @@ def model_hash(model_dir: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def environment(device_info: dict) -> dict[str, str]:
+def environment(device_info: dict[str, object]) -> dict[str, str]:
     """The fingerprint columns: what the worker reported about device and software, plus Python."""
     import platform
 

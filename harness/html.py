@@ -135,6 +135,9 @@ def _inline_png(run_dir: Path, m: re.Match[str]) -> str:
 
 
 def _records(result: Any) -> dict[str, list[Record]]:
+    """The run's records: those the pipeline analysed, else (a result built elsewhere) read again from disk."""
+    if result.records:
+        return {p: [r for r in recs if not r.failed] for p, recs in result.records.items()}
     return {j.profile: [r for r in read_jsonl(Path(j.records)) if not r.warmup and not r.failed] for j in result.jobs}
 
 

@@ -254,6 +254,7 @@ def execute(suite: Suite, opts: Options) -> report.RunResult:
         latency=samples,
         cost=perfgate.cost(suite.perf, {j.profile: j for j in jobs}, records, suite.seed) if suite.perf else [],
         failures=failures,
+        records=records,
         cost_label=""
         if not flags
         else "flags inert here: any difference is noise or torch.use_deterministic_algorithms, not the Ascend switches",

@@ -9,6 +9,7 @@ plus one line in KINDS.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -195,10 +196,23 @@ def execute(kind: Kind, suite: Any, opts: Options) -> Outcome:
         from . import html
 
         notes += html.write(out.result, out.run_dir, opts.history, out.headlines)
+    if os.environ.get("GITHUB_STEP_SUMMARY"):
+        notes += step_summary(Path(os.environ["GITHUB_STEP_SUMMARY"]), out.run_dir / "summary.md")
     if notes:
         last = out.console.rsplit("\n", 1)
         out.console = "\n".join([*last[:-1], *(f"note: {n}" for n in notes), last[-1]])
     return out
+
+
+def step_summary(target: Path, summary: Path) -> list[str]:
+    """GitHub Actions shows the file GITHUB_STEP_SUMMARY names on the run's page: this run's summary.md goes there."""
+    try:
+        text = summary.read_text(encoding="utf-8")
+        with open(target, "a", encoding="utf-8") as f:
+            f.write(text.rstrip("\n") + "\n\n")
+    except OSError as e:
+        return [f"GITHUB_STEP_SUMMARY {target}: not written ({e.strerror or e})"]
+    return []
 
 
 def load(path: str | Path, opts: Options) -> tuple[Kind, Any]:

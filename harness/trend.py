@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tabulate import tabulate
+from tabulate import tabulate  # type: ignore[import-untyped, unused-ignore]
 
 from .history import History, Row, environment_changes, read_all
 
@@ -93,7 +93,7 @@ class Shift:
 
 def change_points(values: list[float], pvalue: float = PVALUE, window: int = WINDOW) -> list[tuple[int, float]]:
     """(index where the new level starts, p-value) for each change point Otava finds."""
-    from otava.analysis import compute_change_points
+    from otava.analysis import compute_change_points  # type: ignore[import-not-found, import-untyped, unused-ignore]
 
     points, _weak = compute_change_points(list(map(float, values)), window_len=window, max_pvalue=pvalue)
     return [(int(c.index), float(c.stats.pvalue)) for c in points]
@@ -238,7 +238,7 @@ def main(root: Path, pvalue: float = PVALUE, thresholds: dict[str, float] | None
     if not histories:
         raise HarnessError(f"--history {root}: no history files (<hardware>/<suite>/<profile>.csv) there", USAGE)
     try:
-        import otava.analysis  # noqa: F401
+        import otava.analysis  # type: ignore[import-not-found, import-untyped, unused-ignore]  # noqa: F401
     except ImportError:
         raise HarnessError(OTAVA_MISSING, USAGE) from None
     t = analyse(histories, pvalue, thresholds, last)

@@ -102,6 +102,7 @@ def build(out: Path, sequences: int, prompts: int, steps: int) -> report.RunResu
         verdicts=verdicts,
         exit_code=0,
         latency={"default": latency.samples(recs)},
+        records={"default": recs},
     )
     report.write(res)
     return res

@@ -191,3 +191,17 @@ def test_two_real_runs_leave_two_rows_per_metric_and_trend_says_too_few(tmp_path
     p = run_cli("trend", "--history", str(out / "history"))
     assert p.returncode == 0, p.stdout + p.stderr
     assert "too few runs for change points" in p.stdout and "result: PASS (exit 0)" in p.stdout
+
+
+def test_each_run_appends_its_summary_to_the_github_step_summary(tmp_path: Path, monkeypatch):
+    from . import fakes
+    from .test_hostile_input import harness, suite
+
+    fakes.install(monkeypatch, tmp_path / "model")
+    target = tmp_path / "step-summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(target))
+    for _ in range(2):
+        code, out, err = harness("run", suite(tmp_path), "--out", tmp_path / "out", "--baselines", tmp_path / "b")
+        assert code == 0, out + err
+    text = target.read_text()
+    assert text.count("# s: PASS") == 2 and "## Profile `default`" in text

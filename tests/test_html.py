@@ -3,6 +3,7 @@ close or diverged one, charts, and the trend from the history."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -63,8 +64,8 @@ def test_model_output_is_text_not_markup(tmp_path: Path):
     res = synthetic_run.build(tmp_path, sequences=40, prompts=10, steps=12)
     path = Path(res.jobs[0].records)
     path.write_text(path.read_text().replace('" the"', '"<script>alert(1)</script>"'))
-    text = page(res)
-    assert "<script>alert(1)" not in text
+    text = page(dataclasses.replace(res, records={}))  # read from disk, as a result built elsewhere is
+    assert "<script>alert(1)" not in text and "alert(1)" in text
 
 
 def test_trend_charts_from_the_history(run, tmp_path: Path):
