@@ -225,6 +225,9 @@ def append(
                 path = path_for(root, head.hardware, head.suite, head.profile)
                 h = read(path)
                 problems += h.problems
+                if h.lines and not h.header:  # not a history this code wrote: leave it as it is
+                    problems.append(f"{path}: not appended to (its header is not a history's); move it aside")
+                    continue
                 cells = row_for(
                     head, run_id=run_id, harness_version=__version__, commit=commit, exit_code=exit_code, when=when
                 )

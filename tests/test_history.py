@@ -89,6 +89,18 @@ def test_a_hand_edited_row_names_file_and_line(tmp_path: Path, edit, problem: st
     assert h.series("a")[1] == [1.0, 3.0]
 
 
+def test_a_file_that_is_not_a_history_is_left_alone(tmp_path: Path):
+    path = tmp_path / "cpu-avx512-intel-6-167-t2" / "s" / "default.csv"
+    path.parent.mkdir(parents=True)
+    path.write_text("name,value\nx,1\n")
+    written, problems = history.append(tmp_path, [head({"a": 1.0})], run_id="r", exit_code=0)
+    assert not written and path.read_text() == "name,value\nx,1\n"
+    assert problems == [
+        f"{path}:1: the header must start with 'time' and name each column once; file skipped",
+        f"{path}: not appended to (its header is not a history's); move it aside",
+    ]
+
+
 def test_an_interrupted_write_leaves_the_old_file(tmp_path: Path, monkeypatch):
     append(tmp_path, head({"a": 1.0}))
     path = tmp_path / "cpu-avx512-intel-6-167-t2" / "s" / "default.csv"

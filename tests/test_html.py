@@ -76,3 +76,17 @@ def test_trend_charts_from_the_history(run, tmp_path: Path):
     text = page(run, tmp_path, heads)
     assert 'id="trend"' in text and "(3 runs)" in text
     assert text.count("<svg") >= 3
+
+
+def test_a_load_time_run_gets_its_page_with_the_plot_inline(tmp_path: Path, monkeypatch):
+    from . import fakes
+    from .test_hostile_input import harness
+    from .test_run import LOADTIME, write_suite
+
+    fakes.install(monkeypatch, tmp_path / "model")
+    code, out, err = harness("run", write_suite(tmp_path / "lt.toml", LOADTIME), "--out", tmp_path / "out")
+    assert code == 0, out + err
+    run_dir = next(d for d in (tmp_path / "out").iterdir() if d.name != "history")
+    text = (run_dir / "report.html").read_text()
+    assert '<img src="data:image/png;base64,' in text and "loadtime.png" not in text.split('<h2 id="summary">')[1]
+    assert "Per setting" in text  # the summary's tables
