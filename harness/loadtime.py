@@ -364,7 +364,9 @@ class LoadtimeKind:
             failed=any(c.status == "regressed" for c in run.changes),
         )
         report_loadtime.write(run)
-        return Outcome(run.exit_code, report_loadtime.console(run), run.run_dir, checks(run))
+        from .headline import from_loadrun
+
+        return Outcome(run.exit_code, report_loadtime.console(run), run.run_dir, checks(run), from_loadrun(run), run)
 
 
 KIND = LoadtimeKind()

@@ -319,6 +319,7 @@ def execute(suite: Suite, opts: Options) -> report.RunResult:
         latency=samples,
         cost=perfgate.cost(suite.perf, {j.profile: j for j in jobs}, records, suite.seed) if suite.perf else [],
         failures=failures,
+        records=records,
         cost_label=""
         if not flags
         else "flags inert here: any difference is noise or torch.use_deterministic_algorithms, not the Ascend switches",
@@ -423,8 +424,10 @@ class SuiteKind:
         return [(p.name, n) for p in suite.profiles for n in self.items_for(suite, p.name)]
 
     def execute(self, suite: Suite, opts: Options) -> Outcome:
+        from .headline import from_run
+
         res = execute(suite, opts)
-        return Outcome(res.exit_code, report.console(res), res.run_dir, checks(res))
+        return Outcome(res.exit_code, report.console(res), res.run_dir, checks(res), from_run(res), res)
 
 
 DETERMINISM = SuiteKind("determinism")

@@ -75,13 +75,14 @@ class SuiteFile(pytest.File):
 
     def outcome(self):
         """Run the whole suite once, on the first item that needs it."""
+        from . import run
         from .errors import HarnessError
 
         if self._outcome is None and self._error is None:
             capman = self.config.pluginmanager.getplugin("capturemanager")
             try:
                 with capman.global_and_fixture_disabled():  # show progress and tables live
-                    self._outcome = self.kind.execute(self.suite, self._options())
+                    self._outcome = run.execute(self.kind, self.suite, self._options())
                     print("\n" + self._outcome.console, flush=True)
             except HarnessError as e:
                 self._error = e

@@ -63,6 +63,7 @@ class RunResult:
     cost: list[Change] = field(default_factory=list)  # deterministic vs default
     failures: list[Record] = field(default_factory=list)  # requests that failed after retries
     cost_label: str = ""  # why the cost means less than it seems
+    records: dict[str, list[Record]] = field(default_factory=dict)  # profile -> analysed records, for report.html
 
     def all_verdicts(self) -> list[Verdict]:
         return self.verdicts + self.baseline.verdicts

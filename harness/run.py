@@ -9,6 +9,7 @@ plus one line in KINDS.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -43,6 +44,9 @@ class Options:
     drop_caches: bool | None = None  # load time: evict the model files before each cold load (None: the suite's)
     fresh_runs: bool = False  # an update starts the baseline's run history anew (calibration's first run)
     parallel: dict[str, Any] = field(default_factory=dict)  # --nnodes, --node-rank, --rdzv-endpoint over [parallel]
+    history: Path | None = (
+        None  # where each run appends its headline metrics (the CLI's default: <out>/history); None: off
+    )
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,8 @@ class Outcome:
     console: str
     run_dir: Path
     checks: list[Check] = field(default_factory=list)
+    headlines: list[Any] = field(default_factory=list)  # history.Headline per profile or setting: the history row
+    result: Any = None  # the kind's full result, for report.html
 
 
 def exit_code(*, infra: bool, unusable: bool, failed: bool) -> int:
@@ -175,12 +181,49 @@ def directory_option(flag: str, path: Path) -> None:
             )
 
 
+def execute(kind: Kind, suite: Any, opts: Options) -> Outcome:
+    """Run a suite, then what every kind shares after it: its headline metrics appended to the history, and
+    report.html (which shows that history's trend). Neither can fail the run: a problem is a note."""
+    out = kind.execute(suite, opts)
+    notes: list[str] = []
+    if opts.history is not None and out.headlines:
+        from . import history
+
+        written, problems = history.append(
+            opts.history, out.headlines, run_id=out.run_dir.name, exit_code=out.exit_code
+        )
+        notes += problems + ([f"history: {len(written)} row(s) appended under {opts.history}"] if written else [])
+    if out.result is not None:
+        from . import html
+
+        notes += html.write(out.result, out.run_dir, opts.history, out.headlines)
+    if os.environ.get("GITHUB_STEP_SUMMARY"):
+        notes += step_summary(Path(os.environ["GITHUB_STEP_SUMMARY"]), out.run_dir / "summary.md")
+    if notes:
+        last = out.console.rsplit("\n", 1)
+        out.console = "\n".join([*last[:-1], *(f"note: {n}" for n in notes), last[-1]])
+    return out
+
+
+def step_summary(target: Path, summary: Path) -> list[str]:
+    """GitHub Actions shows the file GITHUB_STEP_SUMMARY names on the run's page: this run's summary.md goes there."""
+    try:
+        text = summary.read_text(encoding="utf-8")
+        with open(target, "a", encoding="utf-8") as f:
+            f.write(text.rstrip("\n") + "\n\n")
+    except OSError as e:
+        return [f"GITHUB_STEP_SUMMARY {target}: not written ({e.strerror or e})"]
+    return []
+
+
 def load(path: str | Path, opts: Options) -> tuple[Kind, Any]:
     """The suite's kind and its validated suite, before any model loads or server starts."""
     if opts.update_baselines and not opts.reason.strip():
         raise HarnessError("--update-baselines needs --reason 'why these outputs and timings are the new truth'", USAGE)
     directory_option("--out", opts.out)
     directory_option("--baselines", opts.baselines)
+    if opts.history is not None:
+        directory_option("--history", opts.history)
     try:
         data = read_toml(path)
     except SuiteError as e:

@@ -103,7 +103,7 @@ def write_suite(path: Path, body: str) -> Path:
 
 
 def only_run_dir(out: Path) -> Path:
-    dirs = [d for d in out.iterdir() if d.is_dir()]
+    dirs = [d for d in out.iterdir() if d.is_dir() and d.name != "history"]  # the run history lives beside the runs
     assert len(dirs) == 1, dirs
     return dirs[0]
 

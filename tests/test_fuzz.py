@@ -448,6 +448,8 @@ def check_run(
     assert not changed or update and all(p.startswith(store + "/") for p in changed), changed
     new = [p for p in after if p not in before and not (update and (p == store or p.startswith(store + "/")))]
     where = str((root / out_dir).relative_to(top))
+    history = f"{where}/history"  # every run appends its headline metrics here, beside the run directories
+    new = [p for p in new if p != history and not p.startswith(history + "/")]
     runs = {Path(p).relative_to(where).parts[0] for p in new if after[p] is not None and p.startswith(where + "/")}
     if not runs:  # refused before anything ran: one line, nothing written
         assert not new, new

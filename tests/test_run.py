@@ -45,7 +45,7 @@ def test_load_time_runs_get_their_own_directory_and_loads_file(tmp_path: Path, m
     for _ in range(2):
         code, stdout, err = harness("run", path, "--out", out, "--baselines", tmp_path / "b")
         assert code == OK, (stdout, err)
-    dirs = sorted(d.name for d in out.iterdir())
+    dirs = sorted(d.name for d in out.iterdir() if d.name != "history")
     assert dirs == ["20261127-120000-lt", "20261127-120000-lt-2"]
     for d in dirs:  # each run's loads file holds its own loads, not both runs' (the old path appended to one)
         lines = (out / d / "loads.jsonl").read_text().splitlines()
@@ -58,7 +58,10 @@ def test_determinism_runs_in_the_same_second_too(tmp_path: Path, monkeypatch, sa
     for _ in range(2):
         code, stdout, err = harness("run", path, "--out", tmp_path / "out", "--baselines", tmp_path / "b")
         assert code == OK, (stdout, err)
-    assert sorted(d.name for d in (tmp_path / "out").iterdir()) == ["20261127-120000-s", "20261127-120000-s-2"]
+    assert sorted(d.name for d in (tmp_path / "out").iterdir() if d.name != "history") == [
+        "20261127-120000-s",
+        "20261127-120000-s-2",
+    ]
 
 
 @pytest.mark.parametrize(

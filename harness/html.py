@@ -1,0 +1,391 @@
+"""report.html: one self-contained page per run (no network: styles, the one small script and every chart inline).
+
+Jinja2 lays out the page (autoescaped: prompts and model output can contain anything), matplotlib draws the charts
+as inline SVG (vector, no JavaScript, a few tens of kB each), and markdown-it renders the run's own summary.md, so
+the verdict tables are the same content as the Markdown report, not a second rendering of them.
+
+What it shows: the summary's verdicts and tables; a divergence map per profile and property (prompt x
+schedule/occurrence, coloured by level, the first divergent step in each cell; a click on a close or diverged cell
+shows both continuations side by side from the divergence on, with the reference margin and both top-k); latency
+distributions per profile (TTFT and TPOT, against the baseline's samples when there is one); load times; and the
+trend of the last runs from the history, with Otava's change points marked.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from . import __version__, atomic, history, trend
+from .records import Record, read_jsonl
+
+TREND_RUNS = 30  # runs shown in each trend chart
+CONTINUATION = 40  # tokens shown per side after a divergence
+CONTEXT = 12  # tokens shown before it
+MAX_TREND_METRICS = 9
+LEVEL_COLOURS = {"bitwise": "#2e7d32", "tokens": "#9ccc65", "close": "#ffb300", "diverged": "#d32f2f"}
+_DETAILS = re.compile(r"^<details><summary>(.*)</summary>$")
+
+
+def write(result: Any, run_dir: Path, history_root: Path | None, headlines: list[history.Headline]) -> list[str]:
+    """Write run_dir/report.html; notes for the console (why it was not written), never an exception for the run."""
+    try:
+        import jinja2  # noqa: F401
+        import markdown_it  # noqa: F401
+        import matplotlib  # noqa: F401
+    except ImportError as e:
+        return [f"report.html not written: {e.name} is not installed (pip install jinja2 matplotlib markdown-it-py)"]
+    try:
+        text = render(result, run_dir, history_root, headlines)
+        atomic.write_text(Path(run_dir) / "report.html", text)
+    except Exception as e:  # noqa: BLE001  the run's verdicts and reports stand; the page is an extra view of them
+        return [f"report.html not written: {type(e).__name__}: {e}"]
+    return []
+
+
+def render(result: Any, run_dir: Path, history_root: Path | None, headlines: list[history.Headline]) -> str:
+    import jinja2
+
+    from .report import RunResult
+
+    run_dir = Path(run_dir)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    ctx: dict[str, Any] = {
+        "run_id": run_dir.name,
+        "harness_version": __version__,
+        "summary": summary_blocks(run_dir),
+        "maps": [],
+        "details": {},
+        "figures": [],
+        "trends": trends(history_root, headlines) if history_root is not None else [],
+        "colours": LEVEL_COLOURS,
+        "pvalue": f"{trend.PVALUE:g}",
+    }
+    if isinstance(result, RunResult):
+        s = result.suite
+        ctx["title"] = s.name
+        ctx["result"] = result.result
+        ctx["subtitle"] = f"{s.model.ref} · {s.model.dtype} · {s.model.device}"
+        ctx["maps"], ctx["details"] = divergence_maps(result)
+        ctx["figures"] = [f for f in (latency_figure(result), load_figure(result)) if f]
+    else:  # a load-time run: its own plot, already drawn beside the summary
+        ctx["title"] = f"{result.suite.name}: load time"
+        ctx["result"] = {0: "pass", 1: "fail"}.get(result.exit_code, "error")
+        ctx["subtitle"] = f"{result.suite.model_ref} · {result.suite.dtype} · {result.suite.device}"
+    return env.get_template("report.html.j2").render(**ctx)
+
+
+# ---- the summary, as the Markdown report has it -----------------------------------------------------------
+
+
+def summary_blocks(run_dir: Path) -> list[dict[str, str]]:
+    """summary.md as HTML, in blocks: its folded sections (the one raw HTML it writes) become real <details>.
+    Everything else is rendered with raw HTML off, so model output in a table cell stays text."""
+    from markdown_it import MarkdownIt
+    from markupsafe import Markup
+
+    try:
+        text = (run_dir / "summary.md").read_text(encoding="utf-8")
+    except OSError:
+        return []
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    md.validateLink = lambda url: url.startswith("data:image/png;base64,")  # only what we inline below
+    text = re.sub(r"!\[([^\]]*)\]\(([\w.-]+\.png)\)", lambda m: _inline_png(run_dir, m), text)
+    blocks: list[dict[str, str]] = []
+    chunk: list[str] = []
+
+    def flush(kind: str = "md") -> None:
+        if chunk:
+            blocks.append({"kind": kind, "html": Markup(md.render("\n".join(chunk)))})
+            chunk.clear()
+
+    for line in text.splitlines():
+        m = _DETAILS.match(line)
+        if m:
+            flush()
+            blocks.append({"kind": "open", "summary": m.group(1)})
+        elif line == "</details>":
+            flush()
+            blocks.append({"kind": "close"})
+        else:
+            chunk.append(line)
+    flush()
+    return blocks
+
+
+def _inline_png(run_dir: Path, m: re.Match[str]) -> str:
+    try:
+        data = base64.b64encode((run_dir / m.group(2)).read_bytes()).decode()
+    except OSError:
+        return f"({m.group(1)}: {m.group(2)} missing)"
+    return f"![{m.group(1)}](data:image/png;base64,{data})"
+
+
+# ---- the divergence map ------------------------------------------------------------------------------------
+
+
+def _records(result: Any) -> dict[str, list[Record]]:
+    """The run's records: those the pipeline analysed, else (a result built elsewhere) read again from disk."""
+    if result.records:
+        return {p: [r for r in recs if not r.failed] for p, recs in result.records.items()}
+    return {j.profile: [r for r in read_jsonl(Path(j.records)) if not r.warmup and not r.failed] for j in result.jobs}
+
+
+def _reference(records: list[Record], prop: str) -> dict[str, Record]:
+    """The reference per prompt, as analysis.determinism chooses it: the first repeat, else the solo run."""
+    refs: dict[str, Record] = {}
+    for r in records:
+        if (r.kind == "repeat") if prop == "repeatability" else (r.kind == "solo"):
+            refs.setdefault(r.prompt_id, r)
+    return refs
+
+
+def _topk(r: Record, step: int, pieces: dict[int, str]) -> list[dict[str, Any]]:
+    if step >= len(r.topk_ids):
+        return []
+    return [
+        {
+            "token": pieces.get(i, f"#{i}"),
+            "logprob": round(lp, 4),
+            "chosen": step < len(r.tokens) and i == r.tokens[step],
+        }
+        for i, lp in zip(r.topk_ids[step], r.topk_logprobs[step])
+    ]
+
+
+def divergence_maps(result: Any) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """One map per profile and property: rows are prompts, columns each schedule's k-th sequence of that prompt;
+    every compared sequence is one cell. Details (continuations, top-k) only for close and diverged cells."""
+    records = _records(result)
+    pieces: dict[int, str] = {}
+    for recs in records.values():
+        for r in recs:
+            pieces.update(zip(r.tokens, r.pieces))
+    maps, details = [], {}
+    for v in result.verdicts:
+        if not v.comparisons:
+            continue
+        recs = records.get(v.profile, [])
+        by_place = {(r.batch_id, r.prompt_id, r.position): r for r in recs}
+        refs = _reference(recs, v.property)
+        seen: dict[tuple[str, str], int] = defaultdict(int)
+        columns: list[tuple[str, int]] = []
+        cells: dict[str, dict[tuple[str, int], dict[str, Any]]] = defaultdict(dict)
+        for c in v.comparisons:
+            k = seen[(c.prompt_id, c.schedule)]
+            seen[(c.prompt_id, c.schedule)] += 1
+            col = (c.schedule, k)
+            if col not in columns:
+                columns.append(col)
+            step = c.first_token_step if c.level in ("close", "diverged") else c.first_bit_step
+            cell = {
+                "level": c.level,
+                "step": "" if step is None else step,
+                "title": f"{c.batch_id}: batch of {len(c.batch)}, position {c.position}; {c.level}"
+                + ("" if step is None else f" from step {step}"),
+                "id": "",
+            }
+            other, ref = by_place.get((c.batch_id, c.prompt_id, c.position)), refs.get(c.prompt_id)
+            if c.level in ("close", "diverged") and other is not None and ref is not None and step is not None:
+                cid = f"d{len(details)}"
+                cell["id"] = cid
+                details[cid] = {
+                    "profile": v.profile,
+                    "property": v.property,
+                    "prompt": c.prompt_id,
+                    "where": cell["title"],
+                    "step": step,
+                    "unit": c.unit,
+                    "margin": None if c.ref_margin is None else round(c.ref_margin, 4),
+                    "k": c.k,
+                    "ref_in": c.ref_in_other_topk,
+                    "other_in": c.other_in_ref_topk,
+                    "context": "".join(ref.pieces[max(0, step - CONTEXT) : step]),
+                    "ref": ref.pieces[step : step + CONTINUATION] if c.unit == "step" else [ref.text[step:][:400]],
+                    "other": other.pieces[step : step + CONTINUATION]
+                    if c.unit == "step"
+                    else [other.text[step:][:400]],
+                    "ref_topk": _topk(ref, step, pieces),
+                    "other_topk": _topk(other, step, pieces),
+                    "reference": "the first repeat" if v.property == "repeatability" else "the prompt alone (solo)",
+                }
+            cells[c.prompt_id][col] = cell
+        order = list(dict.fromkeys(s for s, _ in columns))  # schedules in the order they ran
+        columns.sort(key=lambda col: (order.index(col[0]), col[1]))
+        counts = {lvl: sum(1 for c in v.comparisons if c.level == lvl) for lvl in LEVEL_COLOURS}
+        maps.append(
+            {
+                "profile": v.profile,
+                "property": v.property,
+                "status": v.status,
+                "columns": [f"{s} {k + 1}" if sum(1 for x, _ in columns if x == s) > 1 else s for s, k in columns],
+                "rows": [{"prompt": p, "cells": [cells[p].get(col) for col in columns]} for p in sorted(cells)],
+                "counts": counts,
+                "n": len(v.comparisons),
+            }
+        )
+    return maps, details
+
+
+# ---- charts ------------------------------------------------------------------------------------------------
+
+_salt = 0
+
+
+def svg(fig: Any) -> str:
+    """The figure as inline SVG markup: text kept as text, and ids salted so that several charts on one page do
+    not share clip paths."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+    from markupsafe import Markup
+
+    global _salt
+    _salt += 1
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": f"chart{_salt}"}):
+        fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buf.getvalue()
+    return Markup(text[text.index("<svg") :])
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def latency_figure(result: Any) -> dict[str, Any] | None:
+    """TTFT and TPOT per profile (all schedules pooled), box from p25 to p75, whiskers p1 to p99; the baseline's
+    samples beside each profile when a baseline was found."""
+    from .analysis import latency
+
+    boxes: dict[str, list[tuple[str, list[float]]]] = {"ttft": [], "tpot": []}
+    for prof, metrics in result.latency.items():
+        found = result.baseline.found.get(prof)
+        for kind in boxes:
+            now = [x for name, xs in metrics.items() if latency.metric_kind(name) == kind for x in xs]
+            before = (
+                [x for name, xs in found.latency.items() if latency.metric_kind(name) == kind for x in xs]
+                if found is not None
+                else []
+            )
+            if before:
+                boxes[kind].append((f"{prof}\nbaseline", [1000 * x for x in before]))
+            if now:
+                boxes[kind].append((f"{prof}\nthis run", [1000 * x for x in now]))
+    if not any(boxes.values()):
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, (kind, data) in zip(axes, boxes.items()):
+        if data:
+            ax.boxplot([d for _, d in data], whis=(1, 99), showfliers=False)
+            ax.set_xticks(range(1, len(data) + 1), [lbl for lbl, _ in data], fontsize=8)
+        ax.set_title(f"{kind.upper()} (ms)")
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return {
+        "title": "Latency distributions",
+        "note": "per profile, every schedule pooled; box p25-p75, line the median, whiskers p1-p99",
+        "svg": svg(fig),
+    }
+
+
+def load_figure(result: Any) -> dict[str, Any] | None:
+    """Each profile's model load, by phase (seconds)."""
+    loads = [(j.profile, j.meta.get("load_s") or {}) for j in result.jobs if j.meta.get("load_s")]
+    if not loads:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 0.6 + 0.5 * len(loads)))
+    phases = list(dict.fromkeys(p for _, ph in loads for p in ph))
+    left = [0.0] * len(loads)
+    for i, phase in enumerate(phases):
+        widths = [ph.get(phase, 0.0) for _, ph in loads]
+        ax.barh([p for p, _ in loads], widths, left=left, label=phase, color=f"C{i}")
+        left = [a + b for a, b in zip(left, widths)]
+    ax.set_xlabel("seconds")
+    ax.legend(fontsize=8, ncol=len(phases), loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return {"title": "Load time", "note": "each profile's worker, by phase", "svg": svg(fig)}
+
+
+def trend_metrics(h: history.History) -> list[str]:
+    from .trend import THRESHOLDS, kind_of, threshold
+
+    wanted = [m for m in h.metrics if threshold(m, THRESHOLDS) is not None or kind_of(m)[0] == "share_bitwise"]
+    solo = [m for m in wanted if not kind_of(m)[1] or m.startswith("solo.")]
+    return (solo if len(solo) >= 2 else wanted)[:MAX_TREND_METRICS]
+
+
+def trends(root: Path, headlines: list[history.Headline]) -> list[dict[str, Any]]:
+    """The last TREND_RUNS runs of each history this run appended to; change points marked where Otava is
+    installed."""
+    try:
+        import otava.analysis  # noqa: F401
+
+        from .trend import MIN_RUNS, PVALUE, change_points
+
+        have_otava = True
+    except ImportError:
+        have_otava = False
+    out = []
+    for head in headlines:
+        try:
+            h = history.read(history.path_for(root, head.hardware, head.suite, head.profile))
+        except ValueError:
+            continue
+        metrics = trend_metrics(h)
+        if len(h.rows) < 2 or not metrics:
+            continue
+        plt = _plt()
+        cols = 3
+        nrows = math.ceil(len(metrics) / cols)
+        fig, axes = plt.subplots(nrows, cols, figsize=(11, 2.4 * nrows), squeeze=False)
+        marks = []
+        for ax, m in zip(axes.flat, metrics):
+            rows, values = h.series(m)
+            rows, values = rows[-TREND_RUNS:], values[-TREND_RUNS:]
+            xs = list(range(len(values)))
+            ax.plot(xs, values, marker="o", markersize=3, lw=1)
+            ax.set_title(m, fontsize=9)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+            if have_otava and len(values) >= MIN_RUNS:
+                for i, p in change_points(values, PVALUE):
+                    ax.axvline(i - 0.5, color="#d32f2f", ls="--", lw=1)
+                    env = history.environment_changes(rows[i - 1], rows[i])
+                    marks.append(
+                        f"{m}: from run {rows[i].attributes.get('run_id', i)} (p {p:.2g})"
+                        + (f"; changed: {', '.join(env)}" if env else "")
+                    )
+        for ax in list(axes.flat)[len(metrics) :]:
+            ax.set_visible(False)
+        fig.tight_layout()
+        out.append(
+            {
+                "title": f"{head.profile} ({head.hardware})",
+                "runs": len(h.rows),
+                "svg": svg(fig),
+                "marks": marks,
+                "note": ""
+                if have_otava
+                else "change points not marked: Apache Otava is not installed (pip install --no-deps apache-otava)",
+            }
+        )
+    return out
