@@ -93,7 +93,7 @@ def build(out: Path, sequences: int, prompts: int, steps: int) -> report.RunResu
         log="",
         meta={"device": DEVICE, "load_s": {"import": 1.5, "weights": 0.8, "to_device": 0.1}, "tokens_per_s": 90.0},
     )
-    verdicts = pipeline.analyse(s, {"default": recs})
+    verdicts = pipeline.analyse(s, [job], {"default": recs})
     res = report.RunResult(
         suite=s,
         run_id=rd.run_id,
