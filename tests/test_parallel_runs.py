@@ -267,3 +267,17 @@ def test_two_nodes_of_one_process_match_one_node_of_two(tmp_path: Path, tiny_mod
     assert "node 1 of 2" in outs[1][0] and not (only_run_dir(tmp_path / "n1") / "records" / "d-tp2.jsonl").exists()
     a, b = _records(tmp_path / "one", "d-tp2"), _records(tmp_path / "n0", "d-tp2")
     assert len(a) == 12 and a == b  # tokens and logits fingerprints, sequence by sequence
+
+
+def test_worker_timeout_kills_the_launcher_and_sweeps_its_ranks(tmp_path: Path, tiny_model: Path):
+    """torchrun SIGKILLed by the runner cannot stop its ranks, which live in sessions of their own: the marker sweep
+    must, or they would hang on as orphans (here rank 0 would wait out a 300 s collective timeout)."""
+    env = install_adapter(tmp_path, "faulty", "faulty_adapter", FAULTY, "FaultAdapter")
+    suite = _tiny(tmp_path, tiny_model, '[profiles.hang]\nenv = { TEST_FAULT = "hang" }\n')
+    suite.write_text(suite.read_text().replace("collective_timeout_s = 15", "collective_timeout_s = 300"))
+    out = tmp_path / "r"
+    p = run_cli("run", str(suite), "--out", str(out), "--adapter", "faulty", "--worker-timeout", "40", env=env)
+    assert p.returncode == 3, p.stdout[-3000:] + p.stderr[-3000:]
+    job = load_report(out)["jobs"][0]
+    assert job["status"] == "timeout" and job["completed"] == 2 and "timed out after" in job["description"]
+    assert not group_pids(only_run_dir(out).name)
