@@ -120,9 +120,8 @@ class VLLMAdapter:
             c = out.outputs[0]
             steps = []
             for tid, lps in zip(c.token_ids, c.logprobs or []):
-                top = sorted(
-                    (lp for lp in lps.values() if lp.rank is not None and lp.rank <= k), key=lambda lp: lp.rank
-                )
+                # The top k by rank (the chosen token is added when outside them; tied values share a rank).
+                top = sorted((lp for lp in lps.values() if lp.rank is not None), key=lambda lp: lp.rank)[:k]
                 chosen = lps[tid]
                 steps.append(
                     Step(chosen.decoded_token or "", chosen.logprob, [(t.decoded_token or "", t.logprob) for t in top])
