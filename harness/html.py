@@ -319,7 +319,7 @@ def load_figure(result: Any) -> dict[str, Any] | None:
         ax.barh([p for p, _ in loads], widths, left=left, label=phase, color=f"C{i}")
         left = [a + b for a, b in zip(left, widths)]
     ax.set_xlabel("seconds")
-    ax.legend(fontsize=8, ncol=len(phases), loc="lower right")
+    ax.legend(fontsize=8, ncol=len(phases), loc="upper left", bbox_to_anchor=(0, -0.25 - 0.1 / len(loads)))
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return {"title": "Load time", "note": "each profile's worker, by phase", "svg": svg(fig)}
@@ -354,6 +354,8 @@ def trends(root: Path, headlines: list[history.Headline]) -> list[dict[str, Any]
         if len(h.rows) < 2 or not metrics:
             continue
         plt = _plt()
+        from matplotlib.ticker import MaxNLocator
+
         cols = 3
         nrows = math.ceil(len(metrics) / cols)
         fig, axes = plt.subplots(nrows, cols, figsize=(11, 2.4 * nrows), squeeze=False)
@@ -365,6 +367,7 @@ def trends(root: Path, headlines: list[history.Headline]) -> list[dict[str, Any]
             ax.plot(xs, values, marker="o", markersize=3, lw=1)
             ax.set_title(m, fontsize=9)
             ax.tick_params(labelsize=7)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # runs are whole
             ax.grid(alpha=0.3)
             if have_otava and len(values) >= MIN_RUNS:
                 for i, p in change_points(values, PVALUE):

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tabulate import tabulate  # type: ignore[import-untyped, unused-ignore]
+from tabulate import tabulate  # type: ignore[import-not-found, import-untyped, unused-ignore]
 
 from .history import History, Row, environment_changes, read_all
 

@@ -136,3 +136,16 @@ def test_capture_overhead_on_the_embedded_model(benchmark, adapter):
         f"\ncapture overhead: {100 * overhead:+.2f}% (IQR {100 * (q1 - 1):+.1f}% .. {100 * (q3 - 1):+.1f}%; "
         f"median of {PAIRS} interleaved pairs, batch of 4 x 32 tokens)"
     )
+
+
+def test_report_html_of_10k_sequences(benchmark, tmp_path: Path):
+    """report.html of a generated 10,000-sequence x 256-step run (about a third diverged, each with its details)."""
+    from harness import html
+    from tests import synthetic_run
+
+    res = synthetic_run.build(tmp_path, SEQUENCES, prompts=PROMPTS, steps=STEPS)
+    notes = benchmark.pedantic(lambda: html.write(res, res.run_dir, None, []), rounds=1, iterations=1)
+    assert notes == []
+    size = (res.run_dir / "report.html").stat().st_size
+    benchmark.extra_info["report_mb"] = round(size / 1e6, 2)
+    assert size > 1e6
