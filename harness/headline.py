@@ -28,7 +28,8 @@ def from_run(res: RunResult) -> list[Headline]:
             continue  # the worker never started: nothing it measured, and no environment to file it under
         m: dict[str, float] = {}
         for v in res.all_verdicts():
-            if v.profile == j.profile and v.sequences and v.expect != "-" and v.property != "input-limit":
+            mine = v.profile == j.profile and v.tp == j.tp  # a profile at TP 3 is its own series, not TP 1's
+            if mine and v.sequences and v.expect != "-" and v.property != "input-limit":
                 m[f"{v.property}.share_bitwise"] = v.share_bitwise
                 m[f"{v.property}.share_tokens"] = v.share_tokens
                 if v.unique_outputs:
@@ -50,7 +51,7 @@ def from_run(res: RunResult) -> list[Headline]:
         out.append(
             Headline(
                 suite=suite.name,
-                profile=j.profile,
+                profile=j.name,  # the profile, or profile-tpN when a suite runs several degrees
                 hardware=device_key(info).hardware,
                 env=environment(info),
                 metrics=m,

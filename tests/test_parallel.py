@@ -157,6 +157,12 @@ def test_fake_groups_give_per_degree_verdicts_and_tp_invariance(tmp_path: Path, 
         ("batch-invariance", 3),
     }
     assert "|   tp | property" in stdout
+    # each degree is a series of its own in the run history: one row per run, TP 3 with its tp-invariance
+    hist = {f.name: f.read_text().splitlines() for f in (out / "history").rglob("*.csv")}
+    assert sorted(hist) == ["default-tp1.csv", "default-tp3.csv", "deterministic-tp1.csv", "deterministic-tp3.csv"]
+    assert all(len(rows) == 2 for rows in hist.values())  # header and this run
+    assert "tp-invariance.share_bitwise" in hist["deterministic-tp3.csv"][0]
+    assert "tp-invariance.share_bitwise" not in hist["deterministic-tp1.csv"][0]
 
 
 def _pair(tokens=(1, 2, 3, 4), fps=None, bid="solo/0", position=0):
