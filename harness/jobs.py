@@ -7,7 +7,7 @@ import dataclasses
 import json
 import signal
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from .plan import Batch
 from .records import Generated
@@ -78,6 +78,23 @@ class JobOutcome:
     server_tail: list[str] = field(default_factory=list)  # the server log's last lines, for the report
     tp: int = 1
     failed_rank: int | None = None  # a worker group: the rank torchrun saw fail first
+
+    @classmethod
+    def unstarted(cls, job: Job, status: WorkerStatus, wall_s: float = 0.0, log: str = "", **why: Any) -> JobOutcome:
+        """A job whose worker never ran (refused before launch, or its server would not start): nothing completed."""
+        return cls(
+            name=job.name,
+            profile=job.profile,
+            status=status,
+            returncode=None,
+            wall_s=wall_s,
+            expected=job.expected,
+            completed=0,
+            records=job.records,
+            log=log,
+            tp=job.tp,
+            **why,
+        )
 
     @property
     def ok(self) -> bool:

@@ -243,19 +243,7 @@ def run_job(
             marker,
         )
         if parallel.node_rank == 0 and (why := group.port_taken(launch.endpoint)):
-            return JobOutcome(
-                name=job.name,
-                profile=job.profile,
-                status="load-failed",
-                returncode=None,
-                wall_s=0.0,
-                expected=job.expected,
-                completed=0,
-                records=job.records,
-                log="",
-                stderr_tail=[f"error: {why}"],
-                tp=job.tp,
-            )
+            return JobOutcome.unstarted(job, "load-failed", stderr_tail=[f"error: {why}"])
     elif parallel is not None and parallel.multi:  # the reference degree runs with its groups' thread count
         env = {"OMP_NUM_THREADS": str(group.suite_threads(parallel)), **env}
     w = _Worker(job, env, run_dir, progress, launch)
@@ -386,15 +374,10 @@ def _against_servers(
                 )
             except server.ServerError as e:
                 scrub([log], secret)
-                results[job.name] = JobOutcome(
-                    name=job.name,
-                    profile=job.profile,
-                    status="server-failed",
-                    returncode=None,
+                results[job.name] = JobOutcome.unstarted(
+                    job,
+                    "server-failed",
                     wall_s=time.monotonic() - start,
-                    expected=job.expected,
-                    completed=0,
-                    records=job.records,
                     log=str(log),
                     stderr_tail=e.log_tail,
                     error=str(e),

@@ -17,17 +17,7 @@ DEVICE = {"device": "cpu", "cpu_capability": "fake", "cpu_model": "fake", "threa
 
 def run_job(job: Job, env: dict, timeout_s: float, run_dir: Path, progress=lambda n: None, parallel=None) -> JobOutcome:
     if not timeout_s > 0:  # the real worker would be killed at once
-        return JobOutcome(
-            name=job.name,
-            profile=job.profile,
-            status="timeout",
-            returncode=None,
-            wall_s=0.0,
-            expected=job.expected,
-            completed=0,
-            records=job.records,
-            log="",
-        )
+        return JobOutcome.unstarted(job, "timeout")
     job_path = run_dir / "jobs" / f"{job.name}.json"
     job_path.write_text(job.to_json(), encoding="utf-8")
     log = run_dir / "logs" / f"{job.name}.log"
