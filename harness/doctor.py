@@ -138,9 +138,17 @@ CheckFn = Callable[[Context], Iterable[Finding]]
 REGISTRY: dict[str, CheckFn] = {}
 
 
-def check(id: str) -> Callable[[CheckFn], CheckFn]:
+def check(id: str, devices: tuple[str, ...] = (), looks_at: str = "") -> Callable[[CheckFn], CheckFn]:
+    """Register a check. With `devices`, on any other device it runs nothing and says what it would have looked
+    at is "not applicable on <device>"."""
+
     def register(fn: CheckFn) -> CheckFn:
-        REGISTRY[id] = fn
+        def guarded(ctx: Context) -> Iterable[Finding]:
+            if devices and ctx.device not in devices:
+                return [Finding(id, "info", f"{looks_at or id}: {ctx.not_applicable()}")]
+            return fn(ctx)
+
+        REGISTRY[id] = guarded
         return fn
 
     return register

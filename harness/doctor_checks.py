@@ -513,11 +513,8 @@ def device_verdict(weights: int, free: int, total: int, fraction: float, cards: 
 _NPU_MEM = "import json, torch, torch_npu; f, t = torch.npu.mem_get_info(); print(json.dumps([f, t, torch.npu.device_count()]))"
 
 
-@check("memory.device")
+@check("memory.device", devices=("npu",), looks_at="device memory")
 def memory_device(ctx: Context) -> Iterator[Finding]:
-    if ctx.device != "npu":
-        yield Finding("memory.device", "info", f"device memory: {ctx.not_applicable()}")
-        return
     raw = ctx.environ.get("NPU_MEMORY_FRACTION", "")
     try:
         fraction = float(raw) if raw else MEMORY_FRACTION
@@ -593,11 +590,8 @@ def loadtime_omp(ctx: Context) -> Iterator[Finding]:
         )
 
 
-@check("loadtime.alloc-conf")
+@check("loadtime.alloc-conf", devices=("npu",), looks_at="PYTORCH_NPU_ALLOC_CONF")
 def alloc_conf(ctx: Context) -> Iterator[Finding]:
-    if ctx.device != "npu":
-        yield Finding("loadtime.alloc-conf", "info", f"PYTORCH_NPU_ALLOC_CONF: {ctx.not_applicable()}")
-        return
     conf = ctx.environ.get("PYTORCH_NPU_ALLOC_CONF", "")
     if "expandable_segments:True" in conf:
         yield Finding("loadtime.alloc-conf", "info", f"PYTORCH_NPU_ALLOC_CONF={conf}")

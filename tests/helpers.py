@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,6 +96,31 @@ def run_plugin(suite: Path, junit: Path, *args: str, cwd: Path, timeout: float =
             "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
         },
     )
+
+
+def lines(path: Path) -> int:
+    return path.read_text().count("\n") if path.exists() else 0
+
+
+def start_until_mid_run(suite: Path, out: Path, job: str, records: int) -> tuple[subprocess.Popen, Path, dict]:
+    """`harness run SUITE` in a real process, returned once JOB's worker has written its meta and at least
+    RECORDS records: the process, the run's records folder and that meta (pids of the worker or its ranks)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "run", str(suite), "--out", str(out)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        recs = next(iter(out.glob("*/records")), None) if out.exists() else None
+        meta = recs / f"{job}.meta.json" if recs else None
+        if recs and meta and meta.exists() and lines(recs / f"{job}.jsonl") >= records:
+            return proc, recs, json.loads(meta.read_text())
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"the {job} worker never produced {records} records")
 
 
 def write_suite(path: Path, body: str) -> Path:

@@ -15,7 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import ROOT, install_adapter, load_report, only_run_dir, run_cli, run_plugin, write_suite
+from .helpers import (
+    ROOT,
+    install_adapter,
+    lines,
+    load_report,
+    only_run_dir,
+    run_cli,
+    run_plugin,
+    start_until_mid_run,
+    write_suite,
+)
 
 pytestmark = pytest.mark.process  # torchrun, its ranks and a real model
 
@@ -110,33 +120,12 @@ def _tiny(tmp_path: Path, model: Path, profiles: str, parallel: str = "") -> Pat
     return write_suite(tmp_path / "faults.toml", body + profiles)
 
 
-def _lines(path: Path) -> int:
-    return path.read_text().count("\n") if path.exists() else 0
-
-
 def test_killed_rank_tears_the_group_down(tmp_path: Path, tiny_model: Path):
     out = tmp_path / "r"
     suite = _tiny(tmp_path, tiny_model, "[profiles.first]\n[profiles.second]\n")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "harness.cli", "run", str(suite), "--out", str(out)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        recs = next(iter(out.glob("*/records")), None) if out.exists() else None
-        meta = recs / "first-tp2.meta.json" if recs else None
-        if meta and meta.exists() and _lines(recs / "first-tp2.jsonl") >= 2:
-            victim = json.loads(meta.read_text())["ranks"][1]["pid"]
-            os.kill(victim, signal.SIGKILL)
-            killed = time.monotonic()
-            break
-        time.sleep(0.05)
-    else:
-        proc.kill()
-        raise AssertionError("the first group never produced records")
+    proc, recs, meta = start_until_mid_run(suite, out, "first-tp2", records=2)
+    os.kill(meta["ranks"][1]["pid"], signal.SIGKILL)
+    killed = time.monotonic()
     run_id = recs.parent.name
     while group_pids(run_id, "first-tp2/"):
         assert time.monotonic() - killed < 60, "the group outlived its dead rank"
@@ -148,7 +137,7 @@ def test_killed_rank_tears_the_group_down(tmp_path: Path, tiny_model: Path):
     assert first["status"] == "crashed" and first["failed_rank"] == 1 and first["returncode"] == -signal.SIGKILL
     assert "failed: rank 1 was killed by SIGKILL" in first["description"]
     assert 2 <= first["completed"] < first["expected"] == 12
-    assert _lines(recs / "first-tp2.jsonl") == first["completed"]  # finished batches stay, whole
+    assert lines(recs / "first-tp2.jsonl") == first["completed"]  # finished batches stay, whole
     assert second["status"] == "ok" and second["completed"] == 12
     assert "rank 1 was killed by SIGKILL" in stdout
     assert not group_pids(run_id)

@@ -3,17 +3,13 @@ or unable to load leaves the other profiles' results and its own finished batche
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from .helpers import ROOT, install_adapter, load_report, only_run_dir, run_cli, write_suite
+from .helpers import install_adapter, lines, load_report, only_run_dir, run_cli, start_until_mid_run, write_suite
 
 pytestmark = pytest.mark.process  # every test runs the CLI and real worker processes
 
@@ -42,30 +38,10 @@ def _suite(tmp_path: Path, model: Path) -> Path:
     return write_suite(tmp_path / "crash.toml", SUITE.replace('ref = "tiny"', f'ref = "{model}"'))
 
 
-def _lines(path: Path) -> int:
-    return path.read_text().count("\n") if path.exists() else 0
-
-
 def test_killed_worker_mid_run(tmp_path: Path, tiny_model: Path):
     out = tmp_path / "reports"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "harness.cli", "run", str(_suite(tmp_path, tiny_model)), "--out", str(out)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        dirs = list(out.glob("*/records")) if out.exists() else []
-        if dirs and _lines(dirs[0] / "first.jsonl") >= 3 and (dirs[0] / "first.meta.json").exists():
-            pid = json.loads((dirs[0] / "first.meta.json").read_text())["pid"]
-            os.kill(pid, signal.SIGKILL)
-            break
-        time.sleep(0.05)
-    else:
-        proc.kill()
-        raise AssertionError("the first worker never produced records")
+    proc, _, meta = start_until_mid_run(_suite(tmp_path, tiny_model), out, "first", records=3)
+    os.kill(meta["pid"], signal.SIGKILL)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 3, stderr
     rep = load_report(out)
@@ -74,7 +50,7 @@ def test_killed_worker_mid_run(tmp_path: Path, tiny_model: Path):
     assert "killed by SIGKILL" in first["description"]
     assert 3 <= first["completed"] < first["expected"] == 80
     run = only_run_dir(out)
-    assert _lines(run / "records" / "first.jsonl") == first["completed"]  # finished batches stay on disk, whole
+    assert lines(run / "records" / "first.jsonl") == first["completed"]  # finished batches stay on disk, whole
     assert second["status"] == "ok" and second["completed"] == second["expected"] == 80
     assert rep["result"] == "error" and "killed by SIGKILL" in stdout
     summary = (run / "summary.md").read_text()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ..helpers import ROOT, load_report, only_run_dir, run_cli, write_suite
-from .vllm_common import marker, needs_vllm, survivors
+from .vllm_common import CPU, marker, needs_vllm, survivors
 
 pytestmark = [pytest.mark.integration, pytest.mark.process, needs_vllm]
 
@@ -33,7 +33,7 @@ kind = "solo"
 kind = "batch-sizes"
 sizes = [8]
 [profiles.default]
-device_env = {{ cpu = {{ VLLM_CPU_KVCACHE_SPACE = "1", VLLM_CPU_OMP_THREADS_BIND = "nobind", OMP_NUM_THREADS = "1" }} }}
+device_env = {{ cpu = {{ {CPU} }} }}
 expect = {{ cpu = "tokens" }}
 """
 

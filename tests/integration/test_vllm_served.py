@@ -18,7 +18,7 @@ import pytest
 from harness import procgroup
 
 from ..helpers import ROOT, only_run_dir, write_suite
-from .vllm_common import describe, groups, marked, marker, needs_vllm, survivors
+from .vllm_common import CPU, describe, groups, marked, marker, needs_vllm, survivors
 
 pytestmark = [pytest.mark.integration, pytest.mark.process, needs_vllm]
 
@@ -59,13 +59,13 @@ kind = "solo"
 kind = "permutation"
 count = 1
 [profiles.default]
-device_env = {{ cpu = {{ VLLM_CPU_KVCACHE_SPACE = "1", VLLM_CPU_OMP_THREADS_BIND = "nobind", OMP_NUM_THREADS = "1" }} }}
+device_env = {{ cpu = {{ {CPU} }} }}
 expect = {{ cpu = {{ repeatability = "tokens", batch-invariance = "tokens" }} }}
 [profiles.killed]
 description = "the test kills this server's leader mid-run"
-device_env = {{ cpu = {{ VLLM_CPU_KVCACHE_SPACE = "1", VLLM_CPU_OMP_THREADS_BIND = "nobind", OMP_NUM_THREADS = "1" }} }}
+device_env = {{ cpu = {{ {CPU} }} }}
 [profiles.invariant]
-env = {{ VLLM_BATCH_INVARIANT = "1", VLLM_CPU_KVCACHE_SPACE = "1", VLLM_CPU_OMP_THREADS_BIND = "nobind", OMP_NUM_THREADS = "1" }}
+env = {{ VLLM_BATCH_INVARIANT = "1", {CPU} }}
 """
 
 

@@ -20,6 +20,10 @@ needs_vllm = pytest.mark.skipif(
 )
 
 
+# vLLM on a small shared CPU: a 1 GiB KV cache, one unbound thread (two threads bound to cores 0-1 ran 20x slower)
+CPU = 'VLLM_CPU_KVCACHE_SPACE = "1", VLLM_CPU_OMP_THREADS_BIND = "nobind", OMP_NUM_THREADS = "1"'
+
+
 def marker() -> dict[str, str]:
     return {"HARNESS_TEST_MARKER": uuid.uuid4().hex}
 
