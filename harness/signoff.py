@@ -389,47 +389,58 @@ def execute(spec: Spec, opts: run.Options, python: str | None = None) -> Signoff
     }
     todo = [(i, g) for i, g in enumerate(spec.gates) if i not in done]
     per_gate: list[tuple[list[Path], dict]] = []
-    if any(f.severity == "error" for f in findings):
-        done |= {i: Gate(g.suite.stem, str(g.suite), "not run", reasons=("the doctor found errors",)) for i, g in todo}
-    else:
-        runs = rd.path / "runs"
-        runs.mkdir()
-        loaded = []
-        for i, g in todo:
-            o = dataclasses.replace(opts, out=runs, profiles=opts.profiles or list(g.profiles) or None)
-            loaded.append((i, g, o, *run.load(g.suite, o)))  # all validated before anything runs
-        for i, g, o, kind, suite in loaded:
-            print(f"signoff: gate {g.suite.stem} ({g.suite})", file=sys.stderr, flush=True)
-            try:
-                outcome = kind.execute(suite, o)
-            except HarnessError as e:  # the model would not prepare, the run directory could not be made
-                done[i] = Gate(g.suite.stem, str(g.suite), "error", e.code, reasons=(str(e),), todo="fix and rerun")
-                continue
-            rel = outcome.run_dir.relative_to(rd.path).as_posix()
-            try:
-                report = json.loads((outcome.run_dir / "report.json").read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                report = {}
-            used = used_baselines(report, opts.baselines)
-            done[i] = other_keys(judge(g.suite.stem, str(g.suite), outcome, rel, report), used)
-            per_gate.append(([p for p, _ in used], current_device(report)))
-    gates = [done[i] for i in sorted(done)]
-    result, code, reason = decide(findings, gates)
     commit = baselines._project_commit()  # noqa: SLF001  (the same commit the baselines record)
-    res = SignoffResult(
-        result=result,
-        exit_code=code,
-        reason=reason,
-        folder=rd.path,
-        findings=findings,
-        gates=gates,
-        env=environment_diff(per_gate, commit),
-        models=model_rows(ctx.model_dirs, opts.baselines),
-        started=started,
-        commit=commit,
-        spec=str(spec.path),
-    )
-    write(res)
+    models = model_rows(ctx.model_dirs, opts.baselines)
+
+    def report(pending: str) -> SignoffResult:
+        """The sign-off as it stands, written whole: after the doctor and after every gate, so a sign-off killed
+        at gate N leaves a report of the gates before it, INCOMPLETE, naming the ones that never ran."""
+        left = {i: Gate(g.suite.stem, str(g.suite), "not run", reasons=(pending,)) for i, g in todo if i not in done}
+        gates = [{**done, **left}[i] for i in range(len(spec.gates))]
+        result, code, reason = decide(findings, gates)
+        res = SignoffResult(
+            result=result,
+            exit_code=code,
+            reason=reason,
+            folder=rd.path,
+            findings=findings,
+            gates=gates,
+            env=environment_diff(per_gate, commit),
+            models=models,
+            started=started,
+            commit=commit,
+            spec=str(spec.path),
+        )
+        write(res)
+        return res
+
+    if any(f.severity == "error" for f in findings):
+        return report("the doctor found errors")
+    runs = rd.path / "runs"
+    runs.mkdir()
+    loaded = []
+    for i, g in todo:
+        o = dataclasses.replace(opts, out=runs, profiles=opts.profiles or list(g.profiles) or None)
+        loaded.append((i, g, o, *run.load(g.suite, o)))  # all validated before anything runs
+    stopped = "the sign-off stopped before this gate ran (killed or interrupted): rerun it"
+    res = report(stopped)
+    for i, g, o, kind, suite in loaded:
+        print(f"signoff: gate {g.suite.stem} ({g.suite})", file=sys.stderr, flush=True)
+        try:
+            outcome = kind.execute(suite, o)
+        except HarnessError as e:  # the model would not prepare, the run directory could not be made
+            done[i] = Gate(g.suite.stem, str(g.suite), "error", e.code, reasons=(str(e),), todo="fix and rerun")
+            res = report(stopped)
+            continue
+        rel = outcome.run_dir.relative_to(rd.path).as_posix()
+        try:
+            rep = json.loads((outcome.run_dir / "report.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            rep = {}
+        used = used_baselines(rep, opts.baselines)
+        done[i] = other_keys(judge(g.suite.stem, str(g.suite), outcome, rel, rep), used)
+        per_gate.append(([p for p, _ in used], current_device(rep)))
+        res = report(stopped)
     return res
 
 

@@ -128,6 +128,30 @@ def test_a_gate_that_fails_is_no_go(world):
     assert beta["verdict"] == "fail" and any("default::baseline" in r for r in beta["reasons"])
 
 
+def test_a_signoff_stopped_at_a_gate_leaves_a_report_of_the_gates_before_it(world, monkeypatch):
+    """Ctrl-C (or a kill) while the second gate runs: the report written after the first gate stands,
+    INCOMPLETE, with that gate judged and the second named as never run; its manifest verifies."""
+    tmp, _ = world
+    record(tmp)
+    load = signoff.run.load
+
+    class Interrupted:
+        def execute(self, suite, opts):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(
+        signoff.run, "load", lambda p, o: (Interrupted(), load(p, o)[1]) if p.stem == "beta" else load(p, o)
+    )
+    code, out, folder = sign(tmp)
+    assert code == 3
+    js = json.loads((folder / "signoff.json").read_text())
+    gates = [(g["name"], g["verdict"]) for g in js["gates"]]
+    assert gates == [("alpha", "pass"), ("beta", "not run"), ("beta", "not in scope")], gates
+    assert js["result"] == "INCOMPLETE" and "stopped before this gate ran" in js["gates"][1]["reasons"][0]
+    assert (folder / "signoff.md").read_text().startswith("# INCOMPLETE: 1 of 2 gates not judged: beta (not run)")
+    assert harness("signoff", "--verify", folder)[0] == 0
+
+
 def test_a_doctor_error_stops_before_the_gates(world):
     tmp, found = world
     found.append(doctor.Finding("model.config", "error", "no config.json", "copy it"))
