@@ -163,6 +163,22 @@ def _topk(r: Record, step: int, pieces: dict[int, str]) -> list[dict[str, Any]]:
     ]
 
 
+def _with_topk_pieces(pieces: dict[int, str], result: Any, records: dict[str, list[Record]]) -> dict[int, str]:
+    """Top-k alternatives that no sequence generated have no piece in the records; the model folder's
+    tokenizer.json names them (tokenizers only: no model, no torch). Without one they stay `#id`."""
+    missing = {i for recs in records.values() for r in recs for ids in r.topk_ids for i in ids} - pieces.keys()
+    path = Path(result.model_dir) / "tokenizer.json"
+    if not missing or not result.model_dir or not path.is_file():
+        return pieces
+    try:
+        import tokenizers
+
+        tok = tokenizers.Tokenizer.from_file(str(path))
+    except Exception:  # noqa: BLE001  (a name for an alternative is a nicety; the verdicts do not need it)
+        return pieces
+    return {**{i: tok.decode([i]) for i in sorted(missing)}, **pieces}
+
+
 def divergence_maps(result: Any) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
     """One map per profile and property: rows are prompts, columns each schedule's k-th sequence of that prompt;
     every compared sequence is one cell. Details (continuations, top-k) only for close and diverged cells."""
@@ -171,6 +187,7 @@ def divergence_maps(result: Any) -> tuple[list[dict[str, Any]], dict[str, dict[s
     for recs in records.values():
         for r in recs:
             pieces.update(zip(r.tokens, r.pieces))
+    pieces = _with_topk_pieces(pieces, result, records)
     maps, details = [], {}
     for v in result.verdicts:
         if not v.comparisons:

@@ -320,6 +320,7 @@ def execute(suite: Suite, opts: Options) -> report.RunResult:
         cost=perfgate.cost(suite.perf, {j.profile: j for j in jobs}, records, suite.seed) if suite.perf else [],
         failures=failures,
         records=records,
+        model_dir=str(model_dir),
         cost_label=""
         if not flags
         else "flags inert here: any difference is noise or torch.use_deterministic_algorithms, not the Ascend switches",

@@ -64,6 +64,7 @@ class RunResult:
     failures: list[Record] = field(default_factory=list)  # requests that failed after retries
     cost_label: str = ""  # why the cost means less than it seems
     records: dict[str, list[Record]] = field(default_factory=dict)  # profile -> analysed records, for report.html
+    model_dir: str = ""  # the prepared model folder: its tokenizer names top-k alternatives in report.html
 
     def all_verdicts(self) -> list[Verdict]:
         return self.verdicts + self.baseline.verdicts

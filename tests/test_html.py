@@ -90,3 +90,21 @@ def test_a_load_time_run_gets_its_page_with_the_plot_inline(tmp_path: Path, monk
     text = (run_dir / "report.html").read_text()
     assert '<img src="data:image/png;base64,' in text and "loadtime.png" not in text.split('<h2 id="summary">')[1]
     assert "Per setting" in text  # the summary's tables
+
+
+def _details(text: str) -> dict:
+    return json.loads(re.search(r'<script type="application/json" id="cells">(.*?)</script>', text, re.S).group(1))
+
+
+def test_topk_alternatives_no_sequence_generated_are_named_by_the_models_tokenizer(tmp_path: Path):
+    tokenizers = pytest.importorskip("tokenizers")
+    words = synthetic_run.WORDS
+    vocab = {w: i for i, w in enumerate(words)} | {f"alt{i}": i for i in range(len(words), 43)}
+    model = tmp_path / "model"
+    model.mkdir()
+    tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="the")).save(str(model / "tokenizer.json"))
+    res = synthetic_run.build(tmp_path / "out", sequences=40, prompts=10, steps=12)
+    shown = lambda r: {t["token"] for d in _details(page(r)).values() for t in d["ref_topk"] + d["other_topk"]}  # noqa: E731
+    assert "#40" in shown(res)  # ids 40-42 are only ever alternatives: without a tokenizer, just their ids
+    named = shown(dataclasses.replace(res, model_dir=str(model)))
+    assert {"alt40", "alt41", "alt42"} <= named and not any(t.startswith("#") for t in named)
