@@ -43,6 +43,16 @@ def test_too_few_samples_are_insufficient_not_a_pass():
     assert math.isnan(c.p)
 
 
+def test_one_sample_a_run_is_judged_against_the_baselines_runs():
+    """A load: one sample per run. Alone it is insufficient; against ten baseline runs' medians it is decided."""
+    runs = [4.0 * (1 + 0.02 * e) for e in np.random.default_rng(3).standard_normal(10)]
+    assert stats.compare("load", runs, [4.1]).status == "insufficient"
+    same = stats.compare("load", runs, [4.05], runs=runs, threshold=0.1)
+    assert same.status == "~" and same.runs == 10 and same.p > 0.05 and same.detectable < 0.15
+    slow = stats.compare("load", runs, [6.0], runs=runs, threshold=0.1, alpha=0.001)
+    assert slow.status == "regressed" and slow.p < 0.001
+
+
 def test_minimum_samples_follow_the_exact_test():
     assert stats.min_p(3, 3) == pytest.approx(0.1)
     assert stats.min_samples(0.05) == 4 and stats.min_samples(0.01) == 5
