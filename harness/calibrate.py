@@ -29,8 +29,8 @@ def fit(b: baselines.Baseline, alpha_row: float) -> dict[str, float]:
 def calibrate(path: Path, opts: Options, runs: int) -> tuple[int, list[str]]:
     """(exit code, report lines)."""
     kind, suite = load_suite(path, opts)
-    if kind is not pipeline.DETERMINISM or suite.perf is None:
-        raise HarnessError(f"{path}: calibrate needs an in-process suite with a [perf] section", USAGE)
+    if kind not in (pipeline.DETERMINISM, pipeline.SERVED) or suite.perf is None:
+        raise HarnessError(f"{path}: calibrate needs a suite with a [perf] section (in process or served)", USAGE)
     if runs < 3:
         raise HarnessError(f"--runs {runs}: calibration needs at least 3 runs (10 or more for a stable spread)", USAGE)
     reason = opts.reason.strip() or f"calibration, {runs} A/A runs"

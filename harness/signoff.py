@@ -106,6 +106,7 @@ class Gate:
     checks: tuple[run.Check, ...] = ()
     reasons: tuple[str, ...] = ()  # why it is not a pass
     todo: str = ""  # what to do about it
+    judged_at: str = ""  # the timing rows' thresholds and what they were judged against: what a pass can claim
 
 
 UNJUDGED = {
@@ -134,6 +135,26 @@ def unjudged_rows(report: dict) -> list[tuple[str, str]]:
     return out
 
 
+def judged_at(report: dict) -> str:
+    """The range of the gated timing rows' thresholds and the baseline runs behind them: a pass claims no
+    regression beyond these, and a runner calibrated from few or drifting runs claims little."""
+    rows = [r for rs in (report.get("perf") or {}).values() for r in rs]
+    rows += report.get("baseline") if isinstance(report.get("baseline"), list) else []
+    gated = [
+        r
+        for r in rows
+        if isinstance(r.get("threshold"), (int, float)) and r.get("status") not in ("not comparable", "failed")
+    ]
+    if not gated:
+        return ""
+    thr = [r["threshold"] for r in gated]
+    runs = sorted({int(r.get("runs") or 0) for r in gated})
+    against = " or ".join("1 run (within-run test)" if n == 0 else f"{n} runs" for n in runs)
+    lo, hi = min(thr), max(thr)
+    span = f"{lo:.0%}" if lo == hi else f"{lo:.0%} to {hi:.0%}"
+    return f"{span} ({len(thr)} row{'s' if len(thr) > 1 else ''}; baseline {against})"
+
+
 def judge(name: str, suite: str, outcome: run.Outcome, rel_dir: str, report: dict) -> Gate:
     """A suite's outcome as one gate: its exit code first (3 and 2 are no verdict on the release), then its checks."""
     checks = tuple(outcome.checks)
@@ -141,7 +162,14 @@ def judge(name: str, suite: str, outcome: run.Outcome, rel_dir: str, report: dic
     skipped = [c for c in checks if c.outcome == "skipped"]
     thin = sorted(set(unjudged_rows(report)))
     line = lambda c: f"{c.group}::{c.name}: {one_line(c.message.splitlines()[0]) if c.message else c.outcome}"  # noqa: E731
-    common = {"name": name, "suite": suite, "exit_code": outcome.exit_code, "run_dir": rel_dir, "checks": checks}
+    common = {
+        "name": name,
+        "suite": suite,
+        "exit_code": outcome.exit_code,
+        "run_dir": rel_dir,
+        "checks": checks,
+        "judged_at": judged_at(report),
+    }
     if outcome.exit_code == INFRA:
         return Gate(
             **common,
@@ -463,7 +491,7 @@ def gate_rows(res: SignoffResult) -> list[list[str]]:
         link = f"[{g.run_dir}]({g.run_dir}/summary.md)" if g.run_dir else ""
         if g.run_dir and (res.folder / g.run_dir / "report.html").is_file():
             link += f" ([html]({g.run_dir}/report.html))"
-        rows.append([MARK[g.verdict], g.name, g.verdict, "; ".join(g.reasons)[:400], g.todo, link])
+        rows.append([MARK[g.verdict], g.name, g.verdict, g.judged_at, "; ".join(g.reasons)[:400], g.todo, link])
     return rows
 
 
@@ -481,7 +509,14 @@ def markdown(res: SignoffResult) -> str:
         "",
         "## Gates",
         "",
-        tabulate(gate_rows(res), headers=["", "gate", "verdict", "why", "what to do", "run"], tablefmt="github"),
+        tabulate(
+            gate_rows(res),
+            headers=["", "gate", "verdict", "timing thresholds", "why", "what to do", "run"],
+            tablefmt="github",
+        ),
+        "",
+        "A timing gate's pass claims no regression beyond its thresholds; calibrated thresholds are as wide as the "
+        "runner's run-to-run drift (harness calibrate SUITE --runs N: more runs, narrower thresholds).",
         "",
     ]
     for g in res.gates:
@@ -540,11 +575,11 @@ def to_json(res: SignoffResult) -> dict:
 def console(res: SignoffResult) -> str:
     from tabulate import tabulate
 
-    rows = [[r[0], r[1], r[2], r[3][:160], r[5]] for r in gate_rows(res)]
+    rows = [[r[0], r[1], r[2], r[3], r[4][:160], r[6]] for r in gate_rows(res)]
     return "\n".join(
         [
             f"{res.result}: {res.reason}",
-            tabulate(rows, headers=["", "gate", "verdict", "why", "run"], tablefmt="github"),
+            tabulate(rows, headers=["", "gate", "verdict", "timing thresholds", "why", "run"], tablefmt="github"),
             doctor.summary(res.findings),
             f"report: {res.folder / 'signoff.md'}; manifest {res.folder / SUMS} (sha256 {_sha256(res.folder / SUMS)[:16]})",
             f"result: {res.result} (exit {res.exit_code})",

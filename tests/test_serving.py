@@ -169,6 +169,23 @@ def _pass_order(run: Path) -> list[str]:
     return [prof for _, prof in sorted(passes)]
 
 
+def test_a_served_suite_calibrates_like_an_in_process_one(tmp_path: Path):
+    """Each calibration run starts its servers; the baselines keep every run and thresholds fitted to their spread,
+    and the next run is judged against those runs (its one server start per profile included)."""
+    suite = _suite(tmp_path, perf="[perf]\nwarmup = 0\nrepeats = 2")
+    store = tmp_path / "b"
+    p = run_cli("calibrate", str(suite), "--runs", "3", "--baselines", str(store), "--out", str(tmp_path / "cal"))
+    assert p.returncode == 0, p.stdout + p.stderr
+    files = sorted(store.glob("*/served/*.json"))
+    assert [f.name for f in files] == ["default.json", "deterministic.json"]
+    for f in files:
+        b = json.loads(f.read_text())
+        assert len(b["runs"]) == 3 and b["calibration"]["runs"] == 3 and "load" in b["thresholds"]
+    r = run_cli("run", str(suite), "--baselines", str(store), "--out", str(tmp_path / "next"))
+    rows = {c["metric"]: c for c in load_report(tmp_path / "next")["perf"]["default"]}
+    assert rows["load"]["runs"] == 3 and rows["load"]["status"] != "insufficient", r.stdout
+
+
 def test_served_profiles_take_turns_pass_by_pass_each_against_its_own_server(tmp_path: Path):
     suite = _suite(tmp_path, perf="[perf]\nwarmup = 1\nrepeats = 2")
     p = run_cli("run", str(suite), "--out", str(tmp_path / "out"))

@@ -246,3 +246,15 @@ def test_a_pass_against_another_keys_baseline_is_incomplete():
 def test_used_baselines_reads_the_tier_from_the_report(tmp_path: Path):
     report = {"baselines": {"default": "b/k/s/default.json (other software; 2026-11-26, 'x')"}}
     assert signoff.used_baselines(report, tmp_path) == [(Path("b/k/s/default.json"), "other software")]
+
+
+def test_a_gate_names_the_thresholds_its_pass_claims():
+    rows = [
+        {"metric": "solo tpot", "status": "~", "threshold": 0.09, "runs": 10},
+        {"metric": "load", "status": "~", "threshold": 0.176, "runs": 10},
+        {"metric": "solo ttft", "status": "not comparable", "threshold": 5.0, "runs": 0},  # shown, not gated
+    ]
+    assert signoff.judged_at({"perf": {"default": rows}}) == "9% to 18% (2 rows; baseline 10 runs)"
+    loads = [{"metric": "OMP_NUM_THREADS=1 embedded cold (ms)", "status": "~", "threshold": 0.1, "runs": 0}]
+    assert signoff.judged_at({"baseline": loads}) == "10% (1 row; baseline 1 run (within-run test))"
+    assert signoff.judged_at({"verdicts": []}) == ""  # an output-only gate claims nothing about time
