@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import json
 import os
 import re
@@ -20,6 +19,7 @@ from pathlib import Path
 from . import profiles, served
 from .doctor import Context, Finding, check
 from .loadrun import weight_files
+from .models import sha256
 
 ENGINE_PYTHON = (3, 10)  # atb_llm and MindIE ship for Python 3.10 only
 MINDIE_LOG = "MindIE's log (under $MINDIE_LOG_PATH, default ~/mindie/log/debug/)"
@@ -219,14 +219,6 @@ def _config(model: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return c if isinstance(c, dict) else None
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @check("model.config")

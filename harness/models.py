@@ -53,7 +53,8 @@ def locate(ref: str) -> Path:
     )
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
+    """A file's sha256, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -79,7 +80,7 @@ def file_hashes(model_dir: str | Path, names: tuple[str, ...] | None = DESCRIBIN
     if not d.is_dir():
         return {}
     files = sorted(f for f in d.iterdir() if f.is_file() and (names is None or f.name in names))
-    return {f.name: _sha256(f) for f in files}
+    return {f.name: sha256(f) for f in files}
 
 
 def prepare(ref: str) -> Path:
@@ -90,7 +91,7 @@ def prepare(ref: str) -> Path:
             raise ModelError(f"--model {ref}: directory has no config.json; is it a Hugging Face model directory?")
         return path
     # The file's own name, cut so that the name with its hash and a temporary suffix stays under 255 bytes.
-    out = inside(cache_dir(), cache_dir() / "models" / f"{path.stem[:48]}-{_sha256(path)[:16]}")
+    out = inside(cache_dir(), cache_dir() / "models" / f"{path.stem[:48]}-{sha256(path)[:16]}")
     if (out / "config.json").is_file():
         return out
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")

@@ -12,7 +12,6 @@ suite, the sign-off file, or an error the doctor found); 3 infrastructure (a wor
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import sys
 import time
@@ -22,7 +21,7 @@ from typing import Any, Literal
 
 from . import __version__, atomic, baselines, doctor, run
 from .errors import CHECK_FAILED, INFRA, OK, USAGE, HarnessError, one_line
-from .models import file_hashes
+from .models import file_hashes, sha256
 from .tomltable import SuiteError, Table, read_toml
 
 SIGNOFF_FORMAT = 1
@@ -118,13 +117,19 @@ UNJUDGED = {
 }
 
 
+def timing_rows(report: dict) -> list[dict]:
+    """A report.json's timing rows against the baseline: a served or in-process run's `perf`, a load-time run's
+    `baseline`."""
+    rows = [r for rs in (report.get("perf") or {}).values() for r in rs]
+    return rows + (report["baseline"] if isinstance(report.get("baseline"), list) else [])
+
+
 def unjudged_rows(report: dict) -> list[tuple[str, str]]:
     """(metric, why) of the gated timing rows a run could not judge: `insufficient`, `noisy`, or `~` where the
     smallest change the run could detect is larger than the threshold (a pass that proves nothing). The rows are
     a served or in-process run's `perf` and a load-time run's `baseline`; the determinism cost and the load-time
     recommendation compare settings, not releases, and are not gates."""
-    rows = [r for rs in (report.get("perf") or {}).values() for r in rs]
-    rows += report.get("baseline") if isinstance(report.get("baseline"), list) else []
+    rows = timing_rows(report)
     out = []
     for r in rows:
         st, det, thr = r.get("status"), r.get("detectable"), r.get("threshold")
@@ -138,8 +143,7 @@ def unjudged_rows(report: dict) -> list[tuple[str, str]]:
 def judged_at(report: dict) -> str:
     """The range of the gated timing rows' thresholds and the baseline runs behind them: a pass claims no
     regression beyond these, and a runner calibrated from few or drifting runs claims little."""
-    rows = [r for rs in (report.get("perf") or {}).values() for r in rs]
-    rows += report.get("baseline") if isinstance(report.get("baseline"), list) else []
+    rows = timing_rows(report)
     gated = [
         r
         for r in rows
@@ -325,21 +329,13 @@ def model_rows(dirs: list[Path], store: Path) -> list[list[str]]:
 
 def write_sums(folder: Path) -> Path:
     """SHA256SUMS over every file in the folder (sha256sum's format: `sha256sum -c` checks it too)."""
-    lines = [f"{_sha256(p)}  {p.relative_to(folder).as_posix()}" for p in _files(folder)]
+    lines = [f"{sha256(p)}  {p.relative_to(folder).as_posix()}" for p in _files(folder)]
     atomic.write_text(folder / SUMS, "\n".join(lines) + "\n")
     return folder / SUMS
 
 
 def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() != SUMS)
-
-
-def _sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify(folder: Path) -> tuple[int, list[str]]:
@@ -362,8 +358,8 @@ def verify(folder: Path) -> tuple[int, list[str]]:
         p = Path(folder) / name
         if not p.is_file():
             problems.append(f"missing: {name}")
-        elif _sha256(p) != h:
-            problems.append(f"changed: {name} (sha256 {_sha256(p)[:16]}, manifest {h[:16]})")
+        elif sha256(p) != h:
+            problems.append(f"changed: {name} (sha256 {sha256(p)[:16]}, manifest {h[:16]})")
     problems += [
         f"not in the manifest: {p.relative_to(folder).as_posix()}"
         for p in _files(Path(folder))
@@ -458,16 +454,15 @@ def execute(spec: Spec, opts: run.Options, python: str | None = None) -> Signoff
             outcome = kind.execute(suite, o)
         except HarnessError as e:  # the model would not prepare, the run directory could not be made
             done[i] = Gate(g.suite.stem, str(g.suite), "error", e.code, reasons=(str(e),), todo="fix and rerun")
-            res = report(stopped)
-            continue
-        rel = outcome.run_dir.relative_to(rd.path).as_posix()
-        try:
-            rep = json.loads((outcome.run_dir / "report.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            rep = {}
-        used = used_baselines(rep, opts.baselines)
-        done[i] = other_keys(judge(g.suite.stem, str(g.suite), outcome, rel, rep), used)
-        per_gate.append(([p for p, _ in used], current_device(rep)))
+        else:
+            rel = outcome.run_dir.relative_to(rd.path).as_posix()
+            try:
+                rep = json.loads((outcome.run_dir / "report.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                rep = {}
+            used = used_baselines(rep, opts.baselines)
+            done[i] = other_keys(judge(g.suite.stem, str(g.suite), outcome, rel, rep), used)
+            per_gate.append(([p for p, _ in used], current_device(rep)))
         res = report(stopped)
     return res
 
@@ -581,7 +576,7 @@ def console(res: SignoffResult) -> str:
             f"{res.result}: {res.reason}",
             tabulate(rows, headers=["", "gate", "verdict", "timing thresholds", "why", "run"], tablefmt="github"),
             doctor.summary(res.findings),
-            f"report: {res.folder / 'signoff.md'}; manifest {res.folder / SUMS} (sha256 {_sha256(res.folder / SUMS)[:16]})",
+            f"report: {res.folder / 'signoff.md'}; manifest {res.folder / SUMS} (sha256 {sha256(res.folder / SUMS)[:16]})",
             f"result: {res.result} (exit {res.exit_code})",
         ]
     )

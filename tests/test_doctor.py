@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import doctor, doctor_checks
+from harness import doctor, doctor_checks, models
 from harness.run import Options
 
 from .helpers import ROOT, run_cli, write_suite
@@ -417,9 +417,7 @@ def test_a_tokenizer_json_other_than_the_baselines(tmp_path: Path, embedded_dir:
         doctor.Context(model_dirs=[d], baselines=tmp_path / "b", environ=dict(os.environ)), "model.tokenizer"
     )
     assert f.severity == "error" and "differs from 0000000000000000" in f.found and str(b) in f.found
-    b.write_text(
-        json.dumps({"environment": {"model_files": {"tokenizer.json": doctor_checks.sha256(d / "tokenizer.json")}}})
-    )
+    b.write_text(json.dumps({"environment": {"model_files": {"tokenizer.json": models.sha256(d / "tokenizer.json")}}}))
     (f,) = findings(
         doctor.Context(model_dirs=[d], baselines=tmp_path / "b", environ=dict(os.environ)), "model.tokenizer"
     )
