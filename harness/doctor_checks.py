@@ -789,16 +789,7 @@ def serving_body(ctx: Context) -> Iterator[Finding]:
                         f"{kind} as {', '.join(ACCEPTED_MEDIA.get(kind, ()))}",
                         f"convert it (e.g. ffmpeg / PIL) to {ACCEPTED_MEDIA.get(kind, ('a supported format',))[0]}",
                     )
-            as_dict = dataclasses.asdict(prompt)
-            body = wire.request_body(
-                ep,
-                as_dict,
-                max_tokens=suite.generation.max_new_tokens,
-                top_logprobs=suite.generation.top_logprobs,
-                seed=suite.seed,
-                model=ep.model,
-            )
-            if err := wire.size_error(as_dict, body, ep.max_body_bytes):
+            if err := wire.suite_size_error(suite, ep, dataclasses.asdict(prompt)):
                 over += 1
                 yield Finding(
                     "serving.body",

@@ -62,15 +62,7 @@ def preflight(suite: Suite) -> None:
     del kwargs
     ep = suite.endpoint
     for prompt in map(dataclasses.asdict, suite.prompts):
-        body = wire.request_body(
-            ep,
-            prompt,
-            max_tokens=suite.generation.max_new_tokens,
-            top_logprobs=suite.generation.top_logprobs,
-            seed=suite.seed,
-            model=ep.model,
-        )
-        if err := wire.size_error(prompt, body, ep.max_body_bytes):
+        if err := wire.suite_size_error(suite, ep, prompt):
             raise HarnessError(f"{suite.path}: {err}", USAGE)
 
 

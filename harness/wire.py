@@ -9,6 +9,7 @@ import json
 import os
 import ssl
 from pathlib import Path
+from typing import Any
 
 from .served import MIB, Endpoint
 
@@ -140,3 +141,16 @@ def size_error(prompt: dict, body: dict, limit: int) -> str:
         f"prompt {prompt['id']!r} makes a {n / MIB:.2f} MiB request body{media}, over the limit of {limit / MIB:.2f} MiB "
         "(endpoint.max_body_bytes); shorten the prompt or raise the limit if the server accepts more"
     )
+
+
+def suite_size_error(suite: Any, ep: Endpoint, prompt: dict) -> str:
+    """size_error of PROMPT's body as SUITE sends it to EP: the run's preflight and the doctor ask alike."""
+    body = request_body(
+        ep,
+        prompt,
+        max_tokens=suite.generation.max_new_tokens,
+        top_logprobs=suite.generation.top_logprobs,
+        seed=suite.seed,
+        model=ep.model,
+    )
+    return size_error(prompt, body, ep.max_body_bytes)
