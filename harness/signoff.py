@@ -47,7 +47,7 @@ class Spec:
 def load_spec(path: Path) -> Spec:
     """The sign-off file; one line naming the file and key for anything wrong in it (exit 2)."""
     try:
-        root = Table(str(path), "", read_toml(path))
+        root = Table(str(path), "", read_toml(path, "sign-off file"))
         head = root.sub("signoff")
         version = head.get("version", int, expect=f"the sign-off format version, {SIGNOFF_FORMAT}")
         if version != SIGNOFF_FORMAT:

@@ -131,10 +131,10 @@ def read_bytes(path: str | Path, what: str) -> bytes:
         raise SuiteError(f"{path}: cannot read {what} ({getattr(e, 'strerror', None) or e})") from None
 
 
-def read_toml(path: str | Path) -> dict[str, Any]:
-    """A suite file's TOML, or one SuiteError line naming the file."""
+def read_toml(path: str | Path, what: str = "suite file") -> dict[str, Any]:
+    """A suite file's TOML (or `what` else), or one SuiteError line naming the file."""
     try:
-        data: dict[str, Any] = tomllib.loads(decode(read_bytes(path, "suite file"), path))
+        data: dict[str, Any] = tomllib.loads(decode(read_bytes(path, what), path))
         return data
     except tomllib.TOMLDecodeError as e:
         raise SuiteError(f"{path}: not valid TOML: {e}") from None

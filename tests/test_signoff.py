@@ -172,6 +172,11 @@ def test_verify_names_a_missing_and_an_added_file(world):
     assert code == 1 and "missing: doctor.json" in out and "not in the manifest: extra.txt" in out
 
 
+def test_a_missing_signoff_file_is_one_line_naming_it(tmp_path: Path):
+    code, out, err = harness("signoff", "--file", tmp_path / "nope.toml")
+    assert code == 2 and "nope.toml: cannot read sign-off file" in err and len(err.strip().splitlines()) == 1
+
+
 def test_verify_of_a_folder_without_manifest_is_a_usage_error(tmp_path: Path):
     code, out, err = harness("signoff", "--verify", tmp_path)
     assert code == 2 and "SHA256SUMS" in err and len(err.strip().splitlines()) == 1
