@@ -13,34 +13,12 @@ from pathlib import Path
 
 from . import __version__, run
 from .errors import INFRA, HarnessError
-from .suite import DEVICES
+from .options import add_run_options, from_namespace
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse exits 2 too; one line, like every other input error
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def seconds(text: str) -> float:
-    """A positive, finite number of seconds: 0, negative, nan and inf would kill every worker at once or never."""
-    try:
-        v = float(text)
-    except ValueError:
-        v = math.nan
-    if not 0 < v < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return v
-
-
-def degrees(text: str) -> list[int]:
-    """Tensor parallel degrees, comma-separated: "1,4"."""
-    try:
-        out = [int(x) for x in text.split(",")]
-    except ValueError:
-        out = []
-    if not out or any(d < 1 for d in out):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive degrees such as 1,4, got {text!r}")
-    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,111 +93,8 @@ def threshold(text: str) -> tuple[str, float]:
     return name, v
 
 
-def add_run_options(add) -> None:
-    """Options shared with the pytest plugin."""
-    add("--device", choices=DEVICES, default=None, help="cpu, cuda or npu (overrides the suite)")
-    add("--model", default=None, help="embedded alias, HF model directory or .gguf file (overrides the suite)")
-    add(
-        "--profile",
-        action="append",
-        default=None,
-        dest="profile",
-        help="run only this profile (repeatable); default: all profiles of the suite",
-    )
-    add("--out", type=Path, default=Path("reports"), help="report directory (default: reports/)")
-    add(
-        "--worker-timeout",
-        type=seconds,
-        default=None,
-        help="per-worker timeout in seconds (default: the suite's run.timeout_s)",
-    )
-    add("--adapter", default=None, help="adapter name from the harness.adapters registry (overrides the suite)")
-    add("--baselines", type=Path, default=Path("baselines"), help="baseline store (default: baselines/)")
-    add(
-        "--update-baselines",
-        action="store_true",
-        default=False,
-        help="write this run's outputs and latency samples as the new baselines (needs --reason)",
-    )
-    add("--reason", default="", help="why the baselines change (stored as provenance)")
-    add(
-        "--endpoint",
-        default=None,
-        metavar="URL",
-        help="a served suite against this already running server, instead of starting the suite's [server]",
-    )
-    add(
-        "--tp",
-        type=degrees,
-        default=None,
-        metavar="1,4",
-        help="tensor parallel degrees, e.g. 1,4 for a model whose heads 3 does not divide (suites with [parallel])",
-    )
-    add("--nnodes", type=int, default=None, help="tensor parallel: hosts in each worker group (overrides [parallel])")
-    add(
-        "--node-rank",
-        type=int,
-        default=None,
-        help="tensor parallel: this host's rank among them; node 0 writes records and verdicts (overrides [parallel])",
-    )
-    add(
-        "--rdzv-endpoint",
-        default=None,
-        metavar="HOST:PORT",
-        help="tensor parallel: node 0's c10d rendezvous address, the same on every host (overrides [parallel])",
-    )
-    add(
-        "--drop-caches",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="load time: evict the model files from the page cache before each cold load (default: the suite's)",
-    )
-    add(
-        "--history",
-        default=None,
-        help="append this run's headline metrics here (default: <out>/history; '' or --no-history: off)",
-    )
-    add("--no-history", action="store_true", default=False, help="do not append to the run history")
-
-
-def options(ns) -> run.Options:
-    """Options from parsed CLI arguments, or from pytest's config (same names)."""
-    get = ns.getoption if hasattr(ns, "getoption") else lambda k: getattr(ns, k)
-    return run.Options(
-        device=get("device"),
-        model=get("model"),
-        profiles=get("profile"),
-        out=get("out"),
-        timeout_s=get("worker_timeout"),
-        adapter=get("adapter"),
-        baselines=get("baselines"),
-        update_baselines=get("update_baselines"),
-        reason=get("reason"),
-        endpoint=get("endpoint"),
-        drop_caches=get("drop_caches"),
-        parallel={
-            k: v
-            for k, v in (
-                ("tp", get("tp")),
-                ("nnodes", get("nnodes")),
-                ("node_rank", get("node_rank")),
-                ("rdzv_endpoint", get("rdzv_endpoint")),
-            )
-            if v is not None
-        },
-        history=history_dir(get("history"), get("no_history"), get("out")),
-    )
-
-
-def history_dir(given: str | None, off: bool, out: Path) -> Path | None:
-    """--history DIR; '' or --no-history: off; not given: beside the run directories, <out>/history."""
-    if off or given == "":
-        return None
-    return Path(given) if given is not None else Path(out) / "history"
-
-
 def run_main(args) -> int:
-    opts = options(args)
+    opts = from_namespace(args)
     suites = [run.load(s, opts) for s in args.suites]  # all validated before any runs
     code = 0
     for kind, suite in suites:
@@ -232,7 +107,7 @@ def run_main(args) -> int:
 def calibrate_main(args) -> int:
     from .calibrate import calibrate
 
-    code, lines = calibrate(args.suites[0], options(args), args.runs)
+    code, lines = calibrate(args.suites[0], from_namespace(args), args.runs)
     print("\n".join(lines), flush=True)
     return code
 
@@ -240,13 +115,13 @@ def calibrate_main(args) -> int:
 def doctor_main(args) -> int:
     from . import doctor, signoff
 
-    return doctor.main(args, signoff.default_suites(Path("suites/signoff.toml")))
+    return doctor.main(args, from_namespace(args), signoff.default_suites(Path("suites/signoff.toml")))
 
 
 def signoff_main(args) -> int:
     from . import signoff
 
-    return signoff.main(args)
+    return signoff.main(args, from_namespace(args))
 
 
 def trend_main(args) -> int:

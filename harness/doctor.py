@@ -265,10 +265,7 @@ def build_context(
     )
 
 
-def main(args: Any, default_suites: list[Path]) -> int:
-    from .cli import options
-
-    opts = options(args)
+def main(args: Any, opts: Any, default_suites: list[Path]) -> int:
     if args.python and not Path(args.python).exists():
         raise HarnessError(f"--python {args.python}: no such interpreter", USAGE)
     ctx = build_context(

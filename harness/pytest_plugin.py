@@ -15,7 +15,7 @@ _EXIT = pytest.StashKey[int]()  # the harness exit code beyond pass/fail: 2 inpu
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    from .cli import add_run_options
+    from .options import add_run_options
 
     group = parser.getgroup("harness", "determinism harness")
     add_run_options(group.addoption)
@@ -54,9 +54,9 @@ class CheckFailed(Exception):
 
 class SuiteFile(pytest.File):
     def _options(self):
-        from .cli import options
+        from .options import from_pytest
 
-        return options(self.config)
+        return from_pytest(self.config)
 
     def collect(self):
         from . import run

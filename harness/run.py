@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from .errors import CHECK_FAILED, INFRA, OK, USAGE, HarnessError
+from .options import Options
 from .paths import SAFE_RULE, inside, safe_name, shown
 from .tomltable import SuiteError, read_toml
 
@@ -26,27 +27,6 @@ KINDS = {
     "served": "harness.pipeline:SERVED",
     "loadtime": "harness.loadtime:KIND",
 }
-
-
-@dataclass
-class Options:
-    device: str | None = None
-    model: str | None = None
-    profiles: list[str] | None = None
-    out: Path = Path("reports")
-    timeout_s: float | None = None
-    progress: bool = True
-    adapter: str | None = None
-    baselines: Path = Path("baselines")
-    update_baselines: bool = False
-    reason: str = ""
-    endpoint: str | None = None  # URL of a server that is already running (the suite's [server] is not started)
-    drop_caches: bool | None = None  # load time: evict the model files before each cold load (None: the suite's)
-    fresh_runs: bool = False  # an update starts the baseline's run history anew (calibration's first run)
-    parallel: dict[str, Any] = field(default_factory=dict)  # --nnodes, --node-rank, --rdzv-endpoint over [parallel]
-    history: Path | None = (
-        None  # where each run appends its headline metrics (the CLI's default: <out>/history); None: off
-    )
 
 
 @dataclass(frozen=True)

@@ -588,9 +588,7 @@ def write(res: SignoffResult) -> None:
     write_sums(res.folder)
 
 
-def main(args: Any) -> int:
-    from .cli import options
-
+def main(args: Any, opts: run.Options) -> int:
     if args.verify is not None:
         code, problems = verify(args.verify)
         for p in problems:
@@ -601,7 +599,6 @@ def main(args: Any) -> int:
         )
         return code
     spec = load_spec(args.file)
-    opts = options(args)
     if spec.device and not opts.device:
         opts.device = spec.device
     if opts.update_baselines:

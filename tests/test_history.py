@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import atomic, cli, history
+from harness import atomic, cli, history, options
 from harness.history import Headline
 
 
@@ -147,7 +147,7 @@ def test_environment_changes_name_the_upgrade(tmp_path: Path):
 )
 def test_history_option(argv: list[str], expected: Path | None):
     args = cli.build_parser().parse_args(["run", "x.toml", "--out", "o", *argv])
-    assert cli.options(args).history == expected
+    assert options.from_namespace(args).history == expected
 
 
 NIGHTLY = """
