@@ -7,6 +7,7 @@ schema, or made for another case hash is "not comparable", never a silent pass.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import statistics
@@ -19,12 +20,14 @@ from typing import Literal
 from . import __version__, atomic
 from .errors import HarnessError, one_line
 from .paths import inside
-from .records import Record
+from .records import ID_SPACES, NO_IDS, Record
 
 SCHEMA_VERSION = 1
 # What a baseline keeps of each reference sequence: enough to show a divergence, not the timings.
 _OUTPUT_KEYS = ("prompt_id", "tokens", "pieces", "text", "finish_reason", "fingerprints", "topk_ids", "topk_logprobs")
-_OPTIONAL_KEYS = {"level": "logits"}  # added after schema 1 was first written; older files take the default
+# Added after schema 1 was first written; older files take the default. An empty `ids` is read from the level
+# (records.Record.ids): an older file at level "logprobs" holds hashes of the token text, and compares as such.
+_OPTIONAL_KEYS = {"level": "logits", "ids": "", "topk_tokens": []}
 
 
 class BaselineError(ValueError):
@@ -73,7 +76,7 @@ class Baseline:
             position=0,
             token_times=[],
             **{k: o[k] for k in _OUTPUT_KEYS},
-            **{k: o.get(k, d) for k, d in _OPTIONAL_KEYS.items()},
+            **{k: o.get(k, copy.copy(d)) for k, d in _OPTIONAL_KEYS.items()},
         )
 
 
@@ -175,6 +178,23 @@ class Found:
     def describe(self) -> str:
         prov = self.baseline.provenance
         return f"{self.path} ({self.tier}; {prov.get('created', '?')}, {prov.get('reason', '')!r})"
+
+
+@dataclass(frozen=True)
+class BaselineUse:
+    """A stored baseline a run was judged against, and how its key relates to the run's: what a sign-off needs
+    to say which baselines stood behind a verdict and what has changed since they were recorded."""
+
+    path: Path
+    tier: Tier
+    environment: dict  # what it recorded: device, host
+    commit: str  # the project commit it was recorded at
+
+    @staticmethod
+    def of(found: Found) -> BaselineUse:
+        b = found.baseline
+        env = {k: v for k, v in b.environment.items() if k in ("device", "host")}
+        return BaselineUse(found.path, found.tier, env, str(b.provenance.get("project_commit", "")))
 
 
 @dataclass(frozen=True)
@@ -332,6 +352,8 @@ _OUTPUT_FIELDS = {
     "topk_ids": (_listof(_listof(_int)), "a list of lists of integers"),
     "topk_logprobs": (_listof(_listof(_num)), "a list of lists of numbers"),
     "level": (lambda v: v in ("logits", "logprobs", "text"), "logits, logprobs or text"),
+    "ids": (lambda v: v in ("", *ID_SPACES), ", ".join(ID_SPACES)),
+    "topk_tokens": (_listof(_STRINGS[0]), "a list of lists of strings"),
 }
 _KEY_FIELDS = (
     "device",
@@ -370,8 +392,9 @@ def _problem(b: Baseline) -> str:
         for k, (ok, what) in _OUTPUT_FIELDS.items():
             if k in o and not ok(o[k]):
                 return f"outputs.{pid}.{k}: expected {what}"
-        n = len(o["tokens"])
-        if len(o["pieces"]) != n or any(len(o[k]) not in (0, n) for k in ("fingerprints", "topk_ids", "topk_logprobs")):
+        n = len(o["pieces"]) if o.get("ids") == NO_IDS else len(o["tokens"])  # no ids: text per token only
+        kept = ("tokens", "fingerprints", "topk_ids", "topk_tokens", "topk_logprobs")
+        if len(o["pieces"]) != n or any(len(o.get(k, ())) not in (0, n) for k in kept):
             return f"outputs.{pid}: {n} tokens without one piece (and fingerprint and top-k, where kept) per token"
     return ""
 

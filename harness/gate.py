@@ -95,6 +95,7 @@ def _one(
         v = dataclasses.replace(v, reason=f"{v.reason}; since the baseline: {', '.join(changed)}")
     out.verdicts.append(v)
     out.sources[j.name] = found.describe()
+    out.used[j.name] = baselines.BaselineUse.of(found)
     if suite.perf is None:
         return
     if not found.same_hardware:

@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import baselines
 from .analysis import loadtime as lt
 from .analysis import stats
 
@@ -79,5 +80,6 @@ class LoadRun:
     not_comparable: bool = False
     unwritable: bool = False
     ungated_note: str = ""  # why load times were shown but not gated
+    used: list[baselines.BaselineUse] = dataclasses.field(default_factory=list)  # the baselines judged against
     plot: str = ""
     exit_code: int = 0

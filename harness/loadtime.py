@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import baselines, report_loadtime, runner
+from . import baselines, perfgate, report_loadtime, runner
 from .analysis import loadtime as lt
 from .analysis import stats
 from .errors import INFRA, USAGE, HarnessError
@@ -307,10 +307,11 @@ def analyse(run: LoadRun, baseline_root: Path, update: bool, reason: str) -> Non
             for metric, xs in current[st].items()
             if xs or found.baseline.latency.get(metric)
         ]
+        run.used.append(baselines.BaselineUse.of(found))
         if found.same_hardware:
             run.changes += changes
         else:
-            run.ungated += changes
+            run.ungated += perfgate.ungated(changes)
             run.ungated_note = (
                 f"load times shown, not gated: the baselines were measured on other hardware "
                 f"({found.key.hardware}; this run {key.hardware}); {hint}"
@@ -366,7 +367,17 @@ class LoadtimeKind:
         report_loadtime.write(run)
         from .headline import from_loadrun
 
-        return Outcome(run.exit_code, report_loadtime.console(run), run.run_dir, checks(run), from_loadrun(run), run)
+        return Outcome(
+            run.exit_code,
+            report_loadtime.console(run),
+            run.run_dir,
+            checks(run),
+            from_loadrun(run),
+            run,
+            timing=run.changes,  # the gated rows; those against other hardware are shown, not judged
+            baselines=run.used,
+            device=run.device_info,
+        )
 
 
 KIND = LoadtimeKind()

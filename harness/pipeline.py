@@ -420,7 +420,25 @@ class SuiteKind:
         from .headline import from_run
 
         res = execute(suite, opts)
-        return Outcome(res.exit_code, report.console(res), res.run_dir, checks(res), from_run(res), res)
+        return Outcome(
+            res.exit_code,
+            report.console(res),
+            res.run_dir,
+            checks(res),
+            from_run(res),
+            res,
+            timing=[c for cs in res.baseline.changes.values() for c in cs],
+            baselines=list(res.baseline.used.values()),
+            device=device_facts(res.jobs),
+        )
+
+
+def device_facts(jobs: list[JobOutcome]) -> dict:
+    """The device and software the first worker that loaded read, with its Python."""
+    for j in jobs:
+        if d := j.meta.get("device"):
+            return {**d, "python": j.meta.get("host", {}).get("python", "")}
+    return {}
 
 
 DETERMINISM = SuiteKind("determinism")

@@ -14,7 +14,7 @@ from . import __version__, atomic, envinfo, plan
 from .analysis import latency
 from .analysis.determinism import Verdict
 from .analysis.stats import Change
-from .baselines import Baseline
+from .baselines import Baseline, BaselineUse
 from .jobs import JobOutcome
 from .records import Record
 from .suite import Suite
@@ -44,6 +44,7 @@ class BaselineResult:
     gated: dict[str, bool] = field(default_factory=dict)  # profile -> latency gated (same hardware)
     unwritable: bool = False  # --update-baselines could not write a file
     found: dict[str, Baseline] = field(default_factory=dict)  # profile -> the baseline compared with
+    used: dict[str, BaselineUse] = field(default_factory=dict)  # job -> the baseline file judged against, its tier
     alpha_row: float = float("nan")  # the smallest per-row alpha the budget implied
     ungated_note: str = ""  # why timings were shown but not gated
 

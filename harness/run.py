@@ -14,12 +14,16 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .errors import CHECK_FAILED, INFRA, OK, USAGE, HarnessError
 from .options import Options
 from .paths import SAFE_RULE, inside, safe_name, shown
 from .tomltable import SuiteError, read_toml
+
+if TYPE_CHECKING:
+    from .analysis.stats import Change
+    from .baselines import BaselineUse
 
 # kind -> "module:attr" of its Kind object; imported only when a suite of that kind is run.
 KINDS = {
@@ -106,12 +110,18 @@ class Check:
 
 @dataclass
 class Outcome:
+    """What a run knew at its end, typed: the report files, the history row, report.html and the sign-off are all
+    written from it; none of them reads report.json back or parses the console's prose."""
+
     exit_code: int
     console: str
     run_dir: Path
     checks: list[Check] = field(default_factory=list)
     headlines: list[Any] = field(default_factory=list)  # history.Headline per profile or setting: the history row
     result: Any = None  # the kind's full result, for report.html
+    timing: list[Change] = field(default_factory=list)  # timing rows against the stored baselines
+    baselines: list[BaselineUse] = field(default_factory=list)
+    device: dict[str, Any] = field(default_factory=dict)  # this run's device and software, as the worker read them
 
 
 def exit_code(*, infra: bool, unusable: bool, failed: bool) -> int:

@@ -17,12 +17,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import __version__, atomic, baselines, doctor, run
 from .errors import CHECK_FAILED, INFRA, OK, USAGE, HarnessError, one_line
 from .models import file_hashes, sha256
 from .tomltable import SuiteError, Table, read_toml
+
+if TYPE_CHECKING:
+    from .analysis.stats import Change
 
 SIGNOFF_FORMAT = 1
 SUMS = "SHA256SUMS"
@@ -117,54 +120,40 @@ UNJUDGED = {
 }
 
 
-def timing_rows(report: dict) -> list[dict]:
-    """A report.json's timing rows against the baseline: a served or in-process run's `perf`, a load-time run's
-    `baseline`."""
-    rows = [r for rs in (report.get("perf") or {}).values() for r in rs]
-    return rows + (report["baseline"] if isinstance(report.get("baseline"), list) else [])
-
-
-def unjudged_rows(report: dict) -> list[tuple[str, str]]:
+def unjudged_rows(rows: list[Change]) -> list[tuple[str, str]]:
     """(metric, why) of the gated timing rows a run could not judge: `insufficient`, `noisy`, or `~` where the
     smallest change the run could detect is larger than the threshold (a pass that proves nothing). The rows are
-    a served or in-process run's `perf` and a load-time run's `baseline`; the determinism cost and the load-time
-    recommendation compare settings, not releases, and are not gates."""
-    rows = timing_rows(report)
+    a run's timings against its baselines; the determinism cost and the load-time recommendation compare settings,
+    not releases, and are not gates."""
     out = []
     for r in rows:
-        st, det, thr = r.get("status"), r.get("detectable"), r.get("threshold")
-        if st in UNJUDGED:
-            out.append((str(r.get("metric")), str(st)))
-        elif st == "~" and isinstance(det, (int, float)) and isinstance(thr, (int, float)) and det > thr:
-            out.append((f"{r.get('metric')} (detectable {det:.0%} > threshold {thr:.0%})", "underpowered"))
+        if r.status in UNJUDGED:
+            out.append((r.metric, r.status))
+        elif r.status == "~" and r.detectable > r.threshold:  # nan compares false: unknown is not underpowered
+            out.append((f"{r.metric} (detectable {r.detectable:.0%} > threshold {r.threshold:.0%})", "underpowered"))
     return out
 
 
-def judged_at(report: dict) -> str:
+def judged_at(rows: list[Change]) -> str:
     """The range of the gated timing rows' thresholds and the baseline runs behind them: a pass claims no
     regression beyond these, and a runner calibrated from few or drifting runs claims little."""
-    rows = timing_rows(report)
-    gated = [
-        r
-        for r in rows
-        if isinstance(r.get("threshold"), (int, float)) and r.get("status") not in ("not comparable", "failed")
-    ]
+    gated = [r for r in rows if r.status not in ("not comparable", "failed")]
     if not gated:
         return ""
-    thr = [r["threshold"] for r in gated]
-    runs = sorted({int(r.get("runs") or 0) for r in gated})
+    thr = [r.threshold for r in gated]
+    runs = sorted({r.runs for r in gated})
     against = " or ".join("1 run (within-run test)" if n == 0 else f"{n} runs" for n in runs)
     lo, hi = min(thr), max(thr)
     span = f"{lo:.0%}" if lo == hi else f"{lo:.0%} to {hi:.0%}"
     return f"{span} ({len(thr)} row{'s' if len(thr) > 1 else ''}; baseline {against})"
 
 
-def judge(name: str, suite: str, outcome: run.Outcome, rel_dir: str, report: dict) -> Gate:
+def judge(name: str, suite: str, outcome: run.Outcome, rel_dir: str) -> Gate:
     """A suite's outcome as one gate: its exit code first (3 and 2 are no verdict on the release), then its checks."""
     checks = tuple(outcome.checks)
     failed = [c for c in checks if c.outcome == "failed"]
     skipped = [c for c in checks if c.outcome == "skipped"]
-    thin = sorted(set(unjudged_rows(report)))
+    thin = sorted(set(unjudged_rows(outcome.timing)))
     line = lambda c: f"{c.group}::{c.name}: {one_line(c.message.splitlines()[0]) if c.message else c.outcome}"  # noqa: E731
     common = {
         "name": name,
@@ -172,7 +161,7 @@ def judge(name: str, suite: str, outcome: run.Outcome, rel_dir: str, report: dic
         "exit_code": outcome.exit_code,
         "run_dir": rel_dir,
         "checks": checks,
-        "judged_at": judged_at(report),
+        "judged_at": judged_at(outcome.timing),
     }
     if outcome.exit_code == INFRA:
         return Gate(
@@ -192,13 +181,15 @@ def judge(name: str, suite: str, outcome: run.Outcome, rel_dir: str, report: dic
     if failed:
         return Gate(**common, verdict="fail", reasons=tuple(map(line, failed)), todo=f"see {rel_dir}/summary.md")
     if skipped or thin:
-        todo = [c.message.split("; ")[-1] for c in skipped if "--update-baselines" in c.message][:1]
+        todo = (
+            [f"record this host's baselines: harness run {suite} --update-baselines --reason '...'"] if skipped else []
+        )
         todo += [UNJUDGED[st] for st in sorted({st for _, st in thin})]
         return Gate(
             **common,
             verdict="incomplete",
             reasons=tuple(map(line, skipped)) + tuple(f"{m}: {st}" for m, st in thin),
-            todo="; ".join(todo) or "record baselines for this host (--update-baselines --reason '...')",
+            todo="; ".join(todo),
         )
     return Gate(**common, verdict="pass")
 
@@ -229,36 +220,10 @@ VOLATILE = {"url"}  # a served run's URL names a free port picked per start: a d
 HEADLINE = ("chip", "cpu_model", "driver", "firmware", "cann", "torch", "torch_npu", "transformers", "server")
 
 
-def current_device(report: dict) -> dict:
-    """This run's device description from a report.json (in-process and served runs: per worker; load time: one)."""
-    if isinstance(report.get("device"), dict):
-        return report["device"]
-    for j in report.get("jobs", []):
-        d = j.get("worker", {}).get("device")
-        if d:
-            return {**d, "python": j.get("worker", {}).get("host", {}).get("python", "")}
-    return {}
-
-
-def used_baselines(report: dict, store: Path) -> list[tuple[Path, str]]:
-    """The baseline files a run compared with, each with its tier (same key, other software, other hardware)."""
-    out = []
-    for s in report.get("baselines", {}).values():  # "path (tier; created, 'reason')"
-        path, _, rest = s.partition(" (")
-        out.append((Path(path), rest.split(";", 1)[0]))
-    if report.get("kind") == "loadtime" and report.get("device"):
-        key = baselines.device_key(report["device"])
-        for st in report.get("suite", {}).get("settings", []):
-            f = baselines.Store(store).check(key, report["suite"]["name"], f"omp-{st}", report["suite"]["case_hash"])
-            if isinstance(f, baselines.Found):
-                out.append((f.path, f.tier))
-    return out
-
-
-def other_keys(gate: Gate, used: list[tuple[Path, str]]) -> Gate:
+def other_keys(gate: Gate, used: list[baselines.BaselineUse]) -> Gate:
     """A gate judged against another key's baseline (another torch, CANN or chip) passed at that tier's weaker
     level; for a release that is not enough: the baselines of this key must be recorded (and reviewed) first."""
-    other = sorted({f"{p} ({tier})" for p, tier in used if tier != "same key"})
+    other = sorted({f"{u.path} ({u.tier})" for u in used if u.tier != "same key"})
     if gate.verdict != "pass" or not other:
         return gate
     return dataclasses.replace(
@@ -293,19 +258,14 @@ class EnvDiff:
     rows: list[list[str]]
 
 
-def environment_diff(per_gate: list[tuple[list[Path], dict]], commit: str) -> list[EnvDiff]:
+def environment_diff(per_gate: list[tuple[list[baselines.BaselineUse], dict]], commit: str) -> list[EnvDiff]:
     """One table per distinct (baseline environment, this run's device): which baselines share it, and each field."""
     out: dict[str, EnvDiff] = {}
-    for files, now in per_gate:
-        for f in files:
-            try:
-                b = json.loads(f.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            env = {k: v for k, v in b.get("environment", {}).items() if k in ("device", "host")}
-            rows = environment_rows(env, now, b.get("provenance", {}).get("project_commit", ""), commit)
+    for used, now in per_gate:
+        for u in used:
+            rows = environment_rows(u.environment, now, u.commit, commit)
             key = json.dumps(rows, sort_keys=True)
-            out.setdefault(key, EnvDiff([], rows)).baselines.append(str(f))
+            out.setdefault(key, EnvDiff([], rows)).baselines.append(str(u.path))
     return list(out.values())
 
 
@@ -338,6 +298,20 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() != SUMS)
 
 
+def outside(folder: Path, name: str) -> str:
+    """Why a manifest entry does not name a file inside `folder` ("" when it does)."""
+    rel = Path(name)
+    if rel.is_absolute():
+        return "an absolute path"
+    if ".." in rel.parts:
+        return "a path with '..'"
+    try:
+        (folder / rel).resolve().relative_to(folder.resolve())
+    except ValueError:
+        return "a link out of the folder"
+    return ""
+
+
 def verify(folder: Path) -> tuple[int, list[str]]:
     """(0, []) when every file matches SHA256SUMS; (1, what changed); HarnessError(USAGE) for no manifest."""
     sums = Path(folder) / SUMS
@@ -356,7 +330,9 @@ def verify(folder: Path) -> tuple[int, list[str]]:
     problems = []
     for name, h in listed.items():
         p = Path(folder) / name
-        if not p.is_file():
+        if why := outside(Path(folder), name):
+            problems.append(f"refused: {name} ({why}; a manifest vouches only for the folder it sits in)")
+        elif not p.is_file():
             problems.append(f"missing: {name}")
         elif sha256(p) != h:
             problems.append(f"changed: {name} (sha256 {sha256(p)[:16]}, manifest {h[:16]})")
@@ -412,7 +388,7 @@ def execute(spec: Spec, opts: run.Options, python: str | None = None) -> Signoff
         if g not in in_scope
     }
     todo = [(i, g) for i, g in enumerate(spec.gates) if i not in done]
-    per_gate: list[tuple[list[Path], dict]] = []
+    per_gate: list[tuple[list[baselines.BaselineUse], dict]] = []
     commit = baselines._project_commit()  # noqa: SLF001  (the same commit the baselines record)
     models = model_rows(ctx.model_dirs, opts.baselines)
 
@@ -451,18 +427,13 @@ def execute(spec: Spec, opts: run.Options, python: str | None = None) -> Signoff
     for i, g, o, kind, suite in loaded:
         print(f"signoff: gate {g.suite.stem} ({g.suite})", file=sys.stderr, flush=True)
         try:
-            outcome = kind.execute(suite, o)
+            outcome = run.execute(kind, suite, o)  # the gate's history row and report.html, as any run's
         except HarnessError as e:  # the model would not prepare, the run directory could not be made
             done[i] = Gate(g.suite.stem, str(g.suite), "error", e.code, reasons=(str(e),), todo="fix and rerun")
         else:
             rel = outcome.run_dir.relative_to(rd.path).as_posix()
-            try:
-                rep = json.loads((outcome.run_dir / "report.json").read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                rep = {}
-            used = used_baselines(rep, opts.baselines)
-            done[i] = other_keys(judge(g.suite.stem, str(g.suite), outcome, rel, rep), used)
-            per_gate.append(([p for p, _ in used], current_device(rep)))
+            done[i] = other_keys(judge(g.suite.stem, str(g.suite), outcome, rel), outcome.baselines)
+            per_gate.append((outcome.baselines, outcome.device))
         res = report(stopped)
     return res
 

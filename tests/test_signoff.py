@@ -5,6 +5,7 @@ the manifest checked and broken by one byte."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from harness import cli, doctor, signoff
+from harness.analysis.stats import Change
+from harness.baselines import BaselineUse
 from harness.run import Check, Outcome
 
 from . import fakes
@@ -103,6 +106,10 @@ def test_every_gate_passing_is_go_and_verifies(world):
     assert code == 0 and md.startswith("# GO: all 2 gates passed"), md[:500]
     assert "## Environment against the baselines" in md and "harness commit" in md
     assert "## Model files" in md and "model.safetensors" in md
+    js = json.loads((folder / "signoff.json").read_text())
+    for g in (g for g in js["gates"] if g["run_dir"]):  # every gate ran through the run seam, as any run does
+        assert (folder / g["run_dir"] / "report.html").is_file() and f"({g['run_dir']}/report.html)" in md
+    assert sorted(p.parent.name for p in (tmp / "reports" / "history").glob("*/*/*.csv")) == ["alpha", "beta"]
     assert harness("signoff", "--verify", folder)[0] == 0
     # One byte of one artifact changed: named, exit 1.
     records = sorted(folder.glob("runs/*/records/*.jsonl"))[0]
@@ -198,31 +205,35 @@ def test_a_bad_signoff_file_is_one_line(tmp_path: Path, body: str, words: str):
     assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
 
 
-def outcome(code: int, *checks: tuple[str, str]) -> Outcome:
-    return Outcome(code, "", Path("."), [Check("p", name, state, f"{name} {state}") for name, state in checks])
+def outcome(code: int, *checks: tuple[str, str], timing: tuple[Change, ...] = ()) -> Outcome:
+    return Outcome(
+        code, "", Path("."), [Check("p", name, state, f"{name} {state}") for name, state in checks], timing=[*timing]
+    )
+
+
+def row(metric: str, status: str, **kw) -> Change:
+    return Change(metric, status, 10, 10, **kw)
 
 
 def test_judge_and_decide():
-    ok = signoff.judge("a", "a.toml", outcome(0, ("baseline", "passed")), "runs/a", {})
+    ok = signoff.judge("a", "a.toml", outcome(0, ("baseline", "passed")), "runs/a")
     thin = signoff.judge(
-        "b",
-        "b.toml",
-        outcome(0, ("latency", "passed")),
-        "runs/b",
-        {"perf": {"p": [{"metric": "tpot", "status": "insufficient"}]}},
+        "b", "b.toml", outcome(0, ("latency", "passed"), timing=(row("tpot", "insufficient"),)), "runs/b"
     )
-    crashed = signoff.judge("c", "c.toml", outcome(3, ("baseline", "failed")), "runs/c", {})
-    failed = signoff.judge("d", "d.toml", outcome(1, ("latency", "failed"), ("baseline", "skipped")), "runs/d", {})
+    crashed = signoff.judge("c", "c.toml", outcome(3, ("baseline", "failed")), "runs/c")
+    failed = signoff.judge("d", "d.toml", outcome(1, ("latency", "failed"), ("baseline", "skipped")), "runs/d")
     assert (ok.verdict, thin.verdict, crashed.verdict, failed.verdict) == ("pass", "incomplete", "error", "fail")
     assert "tpot: insufficient" in thin.reasons and "baseline" in thin.todo
-    noisy = signoff.judge("e", "e.toml", outcome(0), "runs/e", {"baseline": [{"metric": "load", "status": "noisy"}]})
+    noisy = signoff.judge("e", "e.toml", outcome(0, timing=(row("load", "noisy"),)), "runs/e")
     assert noisy.verdict == "incomplete" and "load: noisy" in noisy.reasons and "quiet runner" in noisy.todo
-    row = {"metric": "solo tpot", "status": "~", "detectable": 0.37, "threshold": 0.05}
-    blind = signoff.judge("f", "f.toml", outcome(0), "runs/f", {"perf": {"default": [row]}})
+    blind_row = row("solo tpot", "~", detectable=0.37, threshold=0.05)
+    blind = signoff.judge("f", "f.toml", outcome(0, timing=(blind_row,)), "runs/f")
     assert blind.verdict == "incomplete" and "detectable 37% > threshold 5%" in blind.reasons[0]
-    seen = signoff.judge("g", "g.toml", outcome(0), "runs/g", {"perf": {"default": [{**row, "detectable": 0.02}]}})
-    cost = {"cost": [{"metric": "solo tpot", "status": "insufficient"}], "perf": {}}
-    assert seen.verdict == "pass" and signoff.judge("h", "h.toml", outcome(0), "r", cost).verdict == "pass"
+    seen = signoff.judge("g", "g.toml", outcome(0, timing=(dataclasses.replace(blind_row, detectable=0.02),)), "r")
+    unknown = signoff.judge("h", "h.toml", outcome(0, timing=(row("load", "~"),)), "r")  # detectable not known
+    assert seen.verdict == "pass" and unknown.verdict == "pass"
+    skipped = signoff.judge("i", "suites/i.toml", outcome(0, ("baseline", "skipped")), "r")
+    assert skipped.verdict == "incomplete" and "harness run suites/i.toml --update-baselines" in skipped.todo
     assert signoff.decide([], [ok])[:2] == ("GO", 0)
     assert signoff.decide([], [ok, thin])[:2] == ("INCOMPLETE", 1)
     assert signoff.decide([], [ok, crashed])[:2] == ("INCOMPLETE", 3)
@@ -240,26 +251,48 @@ def test_the_shipped_signoff_file_names_the_default_suites():
 
 
 def test_a_pass_against_another_keys_baseline_is_incomplete():
-    ok = signoff.judge("a", "a.toml", outcome(0, ("baseline", "passed")), "runs/a", {})
-    same = signoff.other_keys(ok, [(Path("b/k/a/p.json"), "same key")])
-    other = signoff.other_keys(ok, [(Path("b/k/a/p.json"), "same key"), (Path("b/h/a/q.json"), "other hardware")])
+    ok = signoff.judge("a", "a.toml", outcome(0, ("baseline", "passed")), "runs/a")
+    mine = BaselineUse(Path("b/k/a/p.json"), "same key", {}, "")
+    theirs = BaselineUse(Path("b/h/a/q.json"), "other hardware", {}, "")
+    same = signoff.other_keys(ok, [mine])
+    other = signoff.other_keys(ok, [mine, theirs])
     assert same.verdict == "pass"
     assert other.verdict == "incomplete" and "b/h/a/q.json (other hardware)" in other.reasons[0]
     assert "--update-baselines" in other.todo
 
 
-def test_used_baselines_reads_the_tier_from_the_report(tmp_path: Path):
-    report = {"baselines": {"default": "b/k/s/default.json (other software; 2026-11-26, 'x')"}}
-    assert signoff.used_baselines(report, tmp_path) == [(Path("b/k/s/default.json"), "other software")]
+def test_the_environment_diff_is_built_from_the_baselines_the_run_used():
+    used = BaselineUse(Path("b/k/s/default.json"), "same key", {"device": {"torch": "2.12.0"}}, "abc")
+    [diff] = signoff.environment_diff([([used], {"torch": "2.13.0"})], "def")
+    assert diff.baselines == ["b/k/s/default.json"]
+    assert ["torch", "2.12.0", "2.13.0", "!"] in diff.rows and ["harness commit", "abc", "def", "!"] in diff.rows
 
 
 def test_a_gate_names_the_thresholds_its_pass_claims():
     rows = [
-        {"metric": "solo tpot", "status": "~", "threshold": 0.09, "runs": 10},
-        {"metric": "load", "status": "~", "threshold": 0.176, "runs": 10},
-        {"metric": "solo ttft", "status": "not comparable", "threshold": 5.0, "runs": 0},  # shown, not gated
+        row("solo tpot", "~", threshold=0.09, runs=10),
+        row("load", "~", threshold=0.176, runs=10),
+        row("solo ttft", "not comparable", threshold=5.0),  # shown, not gated
     ]
-    assert signoff.judged_at({"perf": {"default": rows}}) == "9% to 18% (2 rows; baseline 10 runs)"
-    loads = [{"metric": "OMP_NUM_THREADS=1 embedded cold (ms)", "status": "~", "threshold": 0.1, "runs": 0}]
-    assert signoff.judged_at({"baseline": loads}) == "10% (1 row; baseline 1 run (within-run test))"
-    assert signoff.judged_at({"verdicts": []}) == ""  # an output-only gate claims nothing about time
+    assert signoff.judged_at(rows) == "9% to 18% (2 rows; baseline 10 runs)"
+    loads = [row("OMP_NUM_THREADS=1 embedded cold (ms)", "~", threshold=0.1)]
+    assert signoff.judged_at(loads) == "10% (1 row; baseline 1 run (within-run test))"
+    assert signoff.judged_at([]) == ""  # an output-only gate claims nothing about time
+
+
+@pytest.mark.parametrize("entry", ["../outside.txt", "{abs}", "sub/../../outside.txt", "link.txt"])
+def test_verify_refuses_a_manifest_entry_outside_its_folder(tmp_path: Path, entry: str):
+    """A manifest vouches only for the folder it sits in: a path out of it (.., absolute, a symlink out) is refused
+    and named, even when its hash is true."""
+    from harness.models import sha256
+
+    folder = tmp_path / "signoff"
+    folder.mkdir()
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not part of the sign-off")
+    (folder / "link.txt").symlink_to(outside)
+    name = entry.format(abs=outside)
+    lines = [f"{sha256(outside)}  {name}"] + ([] if name == "link.txt" else [f"{sha256(outside)}  link.txt"])
+    (folder / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+    code, out, err = harness("signoff", "--verify", folder)
+    assert code == 1 and f"refused: {name}" in out and "every file matches" not in out, out + err
