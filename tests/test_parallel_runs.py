@@ -141,7 +141,7 @@ def test_killed_rank_tears_the_group_down(tmp_path: Path, tiny_model: Path):
     assert second["status"] == "ok" and second["completed"] == 12
     assert "rank 1 was killed by SIGKILL" in stdout
     assert not group_pids(run_id)
-    print(f"teardown after a rank's death: {teardown:.2f} s")  # the README quotes it (-s shows it)
+    print(f"teardown after a rank's death: {teardown:.2f} s")  # docs/tensor-parallel.md quotes it (-s shows it)
 
 
 FAULTY = '''

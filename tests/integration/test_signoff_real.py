@@ -90,7 +90,7 @@ def test_go_on_this_hosts_baselines_and_verify(recorded):
 
 
 def test_a_15_percent_slower_adapter_is_never_go(recorded):
-    """NO-GO naming the latency gate when the run can see 15%; on a runner so busy that it cannot (the README
+    """NO-GO naming the latency gate when the run can see 15%; on a runner so busy that it cannot (docs/latency.md
     measured run-to-run drift of 1.6% on a quiet 2-core VM; a shared one can be ten times worse), INCOMPLETE
     naming the rows it could not judge. Never GO."""
     tmp, env = recorded
