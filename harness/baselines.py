@@ -11,13 +11,13 @@ import copy
 import json
 import re
 import statistics
-import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from . import __version__, atomic
+from . import __version__, atomic, envinfo
 from .errors import HarnessError, one_line
 from .paths import inside
 from .records import ID_SPACES, NO_IDS, Record
@@ -148,16 +148,6 @@ def device_key(info: dict) -> DeviceKey:
     return DeviceKey(dev, "-".join(slug(p) for p in hw if p), "-".join(slug(p) for p in sw if p))
 
 
-def environment_changes(before: dict, after: dict) -> list[str]:
-    """What differs between the device description a baseline was made under and this run's: the likely cause
-    when bits moved under one key."""
-    out = []
-    for k in sorted(set(before) | set(after)):
-        if before.get(k) != after.get(k):
-            out.append(f"{k} {before.get(k, 'not recorded')} -> {after.get(k, 'not recorded')}")
-    return out
-
-
 def suite_dir(suite_name: str, model_ref: str, model_overridden: bool) -> str:
     """A suite run on another model (--model) keeps its own baselines beside the suite's own."""
     return suite_name if not model_overridden else f"{suite_name}@{slug(Path(model_ref.rstrip('/')).name)}"
@@ -208,6 +198,20 @@ class Unusable:
     reason: str  # one line naming the file and what to do: the run exits 2
 
 
+@dataclass(frozen=True)
+class NotWritten:
+    reason: str
+    disk: bool  # the disk refused (exit 3), not a name that leads out of the store (exit 2)
+
+
+def record_hint(suite_path: object) -> str:
+    return f"record one for this host with: harness run {suite_path} --update-baselines --reason '...'"
+
+
+def missing_reason(found: Missing, key: DeviceKey, suite_path: object) -> str:
+    return f"no baseline for {found.path.parent.parent.name} (nor any {key.device} one); {record_hint(suite_path)}"
+
+
 class Store:
     """`<root>/<device key>/<suite>/<profile>.json`. Several hosts' baselines live side by side; writing one never
     touches another's."""
@@ -232,8 +236,8 @@ class Store:
             except BaselineError as e:
                 return Unusable(exact, str(e))
         best: tuple[int, str, Found] | None = None
-        for p in sorted(self.root.glob(f"*/{suite}/{profile}.json")):
-            if p == exact or not p.is_file():
+        for p in self.files(suite, profile):
+            if p == exact:
                 continue
             try:
                 b = load(p, case_hash)
@@ -248,24 +252,45 @@ class Store:
                 best = (*rank, Found(p, b, theirs, tier))
         return best[2] if best else Missing(exact)
 
+    def files(self, suite: str = "*", profile: str = "*") -> list[Path]:
+        """Every stored file of `suite` and `profile` (glob patterns) under every key, inside the store."""
+        return [inside(self.root, p) for p in sorted(self.root.glob(f"*/{suite}/{profile}.json")) if p.is_file()]
+
+    def raw(self, suite: str = "*", profile: str = "*") -> Iterator[tuple[Path, dict]]:
+        """(file, its JSON) for every readable stored file, for readers that look across keys and schemas (the
+        doctor); a file that cannot be read is passed over."""
+        for p in self.files(suite, profile):
+            try:
+                data = json.loads(p.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict):
+                yield p, data
+
+    def model_file_hashes(self, name: str) -> dict[str, str]:
+        """baseline file -> the sha256 of model file `name` recorded with it (environment.model_files)."""
+        out = {}
+        for p, data in self.raw():
+            env = data.get("environment", {})
+            h = env.get("model_files", {}).get(name) if isinstance(env, dict) else None
+            if isinstance(h, str):
+                out[str(p)] = h
+        return out
+
+    def save(self, key: DeviceKey, suite: str, profile: str, b: Baseline) -> Path | NotWritten:
+        """`update`, with what went wrong as a value: every kind reports it the same way and keeps its report."""
+        try:
+            return self.update(key, suite, profile, b)
+        except HarnessError as e:  # a name that leads out of --baselines: input, not the disk
+            return NotWritten(f"{e}; the run's report is kept", disk=False)
+        except OSError as e:
+            where = self.path(key, suite, profile)
+            return NotWritten(f"{where}: cannot write the baseline ({e.strerror or e}); the run's report is kept", True)
+
     def update(self, key: DeviceKey, suite: str, profile: str, b: Baseline) -> Path:
         target = self.path(key, suite, profile)
         write(target, b)
         return target
-
-
-def _project_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip() if out.returncode == 0 else ""
-    except (OSError, subprocess.SubprocessError):
-        return ""
 
 
 def build(
@@ -283,7 +308,7 @@ def build(
     prov = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "harness_version": __version__,
-        "project_commit": _project_commit(),
+        "project_commit": envinfo.project_commit(),
         "reason": reason,
     }
     outputs = {r.prompt_id: {k: getattr(r, k) for k in (*_OUTPUT_KEYS, *_OPTIONAL_KEYS)} for r in references}

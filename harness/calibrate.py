@@ -42,11 +42,11 @@ def calibrate(path: Path, opts: Options, runs: int) -> tuple[int, list[str]]:
         if res.exit_code == INFRA:
             return INFRA, [f"run {i + 1} failed; see {res.run_dir / 'summary.md'}"]
     assert res is not None
-    store = baselines.Store(opts.baselines)
-    sdir = baselines.suite_dir(suite.name, suite.model.ref, suite.model_overridden)
     lines = []
     for p in suite.profiles:
-        target = store.root / res.baseline.device_key / sdir / f"{p.name}.json"
+        target = res.baseline.written.get(p.name)
+        if target is None:  # the last run's worker for this profile stored nothing: its report says why
+            return INFRA, [f"{p.name}: the last run wrote no baseline; see {res.run_dir / 'summary.md'}"]
         b = baselines.load(target, suite.case_hash)
         gated = [m for m in b.run_medians() if latency.metric_kind(m) != "itl"]
         alpha_row = suite.perf.budget / max(1, len(gated) * len(suite.profiles))

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import profiles, served
+from .baselines import Store
 from .doctor import Context, Finding, check
 from .loadrun import weight_files
 from .models import sha256
@@ -280,20 +281,6 @@ def model_permissions(ctx: Context) -> Iterator[Finding]:
             yield Finding("model.permissions", "info", f"config and weights in {m} are 640")
 
 
-def recorded_hashes(root: Path, name: str) -> dict[str, str]:
-    """baseline file -> the sha256 of model file `name` recorded with it (environment.model_files)."""
-    out = {}
-    for p in sorted(Path(root).glob("*/*/*.json")):
-        try:
-            env = json.loads(p.read_text(encoding="utf-8")).get("environment", {})
-        except (OSError, ValueError, AttributeError):
-            continue
-        h = env.get("model_files", {}).get(name) if isinstance(env, dict) else None
-        if isinstance(h, str):
-            out[str(p)] = h
-    return out
-
-
 _TOKENIZER = (
     "import sys; from transformers import AutoTokenizer; t = AutoTokenizer.from_pretrained(sys.argv[1]); print(len(t))"
 )
@@ -320,7 +307,7 @@ def model_tokenizer(ctx: Context) -> Iterator[Finding]:
             yield Finding("model.tokenizer", "info", f"tokenizer in {m} loads; no tokenizer.json to hash")
             continue
         mine = sha256(tj)
-        recorded = recorded_hashes(ctx.baselines, "tokenizer.json")
+        recorded = Store(ctx.baselines).model_file_hashes("tokenizer.json")
         other = {p: h for p, h in recorded.items() if h != mine}
         if other:
             p, h = next(iter(other.items()))
@@ -531,11 +518,10 @@ def omp_recommendation(root: Path, cpu_model: str, device: str) -> tuple[str, di
     """(fastest setting, median warm load per setting, baseline folder) from this hardware's load-time baselines."""
     best: dict[str, float] = {}
     where = ""
-    for p in sorted(Path(root).glob("*/loadtime/omp-*.json")):
+    for p, b in Store(root).raw("loadtime", "omp-*"):
         try:
-            b = json.loads(p.read_text(encoding="utf-8"))
             dev = b["environment"]["device"]
-        except (OSError, ValueError, KeyError, TypeError):
+        except (KeyError, TypeError):
             continue
         if dev.get("device") != device or (device == "cpu" and dev.get("cpu_model") != cpu_model):
             continue

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import platform
 import re
+import subprocess
 from collections.abc import Mapping
+from pathlib import Path
 
 _RELEVANT = re.compile(
     r"^(ATB_|HCCL_|LCCL_|OMP_|MKL_|NPU_|PYTORCH_NPU_|ASCEND_|CUBLAS_|VLLM_|CLOSE_MATMUL_K_SHIFT$|HARNESS_)"
@@ -19,6 +21,16 @@ def redact(environ: Mapping[str, str]) -> dict[str, str]:
 
 def relevant_env(environ: Mapping[str, str]) -> dict[str, str]:
     return redact({k: v for k, v in environ.items() if _RELEVANT.match(k)})
+
+
+def changes(before: Mapping[str, object], after: Mapping[str, object], missing: str = "not recorded") -> list[str]:
+    """What differs between two environment descriptions, one 'field before -> after' each (sorted): why bits moved
+    under one baseline key, or what changed between two history rows."""
+    return [
+        f"{k} {before.get(k, missing) or missing} -> {after.get(k, missing) or missing}"
+        for k in sorted(set(before) | set(after))
+        if before.get(k) != after.get(k)
+    ]
 
 
 def host() -> dict[str, str]:
@@ -42,3 +54,18 @@ def cpu_model(cpuinfo: str | None = None) -> str:
     if "CPU implementer" in f:  # Arm (Kunpeng, Graviton): implementer and part
         return f"arm-{f['CPU implementer']}-{f.get('CPU part', '?')}"
     return platform.processor() or platform.machine()
+
+
+def project_commit() -> str:
+    """The harness checkout's commit, recorded with baselines, history rows and sign-offs."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""

@@ -5,18 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from . import baselines, perfgate, report
+from . import baselines, envinfo, perfgate, report
 from .analysis import baseline as baseline_check
 from .analysis import determinism
-from .errors import HarnessError
 from .jobs import JobOutcome
 from .records import Record
 from .run import Options
 from .suite import Suite
-
-
-def _record_hint(suite: Suite) -> str:
-    return f"record one for this host with: harness run {suite.path} --update-baselines --reason '...'"
 
 
 def against_baselines(
@@ -64,12 +59,7 @@ def _one(
         return
     found = store.check(key, sdir, j.name, suite.case_hash)
     if isinstance(found, baselines.Missing):
-        out.verdicts.append(
-            baseline_check.missing(
-                j.profile,
-                f"no baseline for {found.path.parent.parent.name} (nor any {key.device} one); {_record_hint(suite)}",
-            )
-        )
+        out.verdicts.append(baseline_check.missing(j.profile, baselines.missing_reason(found, key, suite.path)))
         return
     if isinstance(found, baselines.Unusable):
         out.verdicts.append(baseline_check.not_comparable(j.profile, found.reason))
@@ -80,7 +70,7 @@ def _one(
         if found.tier == "same key"
         else (
             f"no baseline for this {'hardware' if found.tier == 'other hardware' else 'software'} ({key}); "
-            f"compared with {found.key} at level {expect}; {_record_hint(suite)}"
+            f"compared with {found.key} at level {expect}; {baselines.record_hint(suite.path)}"
         )
     )
     v = baseline_check.evaluate(
@@ -91,7 +81,7 @@ def _one(
         note,
         k=suite.generation.k,
     )
-    if not v.passed and (changed := baselines.environment_changes(b.environment.get("device", {}), j.meta["device"])):
+    if not v.passed and (changed := envinfo.changes(b.environment.get("device", {}), j.meta["device"])):
         v = dataclasses.replace(v, reason=f"{v.reason}; since the baseline: {', '.join(changed)}")
     out.verdicts.append(v)
     out.sources[j.name] = found.describe()
@@ -102,7 +92,7 @@ def _one(
         out.ungated_note = (
             f"latency shown, not gated: the baselines were measured on other hardware "
             f"({found.key.hardware}; this run {key.hardware}), and timings compare only on one "
-            f"hardware; {_record_hint(suite)}"
+            f"hardware; {baselines.record_hint(suite.path)}"
         )
     rows = perfgate.against(suite.perf, b, records[j.name], j.meta, suite.seed)
     out.changes[j.name] = rows if found.same_hardware else perfgate.ungated(rows)
@@ -182,16 +172,11 @@ def _update(
         b.runs = b.runs[-baselines.MAX_RUNS :]
         if old:
             b.thresholds, b.calibration = old.thresholds, old.calibration
-    try:
-        target = store.update(key, sdir, j.name, b)
-    except HarnessError as e:  # a name that leads out of --baselines: input, not the disk
-        return baseline_check.not_comparable(j.profile, f"{e}; the run's report is kept")
-    except OSError as e:
-        out.unwritable = True
-        return baseline_check.not_comparable(
-            j.profile,
-            f"{store.path(key, sdir, j.name)}: cannot write the baseline ({e.strerror or e}); the run's report is kept",
-        )
+    target = store.save(key, sdir, j.name, b)
+    if isinstance(target, baselines.NotWritten):
+        out.unwritable = out.unwritable or target.disk
+        return baseline_check.not_comparable(j.profile, target.reason)
+    out.written[j.name] = target
     return determinism.Verdict(
         profile=j.profile,
         property="baseline",

@@ -213,9 +213,9 @@ def append(
     """Append one row per headline. (files written, problem lines): unreadable rows already there, or a file that
     could not be written. Never raises for the disk: the run's own reports are already written."""
     from . import __version__
-    from .baselines import _project_commit
+    from .envinfo import project_commit
 
-    commit = _project_commit()
+    commit = project_commit()
     when = time.time() if when is None else when
     written, problems = [], []
     try:
@@ -243,14 +243,16 @@ def append(
 
 def environment_changes(before: Row, after: Row) -> list[str]:
     """The environment fields (and model, harness version) that differ between two runs: 'torch 2.12 -> 2.13'."""
-    keys = [k for k in after.attributes if k.startswith(ENV_PREFIX) or k in ("model_hash", "harness_version")]
-    keys += [k for k in before.attributes if k not in after.attributes and k.startswith(ENV_PREFIX)]
-    out = []
-    for k in keys:
-        a, b = before.attributes.get(k, ""), after.attributes.get(k, "")
-        if a != b:
-            out.append(f"{k.removeprefix(ENV_PREFIX)} {a or 'none'} -> {b or 'none'}")
-    return out
+    from .envinfo import changes
+
+    def env(r: Row) -> dict[str, str]:
+        return {
+            k.removeprefix(ENV_PREFIX): v
+            for k, v in r.attributes.items()
+            if k.startswith(ENV_PREFIX) or k in ("model_hash", "harness_version")
+        }
+
+    return changes(env(before), env(after), missing="none")
 
 
 def model_hash(model_dir: str | Path) -> str:

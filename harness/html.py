@@ -17,12 +17,15 @@ import base64
 import io
 import math
 import re
+import traceback
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from . import __version__, atomic, history, trend
-from .records import Record, read_jsonl
+from .errors import one_line
+from .records import MODEL_IDS, TEXT_HASH, Record, read_jsonl
 
 TREND_RUNS = 30  # runs shown in each trend chart
 CONTINUATION = 40  # tokens shown per side after a divergence
@@ -32,19 +35,37 @@ LEVEL_COLOURS = {"bitwise": "#2e7d32", "tokens": "#9ccc65", "close": "#ffb300", 
 _DETAILS = re.compile(r"^<details><summary>(.*)</summary>$")
 
 
-def write(result: Any, run_dir: Path, history_root: Path | None, headlines: list[history.Headline]) -> list[str]:
-    """Write run_dir/report.html; notes for the console (why it was not written), never an exception for the run."""
+@dataclass(frozen=True)
+class NotWritten:
+    """report.html was not written: a failure of one of the run's outputs, not a remark. str() is the one line the
+    console showed for it before ("report.html not written: ...")."""
+
+    # "missing dependency": jinja2, matplotlib or markdown-it is not installed; "error": drawing or writing it raised
+    cause: Literal["missing dependency", "error"]
+    message: str  # one line: what is missing, or the exception's type and message
+    where: str = ""  # cause "error": the innermost frame that raised it, "path:line in function"
+
+    def __str__(self) -> str:
+        return one_line(f"report.html not written: {self.message}" + (f" (at {self.where})" if self.where else ""))
+
+
+def write(result: Any, run_dir: Path, history_root: Path | None, headlines: list[history.Headline]) -> list[NotWritten]:
+    """Write run_dir/report.html. Returns [] when it is written, else one NotWritten saying why; never raises for a
+    page that cannot be drawn or written (any Exception), so the run's verdicts and reports stand either way."""
     try:
         import jinja2  # noqa: F401
         import markdown_it  # noqa: F401
         import matplotlib  # noqa: F401
     except ImportError as e:
-        return [f"report.html not written: {e.name} is not installed (pip install jinja2 matplotlib markdown-it-py)"]
+        why = f"{e.name} is not installed (pip install jinja2 matplotlib markdown-it-py)"
+        return [NotWritten("missing dependency", why)]
     try:
         text = render(result, run_dir, history_root, headlines)
         atomic.write_text(Path(run_dir) / "report.html", text)
-    except Exception as e:  # noqa: BLE001  the run's verdicts and reports stand; the page is an extra view of them
-        return [f"report.html not written: {type(e).__name__}: {e}"]
+    except Exception as e:  # noqa: BLE001  reported to the caller as a failed output, not raised through the run
+        frames = traceback.extract_tb(e.__traceback__)
+        where = f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
+        return [NotWritten("error", f"{type(e).__name__}: {e}", where)]
     return []
 
 
@@ -150,23 +171,49 @@ def _reference(records: list[Record], prop: str) -> dict[str, Record]:
     return refs
 
 
-def _topk(r: Record, step: int, pieces: dict[int, str]) -> list[dict[str, Any]]:
-    if step >= len(r.topk_ids):
+def _topk(r: Record, step: int, names: dict[str, dict[int, str]]) -> list[dict[str, Any]]:
+    """The alternatives at one step: the engine's own text where it gave it (a server; vLLM in process), else the
+    ids named by the records and the tokenizer (`#id` where neither names one)."""
+    ids = r.topk_ids[step] if step < len(r.topk_ids) else None
+    texts = r.topk_tokens[step] if step < len(r.topk_tokens) else None
+    lps = r.topk_logprobs[step] if step < len(r.topk_logprobs) else []
+    if ids is not None and r.ids in names:
+        tok = r.tokens[step] if step < len(r.tokens) else None
+        if texts is None or len(texts) != len(ids):
+            texts = [names[r.ids].get(i, f"#{i}") for i in ids]
+        chosen = [i == tok for i in ids]
+    elif texts is not None:
+        piece = r.pieces[step] if step < len(r.pieces) else None
+        chosen = [t == piece for t in texts]
+    else:
         return []
-    return [
-        {
-            "token": pieces.get(i, f"#{i}"),
-            "logprob": round(lp, 4),
-            "chosen": step < len(r.tokens) and i == r.tokens[step],
-        }
-        for i, lp in zip(r.topk_ids[step], r.topk_logprobs[step])
-    ]
+    return [{"token": t, "logprob": round(lp, 4), "chosen": c} for t, c, lp in zip(texts, chosen, lps)]
+
+
+def _names(result: Any, records: dict[str, list[Record]]) -> dict[str, dict[int, str]]:
+    """Text for the ids in the records, per id space that has ids (a record's own pieces name the tokens it
+    generated); a server's records carry text, not ids, and need none."""
+    names: dict[str, dict[int, str]] = {MODEL_IDS: {}, TEXT_HASH: {}}
+    for recs in records.values():
+        for r in recs:
+            if r.ids in names:
+                names[r.ids].update(zip(r.tokens, r.pieces))
+    names[MODEL_IDS] = _with_topk_pieces(names[MODEL_IDS], result, records)
+    return names
 
 
 def _with_topk_pieces(pieces: dict[int, str], result: Any, records: dict[str, list[Record]]) -> dict[int, str]:
     """Top-k alternatives that no sequence generated have no piece in the records; the model folder's
-    tokenizer.json names them (tokenizers only: no model, no torch). Without one they stay `#id`."""
-    missing = {i for recs in records.values() for r in recs for ids in r.topk_ids for i in ids} - pieces.keys()
+    tokenizer.json names them (tokenizers only: no model, no torch). Without one they stay `#id`. Only the model's
+    own ids go to it, and only those it has (a record from a server holds text, an older one hashes of it)."""
+    missing = {
+        i
+        for recs in records.values()
+        for r in recs
+        if r.ids == MODEL_IDS and not r.topk_tokens  # with the engine's text beside them, nothing to decode
+        for ids in r.topk_ids
+        for i in ids
+    } - pieces.keys()
     path = Path(result.model_dir) / "tokenizer.json"
     if not missing or not result.model_dir or not path.is_file():
         return pieces
@@ -174,20 +221,25 @@ def _with_topk_pieces(pieces: dict[int, str], result: Any, records: dict[str, li
         import tokenizers
 
         tok = tokenizers.Tokenizer.from_file(str(path))
+        vocab = tok.get_vocab_size(with_added_tokens=True)
     except Exception:  # noqa: BLE001  (a name for an alternative is a nicety; the verdicts do not need it)
         return pieces
-    return {**{i: tok.decode([i]) for i in sorted(missing)}, **pieces}
+    named = {}
+    for i in sorted(missing):
+        if not 0 <= i < vocab:
+            continue  # not one of this tokenizer's ids (another model's records): it stays `#id`
+        try:
+            named[i] = tok.decode([i])
+        except Exception:  # noqa: BLE001
+            continue
+    return {**named, **pieces}
 
 
 def divergence_maps(result: Any) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
     """One map per profile and property: rows are prompts, columns each schedule's k-th sequence of that prompt;
     every compared sequence is one cell. Details (continuations, top-k) only for close and diverged cells."""
     records = _records(result)
-    pieces: dict[int, str] = {}
-    for recs in records.values():
-        for r in recs:
-            pieces.update(zip(r.tokens, r.pieces))
-    pieces = _with_topk_pieces(pieces, result, records)
+    names = _names(result, records)
     maps, details = [], {}
     for v in result.verdicts:
         if not v.comparisons:
@@ -232,8 +284,8 @@ def divergence_maps(result: Any) -> tuple[list[dict[str, Any]], dict[str, dict[s
                     "other": other.pieces[step : step + CONTINUATION]
                     if c.unit == "step"
                     else [other.text[step:][:400]],
-                    "ref_topk": _topk(ref, step, pieces),
-                    "other_topk": _topk(other, step, pieces),
+                    "ref_topk": _topk(ref, step, names),
+                    "other_topk": _topk(other, step, names),
                     "reference": "the first repeat" if v.property == "repeatability" else "the prompt alone (solo)",
                 }
             cells[c.prompt_id][col] = cell

@@ -45,6 +45,7 @@ class BaselineResult:
     unwritable: bool = False  # --update-baselines could not write a file
     found: dict[str, Baseline] = field(default_factory=dict)  # profile -> the baseline compared with
     used: dict[str, BaselineUse] = field(default_factory=dict)  # job -> the baseline file judged against, its tier
+    written: dict[str, Path] = field(default_factory=dict)  # job -> the baseline file --update-baselines wrote
     alpha_row: float = float("nan")  # the smallest per-row alpha the budget implied
     ungated_note: str = ""  # why timings were shown but not gated
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from . import __version__, atomic, baselines, doctor, run
+from . import __version__, atomic, baselines, doctor, envinfo, run
 from .errors import CHECK_FAILED, INFRA, OK, USAGE, HarnessError, one_line
 from .models import file_hashes, sha256
 from .tomltable import SuiteError, Table, read_toml
@@ -271,12 +271,10 @@ def environment_diff(per_gate: list[tuple[list[baselines.BaselineUse], dict]], c
 
 def model_rows(dirs: list[Path], store: Path) -> list[list[str]]:
     """Every file of the model folders with its sha256, against what the baselines recorded."""
-    from .doctor_checks import recorded_hashes
-
     rows = []
     for d in dirs:
         for name, h in file_hashes(d, None).items():
-            rec = set(recorded_hashes(store, name).values())
+            rec = set(baselines.Store(store).model_file_hashes(name).values())
             mark = (
                 "not recorded" if not rec else "matches the baselines" if rec == {h} else "DIFFERS from the baselines"
             )
@@ -389,7 +387,7 @@ def execute(spec: Spec, opts: run.Options, python: str | None = None) -> Signoff
     }
     todo = [(i, g) for i, g in enumerate(spec.gates) if i not in done]
     per_gate: list[tuple[list[baselines.BaselineUse], dict]] = []
-    commit = baselines._project_commit()  # noqa: SLF001  (the same commit the baselines record)
+    commit = envinfo.project_commit()  # the same commit the baselines record
     models = model_rows(ctx.model_dirs, opts.baselines)
 
     def report(pending: str) -> SignoffResult:

@@ -13,7 +13,7 @@ from harness.analysis import latency
 from harness.jobs import JobOutcome
 from harness.records import Record
 from harness.run import RunDir
-from harness.suite import parse
+from harness.suite_parse import parse
 
 WORDS = "the a of to and in is it you that was for on are with as I his they be at one have this from".split()
 DEVICE = {"device": "cpu", "cpu_capability": "avx512", "cpu_model": "intel-6-167", "threads": "2", "torch": "2.13.0"}
@@ -74,10 +74,60 @@ def records(sequences: int, prompts: int, steps: int, seed: int = 0) -> list[Rec
     return out
 
 
-def build(out: Path, sequences: int, prompts: int, steps: int) -> report.RunResult:
+def token_text(i: int) -> str:
+    """What an engine decodes each synthetic id to: the words, then the ids only ever seen as alternatives."""
+    return " " + WORDS[i] if i < len(WORDS) else f" alt{i}"
+
+
+def as_engine(recs: list[Record], engine: str) -> list[Record]:
+    """The same sequences as the `vllm` adapter (vLLM in process) or a server (the `endpoint` adapter, logprobs on)
+    writes them: each one's steps through that adapter's own code, then into a Record as the worker makes it."""
+    from harness.adapters import endpoint
+
+    from . import fake_vllm
+
+    def record(r: Record, g) -> Record:
+        keep = ("profile", "prompt_id", "schedule", "kind", "batch_id", "batch", "position", "repeat", "warmup")
+        return Record(**{k: getattr(r, k) for k in keep}, **vars(g))
+
+    usage = lambda r: {"prompt_tokens": 3, "completion_tokens": len(r.tokens)}  # noqa: E731
+    if engine == "served":
+        out = []
+        for r in recs:
+            steps = [
+                endpoint.Step(token_text(t), lps[0], [(token_text(i), lp) for i, lp in zip(ids, lps)])
+                for t, ids, lps in zip(r.tokens, r.topk_ids, r.topk_logprobs)
+            ]
+            out.append(record(r, endpoint.generated(list(r.pieces), list(r.token_times), steps, "length", usage(r))))
+        return out
+    assert engine == "vllm", engine
+    answers = [
+        fake_vllm.CompletionOutput(
+            token_ids=list(r.tokens),
+            logprobs=[
+                fake_vllm.step(t, list(zip(ids, lps)), token_text)
+                for t, ids, lps in zip(r.tokens, r.topk_ids, r.topk_logprobs)
+            ],
+            text=r.text,
+        )
+        for r in recs
+    ]
+    adapter = fake_vllm.adapter(answers, top_logprobs=max((len(ids) for r in recs for ids in r.topk_ids), default=1))
+    with fake_vllm.installed():
+        gens = [g for r in recs for g in adapter.generate([{"id": r.prompt_id, "text": "prompt", "chat": False}])]
+    return [record(r, g) for r, g in zip(recs, gens)]
+
+
+def build(
+    out: Path, sequences: int, prompts: int, steps: int, engine: str = "hf", model_dir: str = ""
+) -> report.RunResult:
+    """engine: "hf" (the records as the hf adapter writes them, real ids), "vllm" (vLLM in process: ids and their
+    text) or "served" (a server's logprobs: text only). model_dir: the run's model folder (its tokenizer.json)."""
     s = suite(prompts)
     rd = RunDir.create(out, s.name)
     recs = records(sequences, prompts, steps)
+    if engine != "hf":
+        recs = as_engine(recs, engine)
     path = rd.path / "records" / "default.jsonl"
     with open(path, "w", encoding="utf-8") as f:
         f.writelines(r.to_json() + "\n" for r in recs)
@@ -103,6 +153,7 @@ def build(out: Path, sequences: int, prompts: int, steps: int) -> report.RunResu
         exit_code=0,
         latency={"default": latency.samples(recs)},
         records={"default": recs},
+        model_dir=model_dir,
     )
     report.write(res)
     return res

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import baselines
+from harness import baselines, envinfo
 from harness.records import Record
 
 from .helpers import ROOT
@@ -162,11 +162,11 @@ def test_cpu_model_from_cpuinfo():
 def test_environment_changes_name_what_moved_since_the_baseline():
     before = {"device": "cpu", "torch": "2.13.0+cpu", "transformers": "5.23.0"}
     after = {"device": "cpu", "torch": "2.13.0+cpu", "transformers": "5.24.0", "cpu_model": "intel-6-167"}
-    assert baselines.environment_changes(before, after) == [
+    assert envinfo.changes(before, after) == [
         "cpu_model not recorded -> intel-6-167",
         "transformers 5.23.0 -> 5.24.0",
     ]
-    assert baselines.environment_changes(after, after) == []
+    assert envinfo.changes(after, after) == []
 
 
 def test_round_trip_keeps_references_samples_and_provenance(tmp_path: Path):
@@ -232,7 +232,7 @@ def test_kill_during_writes_leaves_a_readable_baseline(tmp_path: Path):
 
 def test_committed_baselines_match_their_suites_case_hash():
     """A change to how suites are hashed would silently turn every committed baseline into 'not comparable'."""
-    from harness import suite as S
+    from harness import suite_parse as S
 
     checked = 0
     for f in sorted((ROOT / "baselines").glob("*/*/*.json")):

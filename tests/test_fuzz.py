@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from harness import baselines, cli, run
+from harness import baselines, cli, envinfo, run
 from harness.analysis import baseline as baseline_check
 from harness.analysis import latency
 from harness.errors import USAGE, HarnessError
@@ -362,7 +362,7 @@ def use_baseline(path: Path, case_hash: str) -> None:
         return
     ours = [_record("a"), _record("b"), _record("zz")]
     baseline_check.evaluate(ours, lambda pid: b.reference(pid) if pid in b.outputs else None, "default", "bitwise")
-    baselines.environment_changes(b.environment.get("device", {}), fakes.DEVICE)
+    envinfo.changes(b.environment.get("device", {}), fakes.DEVICE)
     theirs = baselines.device_key(b.environment.get("device", {}))
     baselines.Found(path, b, theirs, "same key").describe()
     latency.gate(

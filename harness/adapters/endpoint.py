@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from .. import envinfo
 from ..jobs import Job
-from ..records import Generated
+from ..records import CHARS, MODEL_IDS, NO_IDS, Generated
 from ..served import Endpoint
 from ..wire import client_kwargs, connection_error, encode, request_body, size_error
 
@@ -38,16 +38,16 @@ class RequestFailed(Exception):
         self.vague = vague  # a connection failure whose cause the async stack did not keep
 
 
-def _tid(token: str) -> int:
-    """A stable integer for a token string: servers return token text, not ids, and ids only need to compare equal."""
-    return int.from_bytes(hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=6).digest(), "big")
-
-
 @dataclass
 class Step:
+    """One generated token: its text and logprob, and the top-k alternatives' (text, logprob) by rank. `token_id`
+    and `top_ids` are the model's ids of the same, where the engine gives them (vLLM in process; a server does not)."""
+
     token: str
     logprob: float
     top: list[tuple[str, float]]
+    token_id: int | None = None
+    top_ids: list[int] | None = None
 
 
 def _steps(choice: dict, api: str) -> list[Step]:
@@ -132,8 +132,12 @@ def generated(
         extra=extra or {},
     )
     if steps:
+        # Ids where every step has them (vLLM in process), else none: a server gives token text only, and the text
+        # (pieces, topk_tokens) is then what identifies a token; never a hash of it in an id field.
+        with_ids = all(s.token_id is not None and s.top_ids is not None for s in steps)
         return Generated(
-            tokens=[_tid(s.token) for s in steps],
+            tokens=[s.token_id for s in steps if s.token_id is not None] if with_ids else [],
+            ids=MODEL_IDS if with_ids else NO_IDS,
             pieces=[s.token for s in steps],
             # Tied top-k entries in a canonical order: engines list exact ties (common in bfloat16) in either order.
             fingerprints=[
@@ -143,7 +147,8 @@ def generated(
                 ).hexdigest()
                 for s in steps
             ],
-            topk_ids=[[_tid(t) for t, _ in s.top] for s in steps],
+            topk_ids=[list(s.top_ids or []) for s in steps] if with_ids else [],
+            topk_tokens=[[t for t, _ in s.top] for s in steps],
             topk_logprobs=[[lp for _, lp in s.top] for s in steps],
             level="logprobs",
             **common,
@@ -151,6 +156,7 @@ def generated(
     # Text only: characters are the unit, so a divergence is located to the character.
     return Generated(
         tokens=[ord(c) for c in text],
+        ids=CHARS,
         pieces=list(text),
         fingerprints=[],
         topk_ids=[],

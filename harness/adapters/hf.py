@@ -11,7 +11,7 @@ import torch
 from .. import devices
 from ..fingerprint import fingerprint, to_hex
 from ..jobs import Job
-from ..records import Generated
+from ..records import MODEL_IDS, Generated
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -137,6 +137,7 @@ class HFAdapter:
                 fingerprints=fps[r],
                 topk_ids=tids[r],
                 topk_logprobs=tlps[r],
+                ids=MODEL_IDS,
                 token_times=times[r],
                 prompt_tokens=int(mask[r, : ids.shape[1]].sum()),
             )

@@ -4,10 +4,12 @@ planned batch is ONE `generate` call, so the harness decides which sequences sha
 arrival order at a server.
 
 Greedy, seeded, `logprobs = top_logprobs`, `ignore_eos`; `max_num_seqs` covers the largest planned batch, so the
-scheduler runs the batch together. vLLM returns logprobs, not logits: records are at the `logprobs` level, in the
-same shape as the endpoint adapter's (token ids are stable hashes of the token text; each step's fingerprint hashes
-the chosen token, its logprob and the top-k), so the in-process and served records compare alike. Exact equality
-of the fingerprints is meaningful: the logprobs come back as the same float32 values, bit for bit, or they differ.
+scheduler runs the batch together. vLLM returns logprobs, not logits: records are at the `logprobs` level, built as
+the endpoint adapter builds them (each step's fingerprint hashes the chosen token's text, its logprob and the
+top-k's), with the model's token ids the logprobs are keyed by in `tokens` and `topk_ids` (ids = "model") and the
+decoded text beside them (`pieces`, `topk_tokens`), so the in-process and served records compare alike on text.
+Exact equality of the fingerprints is meaningful: the logprobs come back as the same float32 values, bit for bit,
+or they differ.
 """
 
 from __future__ import annotations
@@ -120,11 +122,18 @@ class VLLMAdapter:
             c = out.outputs[0]
             steps = []
             for tid, lps in zip(c.token_ids, c.logprobs or []):
-                # The top k by rank (the chosen token is added when outside them; tied values share a rank).
-                top = sorted((lp for lp in lps.values() if lp.rank is not None), key=lambda lp: lp.rank)[:k]
+                # Each step's logprobs are keyed by token id: the top k by rank (the chosen token is added when
+                # outside them; tied values share a rank), with their ids and their decoded text.
+                top = sorted(((i, lp) for i, lp in lps.items() if lp.rank is not None), key=lambda e: e[1].rank)[:k]
                 chosen = lps[tid]
                 steps.append(
-                    Step(chosen.decoded_token or "", chosen.logprob, [(t.decoded_token or "", t.logprob) for t in top])
+                    Step(
+                        chosen.decoded_token or "",
+                        chosen.logprob,
+                        [(lp.decoded_token or "", lp.logprob) for _, lp in top],
+                        token_id=int(tid),
+                        top_ids=[int(i) for i, _ in top],
+                    )
                 )
             # One generate call per batch: no per-token times (the served path measures TTFT and TPOT).
             usage = {"prompt_tokens": len(inp["prompt_token_ids"]), "completion_tokens": len(c.token_ids)}

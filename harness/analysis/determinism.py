@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import builtins
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import chain
 from operator import sub
-from typing import Literal, TypedDict
+from typing import Literal, NamedTuple, TypedDict
 
-from ..records import Record
+from ..records import CHARS, NO_IDS, TEXT_HASH, Record, text_hash
 
 Level = Literal["bitwise", "tokens", "close", "diverged"]  # how one sequence compares with its reference
 LEVEL_ORDER: tuple[Level, ...] = ("bitwise", "tokens", "close", "diverged")  # best first
@@ -138,12 +138,20 @@ def _first(a: Sequence[object], b: Sequence[object]) -> int | None:
     return None if len(a) == len(b) else n
 
 
-def _max_dlogprob(ref: Record, other: Record, lo: int, hi: int) -> float:
-    """Largest |Δ logprob| over the top-k ids both sides share, at steps [lo, hi)."""
+def _max_dlogprob(
+    ri: Sequence[Sequence[object]],
+    rl: Sequence[Sequence[float]],
+    oi: Sequence[Sequence[object]],
+    ol: Sequence[Sequence[float]],
+    lo: int,
+    hi: int,
+) -> float:
+    """Largest |Δ logprob| over the top-k entries both sides share (ids or text, as _views reads them), at steps
+    [lo, hi)."""
     if hi <= lo:
         return 0.0
-    ri, oi = ref.topk_ids[lo:hi], other.topk_ids[lo:hi]
-    rl, ol = ref.topk_logprobs[lo:hi], other.topk_logprobs[lo:hi]
+    ri, oi = ri[lo:hi], oi[lo:hi]
+    rl, ol = rl[lo:hi], ol[lo:hi]
     if ri == oi:  # the common case, same ids in the same order at every step: one pass at C speed
         return max(map(abs, map(sub, chain.from_iterable(rl), chain.from_iterable(ol))), default=0.0)
     d = 0.0
@@ -153,6 +161,42 @@ def _max_dlogprob(ref: Record, other: Record, lo: int, hi: int) -> float:
     return d
 
 
+class _View(NamedTuple):
+    """One side of a comparison in the space both sides can be read in: per step, what identifies the generated
+    token and each top-k entry (an id, a text, a code point or a legacy hash), and the token's text to show."""
+
+    tokens: Sequence[Hashable]
+    topk: Sequence[Sequence[Hashable]]
+    pieces: Sequence[str]
+
+
+def _views(ref: Record, other: Record, text_only: bool) -> tuple[_View, _View]:
+    """Both records in one space: text as characters where either side is text only; the model's ids where both
+    have them; else the token text (a server gives text only; vLLM in process gives both), hashed as an older
+    record stored it where one side is such a record."""
+    if text_only:
+        space = CHARS
+    elif ref.ids == other.ids:
+        space = ref.ids
+    else:
+        space = TEXT_HASH if TEXT_HASH in (ref.ids, other.ids) else NO_IDS
+    return _view(ref, space), _view(other, space)
+
+
+def _view(r: Record, space: str) -> _View:
+    if space == CHARS:
+        if r.level == "text":  # its tokens are its characters already
+            return _View(r.tokens, [], r.pieces)
+        chars = list(r.text)
+        return _View([ord(c) for c in chars], [], chars)
+    if space == r.ids:
+        return _View(r.token_keys, r.topk_tokens if r.ids == NO_IDS else r.topk_ids, r.pieces)
+    if space == NO_IDS:
+        return _View(r.pieces, r.topk_tokens, r.pieces)
+    # TEXT_HASH: the other side is a record from before `ids`, which stored the text's hash in place of ids.
+    return _View([text_hash(p) for p in r.pieces], [[text_hash(t) for t in top] for top in r.topk_tokens], r.pieces)
+
+
 def lowest_level(records: Iterable[Record]) -> Seen:
     return LEVELS[max((LEVELS.index(r.level) for r in records), default=0)]
 
@@ -160,16 +204,18 @@ def lowest_level(records: Iterable[Record]) -> Seen:
 def compare(ref: Record, other: Record, k: int | None = None) -> Comparison:
     """k: how deep into each side's top-k a near-tie may reach (None: every captured top logprob)."""
     text_only = "text" in (ref.level, other.level)
-    tok_step = _first(ref.tokens, other.tokens)
+    rv, ov = _views(ref, other, text_only)
+    tok_step = _first(rv.tokens, ov.tokens)
     # Text only: no fingerprints, so equal text is "tokens" (same output), never "bitwise".
     bit_step = (0 if tok_step is None else tok_step) if text_only else _first(ref.fingerprints, other.fingerprints)
     if tok_step is not None and (bit_step is None or bit_step > tok_step):
         bit_step = tok_step  # different tokens imply different logits from there on
-    shared_steps = min(len(ref.topk_ids), len(other.topk_ids))
+    shared_steps = min(len(rv.topk), len(ov.topk))
     last = shared_steps if tok_step is None else min(tok_step + 1, shared_steps)
     # Steps before the first differing fingerprint have bit-identical logits: their Δ is 0, skip them.
     first = last if bit_step is None else min(bit_step, last)
-    dmax = max(_max_dlogprob(ref, other, first, last - 1), _max_dlogprob(ref, other, last - 1, last))
+    tops = (rv.topk, ref.topk_logprobs, ov.topk, other.topk_logprobs)
+    dmax = max(_max_dlogprob(*tops, first, last - 1), _max_dlogprob(*tops, last - 1, last))
     base = _Where(
         prompt_id=other.prompt_id,
         schedule=other.schedule,
@@ -184,16 +230,17 @@ def compare(ref: Record, other: Record, k: int | None = None) -> Comparison:
     if tok_step is None:
         return Comparison(level="bitwise" if bit_step is None else "tokens", **base)
     s = tok_step
-    r_tok = ref.tokens[s] if s < len(ref.tokens) else None
-    o_tok = other.tokens[s] if s < len(other.tokens) else None
-    r_ids = ref.topk_ids[s][:k] if s < len(ref.topk_ids) else []
-    o_ids = other.topk_ids[s][:k] if s < len(other.topk_ids) else []
+    r_tok = rv.tokens[s] if s < len(rv.tokens) else None
+    o_tok = ov.tokens[s] if s < len(ov.tokens) else None
+    r_ids = rv.topk[s][:k] if s < len(rv.topk) else []
+    o_ids = ov.topk[s][:k] if s < len(ov.topk) else []
     margin = ref_in = other_in = None
-    if s < len(ref.topk_logprobs) and len(ref.topk_logprobs[s]) > 1:
+    # Text only: s counts characters, not steps, and no side has a margin there.
+    if not text_only and s < len(ref.topk_logprobs) and len(ref.topk_logprobs[s]) > 1:
         margin = ref.topk_logprobs[s][0] - ref.topk_logprobs[s][1]
-    if r_tok is not None and s < len(other.topk_ids):
+    if r_tok is not None and s < len(ov.topk):
         ref_in = r_tok in o_ids
-    if o_tok is not None and s < len(ref.topk_ids):
+    if o_tok is not None and s < len(rv.topk):
         other_in = o_tok in r_ids
     # vLLM's check_logprobs_close: a near-tie at the first divergence is tolerated, what follows it is not compared.
     # A side that ended has no token there (None), and text carries no top-k: both stay diverged.
@@ -201,11 +248,11 @@ def compare(ref: Record, other: Record, k: int | None = None) -> Comparison:
     return Comparison(
         level="close" if close else "diverged",
         ref_margin=margin,
-        ref_token=ref.pieces[s] if r_tok is not None else "<end>",
-        other_token=other.pieces[s] if o_tok is not None else "<end>",
+        ref_token=rv.pieces[s] if r_tok is not None else "<end>",
+        other_token=ov.pieces[s] if o_tok is not None else "<end>",
         ref_in_other_topk=ref_in,
         other_in_ref_topk=other_in,
-        context="".join(ref.pieces[max(0, s - 12) : s]),
+        context="".join(rv.pieces[max(0, s - 12) : s]),
         k=max(len(r_ids), len(o_ids)),
         **base,
     )
@@ -381,11 +428,11 @@ def evaluate(records: list[Record], profile: str, prop: str, expect: Expectation
     level = lowest_level(records)
     refs, others = _references(records, prop)
     comps = [compare(refs[r.prompt_id], r, k) for r in others if r.prompt_id in refs]
-    tok_sets: dict[str, set[tuple[int, ...]]] = defaultdict(set)
+    tok_sets: dict[str, set[tuple[int | str, ...]]] = defaultdict(set)
     bit_sets: dict[str, set[tuple[str, ...]]] = defaultdict(set)
     for r in list(refs.values()) + others:
         if r.prompt_id in refs:
-            tok_sets[r.prompt_id].add(tuple(r.tokens))
+            tok_sets[r.prompt_id].add(tuple(r.token_keys))
             bit_sets[r.prompt_id].add(tuple(r.fingerprints))
     note = f"{failed} sequences failed and are left out (see the failed requests)" if failed else ""
     return verdict(
@@ -418,11 +465,11 @@ def tp_invariance(
     pairs = [(twins[(r.batch_id, r.position)], r) for r in other if not r.failed and (r.batch_id, r.position) in twins]
     unmatched = sum(1 for r in other if not r.failed and (r.batch_id, r.position) not in twins)
     comps = [compare(a, b, k) for a, b in pairs]
-    toks: dict[str, set[tuple[int, ...]]] = defaultdict(set)
+    toks: dict[str, set[tuple[int | str, ...]]] = defaultdict(set)
     bits: dict[str, set[tuple[str, ...]]] = defaultdict(set)
     for a, b in pairs:
         for r in (a, b):
-            toks[r.prompt_id].add(tuple(r.tokens))
+            toks[r.prompt_id].add(tuple(r.token_keys))
             bits[r.prompt_id].add(tuple(r.fingerprints))
     notes = [f"TP {tp} against TP {ref_tp}, batch for batch"]
     if unmatched:
