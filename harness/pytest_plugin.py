@@ -68,7 +68,7 @@ class SuiteFile(pytest.File):
             raise self.CollectError(str(e)) from None
         self._outcome = self._error = None
         groups: dict[str, list[str]] = {}
-        for group, name in self.kind.items(self.suite):
+        for group, name in run.items(self.kind, self.suite):
             groups.setdefault(group, []).append(name)
         for group, names in groups.items():
             yield GroupNode.from_parent(self, name=group, names=names)

@@ -171,9 +171,18 @@ def directory_option(flag: str, path: Path) -> None:
             )
 
 
+REPORT_CHECK = ("report", "html")  # every kind's run ends with its report.html: a check of its own
+
+
+def items(kind: Kind, suite: Any) -> list[tuple[str, str]]:
+    """(group, name) of every check a run of `suite` reports: the kind's, and report.html."""
+    return [*kind.items(suite), REPORT_CHECK]
+
+
 def execute(kind: Kind, suite: Any, opts: Options) -> Outcome:
-    """Run a suite, then what every kind shares after it: its headline metrics appended to the history, and
-    report.html (which shows that history's trend). Neither can fail the run: a problem is a note."""
+    """Run a suite, then what every kind shares after it: its headline metrics appended to the history (a problem
+    there is a note: the history is a convenience) and report.html (a page that cannot be written is a failed
+    check: it is what a reader opens first)."""
     out = kind.execute(suite, opts)
     notes: list[str] = []
     if opts.history is not None and out.headlines:
@@ -183,10 +192,16 @@ def execute(kind: Kind, suite: Any, opts: Options) -> Outcome:
             opts.history, out.headlines, run_id=out.run_dir.name, exit_code=out.exit_code
         )
         notes += problems + ([f"history: {len(written)} row(s) appended under {opts.history}"] if written else [])
-    if out.result is not None:
+    if out.result is None:
+        out.checks.append(Check(*REPORT_CHECK, "skipped", "this run produced no result to render"))
+    else:
         from . import html
 
-        notes += html.write(out.result, out.run_dir, opts.history, out.headlines)
+        missing = [str(m) for m in html.write(out.result, out.run_dir, opts.history, out.headlines)]
+        out.checks.append(Check(*REPORT_CHECK, "failed" if missing else "passed", "; ".join(missing)))
+        if missing:
+            out.exit_code = max(out.exit_code, CHECK_FAILED)
+            notes += [f"x {m}" for m in missing]
     if os.environ.get("GITHUB_STEP_SUMMARY"):
         notes += step_summary(Path(os.environ["GITHUB_STEP_SUMMARY"]), out.run_dir / "summary.md")
     if notes:

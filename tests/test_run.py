@@ -75,3 +75,22 @@ def test_determinism_runs_in_the_same_second_too(tmp_path: Path, monkeypatch, sa
 )
 def test_one_exit_code_rule(infra: bool, unusable: bool, failed: bool, code: int):
     assert run.exit_code(infra=infra, unusable=unusable, failed=failed) == code
+
+
+def test_a_report_html_that_cannot_be_written_is_a_failed_check(tmp_path: Path, monkeypatch):
+    """report.html is what a reader opens first: a page that cannot be drawn fails the run (exit 1) as a check of
+    its own, named in the console, instead of a note under a green result."""
+    from harness import html
+
+    fakes.install(monkeypatch, tmp_path / "model")
+
+    def broken(*args, **kwargs):
+        raise ValueError("a chart that cannot be drawn")
+
+    monkeypatch.setattr(html, "render", broken)
+    path = suite(tmp_path)
+    code, stdout, err = harness("run", path, "--out", tmp_path / "out", "--baselines", tmp_path / "b")
+    assert code == CHECK_FAILED, (stdout, err)
+    assert "x report.html not written: ValueError: a chart that cannot be drawn" in stdout
+    kind, s = run.load(path, run.Options(out=tmp_path / "out2", baselines=tmp_path / "b"))
+    assert run.REPORT_CHECK in run.items(kind, s)  # a pytest item of its own
