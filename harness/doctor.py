@@ -1,7 +1,7 @@
 """`harness doctor`: a preflight against the known failure modes (the MindIE FAQ's automatable ones), before a model
 loads. Each check is a small function that looks at a Context and returns Findings: an id, a severity, what it
-found and the exact fix. The checks live in the modules of CHECK_MODULES (one line per module: tensor parallel or
-vLLM add theirs there); a check registers itself with @check.
+found and the exact fix. The checks live in the modules of harness.registry.CHECKS (one line per module, or an
+entry point in the group `harness.checks`); a check registers itself with @check.
 
 Exit 0 when no finding is an error, 2 when one is (the environment or the input is wrong: USAGE, like any other
 input error). The doctor never imports torch: what the engine's interpreter can import is asked in a subprocess.
@@ -10,7 +10,6 @@ input error). The doctor never imports torch: what the engine's interpreter can 
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import os
 import subprocess
@@ -25,9 +24,6 @@ from .errors import OK, USAGE, HarnessError, one_line
 Severity = Literal["error", "warning", "info"]
 SEVERITIES: tuple[Severity, ...] = ("error", "warning", "info")
 NOT_APPLICABLE = "not applicable on {device}"
-
-# Modules whose import registers checks; another run kind adds its module here.
-CHECK_MODULES = ["harness.doctor_checks"]
 
 
 @dataclass(frozen=True)
@@ -155,8 +151,10 @@ def check(id: str, devices: tuple[str, ...] = (), looks_at: str = "") -> Callabl
 
 
 def registry() -> dict[str, CheckFn]:
-    for m in CHECK_MODULES:
-        importlib.import_module(m)
+    from .registry import CHECKS
+
+    for name in CHECKS.entries():
+        CHECKS.get(name)  # a check module registers its checks with @check when imported
     return REGISTRY
 
 

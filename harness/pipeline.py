@@ -31,8 +31,8 @@ def load_suite(path: str | Path, data: dict, opts: Options) -> Suite:
         raise HarnessError(str(e), USAGE) from None
     try:
         adapters.resolve(suite.model.adapter)
-    except KeyError as e:
-        raise HarnessError(f"{suite.path}: model.adapter: {e.args[0]}", USAGE) from None
+    except adapters.AdapterError as e:
+        raise HarnessError(f"{suite.path}: model.adapter: {e}", USAGE) from None
     if suite.endpoint is not None:
         preflight(suite)
         if suite.server is None and len(suite.profiles) > 1:

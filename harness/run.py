@@ -8,7 +8,6 @@ plus one line in KINDS.
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 import time
@@ -19,18 +18,12 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from .errors import CHECK_FAILED, INFRA, OK, USAGE, HarnessError
 from .options import Options
 from .paths import SAFE_RULE, inside, safe_name, shown
+from .registry import KINDS, RegistryError
 from .tomltable import SuiteError, read_toml
 
 if TYPE_CHECKING:
     from .analysis.stats import Change
     from .baselines import BaselineUse
-
-# kind -> "module:attr" of its Kind object; imported only when a suite of that kind is run.
-KINDS = {
-    "determinism": "harness.pipeline:DETERMINISM",
-    "served": "harness.pipeline:SERVED",
-    "loadtime": "harness.loadtime:KIND",
-}
 
 
 @dataclass(frozen=True)
@@ -130,6 +123,9 @@ def exit_code(*, infra: bool, unusable: bool, failed: bool) -> int:
 
 
 class Kind(Protocol):
+    """A run kind: registered in harness.registry.KINDS (or the entry-point group harness.kinds). A kind whose
+    Outcome.result report.html cannot draw sets a class attribute `html = False`."""
+
     name: str
 
     def load(self, path: Path, data: dict, opts: Options) -> Any:
@@ -144,6 +140,11 @@ class Kind(Protocol):
 
 
 def kind_name(data: dict) -> str:
+    """`[suite] kind = "NAME"` names any registered kind (a plugin's included); without it, the tables of the
+    built-in kinds say which: [loadtime], else [server] or [endpoint] (served), else determinism."""
+    head = data.get("suite")
+    if isinstance(head, dict) and "kind" in head:
+        return str(head["kind"])
     if "loadtime" in data:
         return "loadtime"
     if "server" in data or "endpoint" in data:
@@ -152,8 +153,11 @@ def kind_name(data: dict) -> str:
 
 
 def get(name: str) -> Kind:
-    module, _, attr = KINDS[name].partition(":")
-    return getattr(importlib.import_module(module), attr)
+    try:
+        kind: Kind = KINDS.get(name)
+    except RegistryError as e:
+        raise HarnessError(f"suite.kind: {e}", USAGE) from None
+    return kind
 
 
 def directory_option(flag: str, path: Path) -> None:
@@ -175,8 +179,13 @@ REPORT_CHECK = ("report", "html")  # every kind's run ends with its report.html:
 
 
 def items(kind: Kind, suite: Any) -> list[tuple[str, str]]:
-    """(group, name) of every check a run of `suite` reports: the kind's, and report.html."""
-    return [*kind.items(suite), REPORT_CHECK]
+    """(group, name) of every check a run of `suite` reports: the kind's, and report.html where the kind has one."""
+    return [*kind.items(suite), *([REPORT_CHECK] if renders_html(kind) else [])]
+
+
+def renders_html(kind: Kind) -> bool:
+    """A kind whose Outcome.result report.html can draw (the built-in ones); a plugin kind says `html = False`."""
+    return bool(getattr(kind, "html", True))
 
 
 def execute(kind: Kind, suite: Any, opts: Options) -> Outcome:
@@ -192,22 +201,28 @@ def execute(kind: Kind, suite: Any, opts: Options) -> Outcome:
             opts.history, out.headlines, run_id=out.run_dir.name, exit_code=out.exit_code
         )
         notes += problems + ([f"history: {len(written)} row(s) appended under {opts.history}"] if written else [])
-    if out.result is None:
-        out.checks.append(Check(*REPORT_CHECK, "skipped", "this run produced no result to render"))
-    else:
-        from . import html
-
-        missing = [str(m) for m in html.write(out.result, out.run_dir, opts.history, out.headlines)]
-        out.checks.append(Check(*REPORT_CHECK, "failed" if missing else "passed", "; ".join(missing)))
-        if missing:
-            out.exit_code = max(out.exit_code, CHECK_FAILED)
-            notes += [f"x {m}" for m in missing]
+    if renders_html(kind):
+        notes += write_html(out, opts)
     if os.environ.get("GITHUB_STEP_SUMMARY"):
         notes += step_summary(Path(os.environ["GITHUB_STEP_SUMMARY"]), out.run_dir / "summary.md")
     if notes:
         last = out.console.rsplit("\n", 1)
         out.console = "\n".join([*last[:-1], *(f"note: {n}" for n in notes), last[-1]])
     return out
+
+
+def write_html(out: Outcome, opts: Options) -> list[str]:
+    """report.html from the run's result, as a check of its own; notes for the console."""
+    if out.result is None:
+        out.checks.append(Check(*REPORT_CHECK, "skipped", "this run produced no result to render"))
+        return []
+    from . import html
+
+    missing = [str(m) for m in html.write(out.result, out.run_dir, opts.history, out.headlines)]
+    out.checks.append(Check(*REPORT_CHECK, "failed" if missing else "passed", "; ".join(missing)))
+    if missing:
+        out.exit_code = max(out.exit_code, CHECK_FAILED)
+    return [f"x {m}" for m in missing]
 
 
 def step_summary(target: Path, summary: Path) -> list[str]:
@@ -234,4 +249,6 @@ def load(path: str | Path, opts: Options) -> tuple[Kind, Any]:
     except SuiteError as e:
         raise HarnessError(str(e), USAGE) from None
     kind = get(kind_name(data))
+    if isinstance(data.get("suite"), dict):  # the kind is chosen; its own parser reads the rest of [suite]
+        data = {**data, "suite": {k: v for k, v in data["suite"].items() if k != "kind"}}
     return kind, kind.load(Path(path), data, opts)

@@ -23,15 +23,37 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 900) -> subpro
     )
 
 
+def cli_in_process(*argv: object) -> tuple[int, str, str]:
+    """The CLI in this process (so monkeypatched fakes apply): (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from harness import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main([str(a) for a in argv])
+        except SystemExit as e:
+            code = int(e.code or 0)
+    return code, out.getvalue(), err.getvalue()
+
+
 def install_adapter(tmp: Path, name: str, module: str, source: str, cls: str) -> dict[str, str]:
     """A real installed distribution (dist-info with a `harness.adapters` entry point) on PYTHONPATH, as a user
     would ship one: the env to run the CLI with, so its worker processes find the adapter too."""
+    return install_plugin(tmp, "harness.adapters", name, module, source, cls)
+
+
+def install_plugin(tmp: Path, group: str, name: str, module: str, source: str, attr: str) -> dict[str, str]:
+    """A real installed distribution with one entry point in `group` (harness.kinds, harness.adapters,
+    harness.checks), on PYTHONPATH: the env to run the CLI with."""
     site = tmp / "site"
     dist = site / f"{module}-1.0.dist-info"
     dist.mkdir(parents=True)
     (site / f"{module}.py").write_text(textwrap.dedent(source))
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(f"[harness.adapters]\n{name} = {module}:{cls}\n")
+    (dist / "entry_points.txt").write_text(f"[{group}]\n{name} = {module}:{attr}\n")
     return {"PYTHONPATH": str(site)}
 
 
