@@ -41,8 +41,15 @@ def test_row_permutation_keeps_each_rows_fingerprint():
 def test_equal_bits_equal_fingerprint_and_hex_form():
     a = torch.randn(2, 333)
     assert torch.equal(fingerprint(a), fingerprint(a.clone()))
-    h = to_hex(fingerprint(a)[0].tolist())
-    assert len(h) == 32 and int(h, 16) >= 0
+    pair = fingerprint(a)[0].tolist()
+    h = to_hex(pair)
+    # 16 hex digits per sum, each the int64 taken modulo 2**64: the stored form maps back to the two sums
+    bits = a[0].view(torch.int32).to(torch.int64)
+    plain, weighted = int(bits.sum()), int((bits * torch.arange(1, 334)).sum())
+    assert h == f"{plain % 2**64:016x}{weighted % 2**64:016x}" and len(h) == 32
+    b = a.clone()
+    b[0, 7] = torch.nextafter(b[0, 7], torch.tensor(float("inf")))  # one ulp in one logit
+    assert to_hex(fingerprint(b)[0].tolist()) != h
     assert to_hex([-1, 0]) == "f" * 16 + "0" * 16
 
 
