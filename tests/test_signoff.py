@@ -4,20 +4,19 @@ the manifest checked and broken by one byte."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import json
 from pathlib import Path
 
 import pytest
 
-from harness import cli, doctor, signoff
+from harness import doctor, signoff
 from harness.analysis.stats import Change
 from harness.baselines import BaselineUse
 from harness.run import Check, Outcome
 
 from . import fakes
+from .helpers import cli_in_process as harness
 from .helpers import write_suite
 
 SUITE = """
@@ -37,16 +36,6 @@ kind = "repeat"
 [profiles.default]
 expect = {{ cpu = "bitwise" }}
 """
-
-
-def harness(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = cli.main([str(a) for a in argv])
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture
