@@ -2,6 +2,10 @@
 load time) goes through the one seam in run.py.
 
 Exit codes: 0 all checks passed, 1 a check failed, 2 usage or input error, 3 infrastructure error.
+
+SIGTERM, SIGHUP or SIGINT to any command stops every process it started (workers, torchrun groups and their ranks,
+servers and their process groups) within the servers' stop grace, writes the report of what finished with the
+unfinished jobs marked cancelled, and exits 3; a second signal kills them at once and exits 3 (harness.cancel).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import math
 import sys
 from pathlib import Path
 
-from . import __version__, run
+from . import __version__, cancel, run
 from .errors import INFRA, HarnessError
 from .options import add_run_options, from_namespace
 
@@ -135,14 +139,19 @@ COMMANDS = {"calibrate": calibrate_main, "doctor": doctor_main, "signoff": signo
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    cancel.install()
     try:
-        return COMMANDS.get(args.command, run_main)(args)
+        code = COMMANDS.get(args.command, run_main)(args)
+        return INFRA if cancel.requested() else code
     except HarnessError as e:
         print(f"harness: error: {e}", file=sys.stderr)
-        return e.code
-    except KeyboardInterrupt:
-        print("harness: interrupted; records and loads measured so far are kept on disk", file=sys.stderr)
+        return INFRA if cancel.requested() else e.code
+    except KeyboardInterrupt:  # cancel.Cancelled too: a signal before this command's report could be written
+        what = f"cancelled ({cancel.reason()})" if cancel.requested() else "interrupted"
+        print(f"harness: {what}; records and loads measured so far are kept on disk", file=sys.stderr)
         return INFRA
+    finally:
+        cancel.finish()  # every process still registered: SIGTERM, its grace, SIGKILL
 
 
 if __name__ == "__main__":

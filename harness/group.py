@@ -1,9 +1,10 @@
 """Worker groups: a job at tensor parallel degree N runs as N torchrun ranks, one process per device.
 
 The parent side only (no torch): torchrun's command line, each rank's thread count, the rendezvous port, which rank
-failed first (torchrun's own summary) and its stderr tail, and the sweep that leaves no rank behind. torchrun starts
+failed first (torchrun's own summary) and its stderr tail, and the marker that leaves no rank behind. torchrun starts
 every rank in a session of its own, so killing the launcher's process group does not reach them: each rank carries
-a marker in its environment, and the sweep kills whatever still carries it.
+a marker in its environment, and harness.procgroup signals and waits for whatever carries the launcher's marker as
+part of its group (a stop, a kill, a cancelled run).
 """
 
 from __future__ import annotations
@@ -11,10 +12,8 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
 import socket
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,20 +124,6 @@ def marked(marker: str) -> list[int]:
         if needle in env and int(d.name) != os.getpid():
             found.append(int(d.name))
     return found
-
-
-def sweep(marker: str, grace_s: float = 2.0) -> list[int]:
-    """Kill every process still carrying the marker: the launcher is gone and nothing else will. Returns their pids."""
-    pids = marked(marker)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    end = time.monotonic() + grace_s
-    while pids and time.monotonic() < end and marked(marker):
-        time.sleep(0.05)
-    return pids
 
 
 _ROOT = re.compile(r"Root Cause \(first observed failure\):")

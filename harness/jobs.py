@@ -13,7 +13,9 @@ from .plan import Batch
 from .records import Generated
 from .served import Endpoint
 
-WorkerStatus = Literal["ok", "crashed", "timeout", "load-failed", "server-failed", "server-crashed"]
+# cancelled: the run was cancelled by a signal (harness.cancel) while this job ran or before it started; an
+# infrastructure outcome like the others that are not "ok"
+WorkerStatus = Literal["ok", "crashed", "timeout", "load-failed", "server-failed", "server-crashed", "cancelled"]
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ class JobOutcome:
     log: str
     stderr_tail: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
-    error: str = ""  # why the server would not start, or a known cause its log names
+    error: str = ""  # why the server would not start, a known cause its log names, or what cancelled the run
     server_log: str = ""  # the server's log, for a served model
     server_stop: str = ""  # how the server ended
     server_tail: list[str] = field(default_factory=list)  # the server log's last lines, for the report
@@ -110,7 +112,7 @@ class JobOutcome:
 
     def describe(self) -> str:
         said = self._describe()
-        if self.error and self.status != "server-failed":
+        if self.error and self.status not in ("server-failed", "cancelled"):
             said += f"; the server's log says: {self.error}"
         return said
 
@@ -119,6 +121,12 @@ class JobOutcome:
             return f"worker {self.name!r} finished {self.completed}/{self.expected} sequences"
         if self.status == "server-failed":
             return f"server for profile {self.profile!r} did not start: {self.error}"
+        if self.status == "cancelled":
+            why = self.error or "a signal to the harness"
+            if self.returncode is None:
+                return f"worker {self.name!r} cancelled ({why}) before it started"
+            done = f" after {self.completed}/{self.expected} sequences" if self.expected else ""  # a load: none
+            return f"worker {self.name!r} cancelled ({why}) and stopped{done}"
         if self.status == "server-crashed":
             return (
                 f"server for profile {self.profile!r} {self.server_stop}, after {self.completed}/{self.expected} "

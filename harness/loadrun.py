@@ -61,6 +61,16 @@ class Target:
 
 
 @dataclass
+class AgainstBaseline:
+    """One OMP setting against its baseline: the rows gated and shown, what was said, and whether it failed."""
+
+    gated: list[stats.Change] = dataclasses.field(default_factory=list)
+    shown: list[stats.Change] = dataclasses.field(default_factory=list)  # against another hardware: not gated
+    notes: list[str] = dataclasses.field(default_factory=list)
+    failed: bool = False  # the baseline could not be compared or written
+
+
+@dataclass
 class LoadRun:
     suite: LoadSuite
     run_id: str
@@ -74,12 +84,24 @@ class LoadRun:
     recommendation: lt.Recommendation | None = None
     summaries: list[lt.SettingSummary] = dataclasses.field(default_factory=list)
     sizes: list[lt.SizeRow] = dataclasses.field(default_factory=list)
-    changes: list[stats.Change] = dataclasses.field(default_factory=list)
-    ungated: list[stats.Change] = dataclasses.field(default_factory=list)  # against another hardware's baseline
-    baseline_notes: list[str] = dataclasses.field(default_factory=list)
+    against: dict[str, AgainstBaseline] = dataclasses.field(default_factory=dict)  # setting -> its baseline
     not_comparable: bool = False
     unwritable: bool = False
     ungated_note: str = ""  # why load times were shown but not gated
     used: list[baselines.BaselineUse] = dataclasses.field(default_factory=list)  # the baselines judged against
     plot: str = ""
     exit_code: int = 0
+
+    @property
+    def changes(self) -> list[stats.Change]:
+        """Every setting's rows against a baseline of this hardware: the gate."""
+        return [c for b in self.against.values() for c in b.gated]
+
+    @property
+    def ungated(self) -> list[stats.Change]:
+        return [c for b in self.against.values() for c in b.shown]
+
+    @property
+    def baseline_notes(self) -> list[str]:
+        notes = [n for b in self.against.values() for n in b.notes]
+        return notes + ([self.ungated_note] if self.ungated_note else [])  # said once for the run

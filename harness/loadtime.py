@@ -11,7 +11,6 @@ import dataclasses
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from .analysis import loadtime as lt
 from .analysis import stats
 from .errors import INFRA, USAGE, HarnessError
 from .jobs import Job
-from .loadrun import LoadRun, LoadSuite, Target
+from .loadrun import AgainstBaseline, LoadRun, LoadSuite, Target
 from .run import Check, Options, Outcome, Progress, RunDir, exit_code
 from .suite import SuiteError, Table
 from .suite_parse import parse_head, parse_model
@@ -128,12 +127,7 @@ def sequential_read(files: list[Path], chunk: int = 16 << 20) -> float:
 
 
 def _prepare_synthetic(size: float, tokenizer_dir: Path) -> Path:
-    p = subprocess.run(
-        [sys.executable, "-m", "harness.synthetic", str(size), str(tokenizer_dir)],
-        env=runner.child_env({}),
-        capture_output=True,
-        text=True,
-    )
+    p = runner.run_child([sys.executable, "-m", "harness.synthetic", str(size), str(tokenizer_dir)])
     if p.returncode != 0:
         tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
         raise HarnessError(f"synthetic {size}B checkpoint could not be generated: {tail}", INFRA)
@@ -257,12 +251,13 @@ def analyse(run: LoadRun, baseline_root: Path, update: bool, reason: str) -> Non
         }
         for st in settings
     }
-    hint = f"record one for this host with: harness run {s.path} --update-baselines --reason '...'"
+    hint = baselines.record_hint(s.path)
     for st in settings:
+        run.against[st] = against = AgainstBaseline()
         profile = f"omp-{st}"
         if update:
             if not any(current[st].values()):
-                run.baseline_notes.append(f"{profile}: no successful loads, baseline not written")
+                against.notes.append(f"{profile}: no successful loads, baseline not written")
                 continue
             b = baselines.build(
                 suite=s.name,
@@ -275,25 +270,22 @@ def analyse(run: LoadRun, baseline_root: Path, update: bool, reason: str) -> Non
                 latency={k: v for k, v in current[st].items() if v},
                 load_s=[],
             )
-            try:
-                run.baseline_notes.append(f"{profile}: baseline written to {store.update(key, s.name, profile, b)}")
-            except HarnessError as e:  # a name that leads out of --baselines: input, not the disk
-                run.not_comparable = True
-                run.baseline_notes.append(f"x {profile}: {e}; the run's report is kept")
-            except OSError as e:
-                run.unwritable = True
-                run.baseline_notes.append(
-                    f"x {profile}: {store.path(key, s.name, profile)}: cannot write the "
-                    f"baseline ({e.strerror or e}); the run's report is kept"
-                )
+            target = store.save(key, s.name, profile, b)
+            if isinstance(target, baselines.NotWritten):
+                run.unwritable = run.unwritable or target.disk
+                run.not_comparable = run.not_comparable or not target.disk
+                against.failed = True
+                against.notes.append(f"x {profile}: {target.reason}")
+            else:
+                against.notes.append(f"{profile}: baseline written to {target}")
             continue
         found = store.check(key, s.name, profile, s.case_hash)
         if isinstance(found, baselines.Missing):
-            run.baseline_notes.append(f"{profile}: no baseline for {key} (nor any {key.device} one); {hint}")
+            against.notes.append(f"{profile}: {baselines.missing_reason(found, key, s.path)}")
             continue
         if isinstance(found, baselines.Unusable):
-            run.baseline_notes.append(f"x {profile}: {found.reason}")
-            run.not_comparable = True
+            against.failed = run.not_comparable = True
+            against.notes.append(f"x {profile}: {found.reason}")
             continue
         changes = [
             stats.compare(
@@ -309,15 +301,13 @@ def analyse(run: LoadRun, baseline_root: Path, update: bool, reason: str) -> Non
         ]
         run.used.append(baselines.BaselineUse.of(found))
         if found.same_hardware:
-            run.changes += changes
+            against.gated = changes
         else:
-            run.ungated += perfgate.ungated(changes)
+            against.shown = perfgate.ungated(changes)
             run.ungated_note = (
                 f"load times shown, not gated: the baselines were measured on other hardware "
                 f"({found.key.hardware}; this run {key.hardware}); {hint}"
             )
-    if run.ungated_note:
-        run.baseline_notes.append(run.ungated_note)  # said once for the run, not once per setting
 
 
 def checks(run: LoadRun) -> list[Check]:
@@ -327,19 +317,14 @@ def checks(run: LoadRun) -> list[Check]:
         out.append(
             Check(f"omp-{st}", "loads", "failed" if failed else "passed", "\n".join(report_loadtime.failures(run, st)))
         )
-        regressed = [
-            c for c in run.changes if c.metric.startswith(f"OMP_NUM_THREADS={st} ") and c.status == "regressed"
-        ]
-        gated = any(c.metric.startswith(f"OMP_NUM_THREADS={st} ") for c in run.changes)
-        notes = [n for n in run.baseline_notes if n.startswith((f"omp-{st}:", f"x omp-{st}:"))]
-        if regressed or any(n.startswith("x ") for n in notes):
-            msg = "; ".join([f"{c.metric} x{c.ratio:.3f} (p={c.p:.3g})" for c in regressed] + notes)
+        against = run.against.get(st, AgainstBaseline())
+        regressed = [c for c in against.gated if c.status == "regressed"]
+        if regressed or against.failed:
+            msg = "; ".join([f"{c.metric} x{c.ratio:.3f} (p={c.p:.3g})" for c in regressed] + against.notes)
             out.append(Check(f"omp-{st}", "baseline", "failed", msg))
         else:
-            why = "; ".join(notes) or (
-                run.ungated_note if any(c.metric.startswith(f"OMP_NUM_THREADS={st} ") for c in run.ungated) else ""
-            )
-            out.append(Check(f"omp-{st}", "baseline", "passed" if gated else "skipped", why))
+            why = "; ".join(against.notes) or (run.ungated_note if against.shown else "")
+            out.append(Check(f"omp-{st}", "baseline", "passed" if against.gated else "skipped", why))
     return out
 
 

@@ -4,6 +4,8 @@ It never imports torch or torch_npu and never holds a model. Each worker gets
 os.environ plus its profile's variables, so flags are in place before any
 device library starts. A worker that crashes, is killed or times out is
 recorded with its exit status and stderr tail; the other jobs still run.
+A cancelled run (harness.cancel) stops its workers within their grace and
+reports them, and the jobs it did not start, as `cancelled`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import dataclasses
 import itertools
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import harness
 
-from . import group, procgroup
+from . import cancel, group, procgroup
 from .errors import INFRA, USAGE, HarnessError
 from .jobs import Job, JobOutcome, WorkerStatus
 from .plan import Batch
@@ -29,6 +30,7 @@ from .suite import Parallel, Profile, Server, Suite
 
 PACKAGE_ROOT = str(Path(harness.__file__).resolve().parent.parent)
 POLL_S = 0.5
+WORKER_GRACE_S = 5.0  # a worker (or torchrun and its ranks) told to stop has this long before SIGKILL
 
 
 def child_env(extra: dict[str, str | None]) -> dict[str, str]:
@@ -43,13 +45,7 @@ def child_env(extra: dict[str, str | None]) -> dict[str, str]:
 def prepare_model(ref: str, timeout_s: float = 1800) -> Path:
     """Resolve (and convert once, in a child process) the model; exit 2 for a bad reference, 3 if it will not load."""
     try:
-        p = subprocess.run(
-            [sys.executable, "-m", "harness.models", ref],
-            env=child_env({}),
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-        )
+        p = run_child([sys.executable, "-m", "harness.models", ref], timeout_s)
     except subprocess.TimeoutExpired:
         raise HarnessError(f"model {ref!r}: preparation timed out after {timeout_s:.0f}s", INFRA) from None
     if p.returncode != 0:
@@ -57,6 +53,13 @@ def prepare_model(ref: str, timeout_s: float = 1800) -> Path:
         msg = next((ln for ln in reversed(lines) if ln.startswith("error:")), lines[-1] if lines else "no output")
         raise HarnessError(msg.removeprefix("error: "), USAGE if p.returncode == 2 else INFRA)
     return Path(p.stdout.strip().splitlines()[-1])
+
+
+def run_child(argv: list[str], timeout_s: float | None = None) -> subprocess.CompletedProcess:
+    """A helper child before the workers (model conversion, a synthetic checkpoint), registered like them so that a
+    cancelled run stops it too; none starts once the run is cancelled (Cancelled)."""
+    cancel.check()
+    return procgroup.run(argv, timeout=timeout_s, env=child_env({}))
 
 
 def make_job(suite: Suite, profile: Profile, batches: list[Batch], model_dir: Path, run_dir: Path, tp: int = 1) -> Job:
@@ -123,13 +126,14 @@ class _Worker:
         if launch is not None:  # a worker group: torchrun's ranks, each with its share of the cores and the marker
             argv, env = launch.argv, {**launch.env, **env}
         with open(self.log, "wb") as logf:
-            self.proc = subprocess.Popen(
+            self.proc = procgroup.start(
                 argv,
+                grace_s=WORKER_GRACE_S,
+                marker=launch.env[group.MARK] if launch is not None else "",
                 env=child_env(env),
                 stdin=subprocess.PIPE if job.paced else subprocess.DEVNULL,
                 stdout=logf,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
             )
 
     def alive(self, timeout_s: float) -> bool:
@@ -161,18 +165,21 @@ class _Worker:
                 pass
 
     def kill(self) -> None:
-        """The worker and anything it started; a group that has already gone is no error."""
-        procgroup.signal_group(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        procgroup.wait_empty(self.proc.pid, 30.0)
-        if self.launch is not None:
-            group.sweep(self.launch.env[group.MARK])
+        """The worker and anything it started (torchrun's ranks too); a group that has already gone is no error."""
+        procgroup.kill(self.proc)
+
+    def cancel(self) -> None:
+        """The run was cancelled: SIGTERM to the group (and its ranks), SIGKILL after the grace."""
+        self.status = "cancelled"
+        self.close_stdin()
+        procgroup.stop(self.proc, WORKER_GRACE_S)
 
     def finish(self) -> JobOutcome:
         self.close_stdin()
         self.proc.wait()
-        # An engine's helpers (vLLM's EngineCore) can outlive a worker that crashed: the group goes with it.
-        procgroup.stop(self.proc, 5.0)
+        # An engine's helpers (vLLM's EngineCore) can outlive a worker that crashed, and torchrun's ranks a launcher
+        # that was killed (they carry its marker): the group goes with it.
+        procgroup.stop(self.proc, WORKER_GRACE_S)
         job, log = self.job, self.log
         completed = self.counter.poll()
         self.progress(completed)
@@ -180,9 +187,7 @@ class _Worker:
         text = log.read_text(encoding="utf-8", errors="replace")
         tail = [ln for ln in text.splitlines() if ln.strip()][-20:]
         failed_rank = None
-        if self.launch is not None:
-            # torchrun has torn its ranks down (or was killed): anything still carrying the marker is an orphan
-            group.sweep(self.launch.env[group.MARK])
+        if self.launch is not None and status != "cancelled":
             if (first := group.first_failure(text)) is not None:
                 # the failing rank's own exit status and words, not the launcher's generic ChildFailedError
                 failed_rank, rc = first.rank, first.exitcode
@@ -219,6 +224,7 @@ class _Worker:
             meta=meta,
             tp=job.tp,
             failed_rank=failed_rank,
+            error=cancel.reason() if status == "cancelled" else "",
         )
 
 
@@ -229,6 +235,29 @@ def run_job(
     run_dir: Path,
     progress: Callable[[int], None] = lambda n: None,
     parallel: Parallel | None = None,
+) -> JobOutcome:
+    """One job's worker (or worker group), waited for; once the run is cancelled, a job is not started and is
+    reported as cancelled, and one running is stopped and reported so."""
+    try:
+        cancel.check()
+        return _run_job(job, env, timeout_s, run_dir, progress, parallel)
+    except cancel.Cancelled:  # before its worker started (one that did is stopped and reported by _run_job)
+        return cancelled(job)
+    finally:
+        cancel.settle()  # what follows writes this job down: a first signal now is noted, and the next start sees it
+
+
+def cancelled(job: Job, **kw) -> JobOutcome:
+    return JobOutcome.unstarted(job, "cancelled", error=cancel.reason(), **kw)
+
+
+def _run_job(
+    job: Job,
+    env: dict[str, str | None],
+    timeout_s: float,
+    run_dir: Path,
+    progress: Callable[[int], None],
+    parallel: Parallel | None,
 ) -> JobOutcome:
     launch = None
     if job.tp > 1:
@@ -250,9 +279,12 @@ def run_job(
     try:
         while w.alive(timeout_s):
             time.sleep(POLL_S)
-    except BaseException:  # Ctrl-C: take the worker down with us, keep what it wrote
+    except cancel.Cancelled:  # keep what it wrote; the report says it was cancelled
+        w.cancel()
+    except BaseException:  # Ctrl-C under pytest, or a bug: take the worker down with us, keep what it wrote
         w.kill()
         raise
+    cancel.settle()  # it has ended: reading what it left must not be interrupted
     return w.finish()
 
 
@@ -271,8 +303,9 @@ def run_interleaved(
     environment: loads one after the other, then passes A B, B A, A B ... so that drift and a neighbour on the
     runner fall on both sides alike (and linear drift cancels). Each worker's time limit scales with the number of
     workers, since it waits while the others measure."""
-    workers = [_Worker(dataclasses.replace(job, paced=True), env, run_dir, progress) for job, env, progress in jobs]
-    limit = timeout_s * len(workers)
+    cancel.check()
+    workers: list[_Worker] = []
+    limit = timeout_s * len(jobs)
 
     def step(w: _Worker, done: Callable[[], bool]) -> None:
         w.go()
@@ -280,6 +313,8 @@ def run_interleaved(
             time.sleep(0.05)
 
     try:
+        for job, env, progress in jobs:
+            workers.append(_Worker(dataclasses.replace(job, paced=True), env, run_dir, progress))
         for w in workers:
             step(w, lambda w=w: Path(w.job.meta).is_file())
         need = list(itertools.accumulate(pass_sizes(workers[0].job)))
@@ -290,11 +325,17 @@ def run_interleaved(
             w.close_stdin()
             while w.alive(limit):
                 time.sleep(0.05)
+    except cancel.Cancelled:  # every group has had SIGTERM already: each gets its grace, the report says cancelled
+        for w in workers:
+            w.cancel()
     except BaseException:
         for w in workers:
             w.kill()
         raise
-    return [w.finish() for w in workers]
+    finally:
+        cancel.settle()
+    outs = {w.job.name: w.finish() for w in workers}
+    return [outs.get(job.name) or cancelled(job) for job, _, _ in jobs]
 
 
 def server_program(spec: Server | None) -> str:
@@ -321,6 +362,7 @@ def run_served_all(
     from .wire import api_key
 
     assert suite.endpoint is not None
+    cancel.check()
     secret = api_key(suite.endpoint)
     jobs = [
         (prof, dataclasses.replace(job, endpoint=suite.endpoint, server=server_program(suite.server)), progress)
@@ -361,6 +403,7 @@ def _against_servers(
             log = run_dir / "logs" / f"{job.name}.server.log"
             start = time.monotonic()
             try:
+                cancel.check()  # no server starts once the run is cancelled
                 srv = stack.enter_context(
                     server.started(
                         suite.server,
@@ -384,23 +427,29 @@ def _against_servers(
                     server_log=str(log),
                 )
                 continue
+            except cancel.Cancelled:  # while it started: it has been stopped (server.started's own cleanup)
+                scrub([log], secret)
+                results[job.name] = cancelled(job, wall_s=time.monotonic() - start, log=str(log), server_log=str(log))
+                continue
             ep = dataclasses.replace(suite.endpoint, base_url=srv.url)
             running.append((dataclasses.replace(job, endpoint=ep, server_pid=srv.pid), srv, log, progress))
         if paced and len(running) > 1:
             outs = run_interleaved([(job, {}, progress) for job, _, _, progress in running], timeout_s, run_dir)
         else:
             outs = [run_job(job, {}, timeout_s, run_dir, progress) for job, _, _, progress in running]
+    cancel.settle()  # the servers have stopped: what follows writes down how each job ended
     for out, (_, srv, log, _) in zip(outs, running):
         scrub([log, Path(out.log)], secret)
         out.server_log, out.server_stop, out.server_tail = str(log), srv.stopped, server.log_tail(log)
         if out.meta:
             out.meta["load_s"] = {"server_start": srv.start_s, **out.meta.get("load_s", {})}
             out.meta["server"] = {"pid": srv.pid, "argv": srv.proc.args, "stopped": srv.stopped}
-        if srv.stopped.startswith("exited"):
+        if srv.stopped.startswith("exited") and out.status != "cancelled":  # cancelled: SIGTERMed at the signal
             out.status = "server-crashed"
         if not out.ok:
             out.stderr_tail = out.stderr_tail + ["--- server log ---"] + server.log_tail(log)
-            out.error = server.known_cause(log)  # e.g. the engine died at the first request: the log says why
+            if out.status != "cancelled":  # e.g. the engine died at the first request: the log says why
+                out.error = server.known_cause(log)
         results[out.name] = out
     return [results[job.name] for _, job, _ in jobs]
 

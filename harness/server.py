@@ -1,6 +1,7 @@
 """An OpenAI-compatible server started per profile: its environment carries the profile's flags, its log goes to
 the run directory, it is healthy before any request is sent, and it is stopped as a process group (SIGTERM, then
-SIGKILL), waited for until none of the group is left (harness.procgroup).
+SIGKILL), waited for until none of the group is left (harness.procgroup). It is registered there like every child,
+so a cancelled run stops it too, and the kernel SIGTERMs it if the harness dies without doing so.
 
 Every way it can fail to start (command not found, port taken, exit during start-up, never healthy) is a
 ServerError whose message is one line, with the log tail kept beside it for the report.
@@ -158,8 +159,13 @@ def _running(spec: Server, endpoint: Endpoint, argv: list[str], env: dict[str, s
     with open(log, "ab") as logf:
         try:
             # Own session, so stopping it also stops whatever it forked (uvicorn workers, MindIE daemons).
-            proc = subprocess.Popen(
-                argv, env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
+            proc = procgroup.start(
+                argv,
+                grace_s=spec.stop_grace_s,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
             )
         except OSError as e:
             raise ServerError(

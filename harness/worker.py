@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import atomic, hostnoise
+from . import atomic, hostnoise, procgroup
 from .errors import INFRA, USAGE
 from .jobs import Adapter, Job
 from .records import Record
@@ -214,6 +214,7 @@ def _run(job: Job, adapter: Adapter, phases: dict[str, float], describe, after_l
 
 
 def main(argv: list[str]) -> int:
+    procgroup.watch_parent()  # a harness that died, even by SIGKILL, takes its workers with it
     if len(argv) != 1:
         print("usage: python -m harness.worker JOB.json", file=sys.stderr)
         return 2

@@ -1,5 +1,6 @@
 """Process-group teardown with real processes: a leader that exits on SIGTERM while its helper ignores it (what the
-vLLM API server and its `VLLM::Worker` do), a leader that dies mid-run, and a server that fails its start-up."""
+vLLM API server and its `VLLM::Worker` do), a leader that dies mid-run, a server that fails its start-up, the
+registry of started groups stopped at once, and a child that dies with a SIGKILLed harness."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import pytest
 
 from harness import procgroup, server
 from harness.served import Endpoint, Server
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.process
 
@@ -80,3 +83,57 @@ def test_a_server_that_fails_its_start_up_leaves_no_helper(tmp_path: Path):
             pass
     helper = int(pidfile.read_text())
     assert not _alive(helper)
+
+
+def test_every_started_group_is_registered_and_stop_all_empties_them_at_once(tmp_path: Path):
+    """The registry a cancelled run stops: two groups whose helpers ignore SIGTERM are stopped together, so the
+    whole stop takes one grace, not one per group."""
+    started = []
+    for i in range(2):
+        pidfile = tmp_path / f"helper{i}.pid"
+        proc = procgroup.start([sys.executable, "-c", LEADER, str(pidfile), "wait"], grace_s=1.0)
+        started.append(proc)
+    end = time.monotonic() + 30
+    while not all((tmp_path / f"helper{i}.pid").is_file() for i in range(2)):
+        assert time.monotonic() < end, "the leaders never forked their helpers"
+        time.sleep(0.05)
+    assert {e.proc.pid for e in procgroup.live()} >= {p.pid for p in started}
+    t = time.monotonic()
+    how = procgroup.stop_all()
+    took = time.monotonic() - t
+    assert len(how) >= 2 and all(h.startswith("SIGKILL after ignoring SIGTERM (run cancelled)") for h in how[-2:]), how
+    assert took < 1.0 + 3.0, took  # one grace for both, and some polling
+    assert not procgroup.live()
+    for i in range(2):
+        assert not _alive(int((tmp_path / f"helper{i}.pid").read_text()))
+
+
+# A stand-in harness: starts a child the way the harness starts a server (any program), prints its pid, waits.
+HARNESS = textwrap.dedent(
+    """
+    import sys, time
+    from harness import procgroup
+    child = procgroup.start(["sleep", "300"], grace_s=1.0)
+    print(child.pid, flush=True)
+    time.sleep(300)
+    """
+)
+
+
+def test_a_child_dies_with_a_sigkilled_harness(tmp_path: Path):
+    """SIGKILL leaves the harness no chance to stop anything: the kernel SIGTERMs the child (PR_SET_PDEATHSIG), also
+    a program that knows nothing of the harness, as a server does."""
+    if procgroup._PRCTL is None:  # noqa: SLF001
+        pytest.skip("no prctl here: only workers poll for their parent")
+    harness = subprocess.Popen(
+        [sys.executable, "-c", HARNESS], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
+    assert harness.stdout is not None
+    child = int(harness.stdout.readline())
+    assert _alive(child)
+    harness.kill()
+    harness.wait()
+    end = time.monotonic() + 5
+    while _alive(child):
+        assert time.monotonic() < end, "the child outlived its SIGKILLed harness"
+        time.sleep(0.02)
