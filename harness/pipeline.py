@@ -15,7 +15,8 @@ from .errors import USAGE, HarnessError
 from .jobs import JobOutcome
 from .records import Record, read_jsonl
 from .run import Check, Options, Outcome, Progress, RunDir, exit_code
-from .suite import PROPERTIES, Suite, SuiteError, parse
+from .suite import PROPERTIES, Suite, SuiteError
+from .suite_parse import parse
 
 
 def load_suite(path: str | Path, data: dict, opts: Options) -> Suite:
@@ -278,6 +279,7 @@ def execute(suite: Suite, opts: Options) -> report.RunResult:
     started = time.time()
     model_dir = _model_dir(suite)
     check_degrees(suite, model_dir)
+    plan.check_context(suite, model_dir)  # every prompt + max_new_tokens within the model's context
     rd = RunDir.create(opts.out, suite.name)
     jobs = run_profiles(suite, model_dir, rd.path, opts)
     if suite.parallel.node_rank > 0:

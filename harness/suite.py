@@ -1,6 +1,7 @@
-"""Suite files: TOML validated into frozen dataclasses, with a case hash.
+"""Suite files: the data model, frozen dataclasses with a case hash.
 
-The reader is tomltable.py, the served parts ([server], [endpoint]) are served.py.
+The parser is suite_parse.py (`load`, `parse`), which depends on this module and never the other way; the TOML
+reader is tomltable.py, the served parts ([server], [endpoint]) are served.py.
 """
 
 from __future__ import annotations
@@ -9,10 +10,9 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from .served import MIB, Endpoint, Server, base_url, parse_endpoint, parse_server  # noqa: F401
+from .served import MIB, Endpoint, Server, base_url  # noqa: F401
 from .tomltable import Rule, SuiteError, Table, decode, did_you_mean, read_bytes, read_toml, tomllib  # noqa: F401
 
 SUITE_FORMAT = 1
@@ -266,17 +266,3 @@ def _prompt_case(p: Prompt) -> dict[str, Any]:
 
 def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def load(path: str | Path) -> Suite:
-    """The suite in a TOML file (the parser, suite_parse.py, needs the classes above, so it is imported here)."""
-    from .suite_parse import load as load_file
-
-    return load_file(path)
-
-
-def parse(data: dict[str, Any], p: str, base: Path | None = None) -> Suite:
-    """A suite from parsed TOML; relative prompt and attachment paths are read beside `base`."""
-    from .suite_parse import parse as parse_data
-
-    return parse_data(data, p, base or Path("."))

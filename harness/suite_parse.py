@@ -1,16 +1,20 @@
 """Suite files into the frozen Suite: every table and key checked, one SuiteError line (file, key, what was
-expected) for anything wrong. Imported through harness.suite, which re-exports `load` and `parse`."""
+expected) for anything wrong. The data model is harness.suite, which never imports this module: `load` and `parse`
+are imported from here."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from .analysis.determinism import EXPECTATIONS
 from .paths import SAFE_RULE, safe_name, shown
+from .plan import size_problem
 from .served import parse_endpoint, parse_server
 from .suite import (
     BASELINE_LEVELS,
@@ -35,6 +39,7 @@ from .tomltable import Rule, SuiteError, Table, decode, did_you_mean, read_bytes
 
 
 def load(path: str | Path) -> Suite:
+    """The suite in a TOML file."""
     return parse(read_toml(path), str(path), base=Path(path).parent)
 
 
@@ -67,7 +72,9 @@ def parse_model(root: Table) -> ModelSpec:
     return model
 
 
-def parse(data: dict[str, Any], p: str, base: Path = Path(".")) -> Suite:
+def parse(data: dict[str, Any], p: str, base: Path | None = None) -> Suite:
+    """A suite from parsed TOML; relative prompt and attachment paths are read beside `base` (default: here)."""
+    base = base or Path(".")
     root = Table(p, "", data)
     name, seed, description = parse_head(root)
     model = parse_model(root)
@@ -170,7 +177,7 @@ def parse(data: dict[str, Any], p: str, base: Path = Path(".")) -> Suite:
             '(add [server] or [endpoint] with api = "chat")',
         )
     root.done()
-    return Suite(
+    suite = Suite(
         name=name,
         path=p,
         model=model,
@@ -187,6 +194,9 @@ def parse(data: dict[str, Any], p: str, base: Path = Path(".")) -> Suite:
         server=server,
         parallel=parallel,
     )
+    if problem := size_problem(suite):  # from the counts alone: a billion permutations are never drawn
+        raise root.fail(*problem)
+    return suite
 
 
 def _parallel(t: Table) -> Parallel:
@@ -403,10 +413,48 @@ def _schedule(t: Table, suite_seed: int, prompts: tuple[Prompt, ...]) -> Schedul
     return s
 
 
+# Linux's MAX_ARG_STRLEN (32 pages of 4 KiB): the longest single NAME=value string, with its NUL, that execve takes.
+ENV_MAX_BYTES = 131072
+# A table's variables together: half of the usual ARG_MAX (2 MiB, shared with the arguments and the environment the
+# harness itself inherits).
+ENV_TOTAL_BYTES = 1 << 20
+
+
+def _env_problem(name: str, value: str) -> str:
+    """Why the OS would refuse this variable when the worker or server starts ("" when it would not)."""
+    if "\0" in name:
+        return "a variable name cannot contain a NUL byte; rename it"
+    if "=" in name:
+        return "a variable name cannot contain '=' (the OS splits NAME=value at the first one); rename it"
+    if "\0" in value:
+        return "the value contains a NUL byte, which no environment variable can hold; remove it"
+    try:
+        size = len(os.fsencode(name)) + len(os.fsencode(value)) + 2  # NAME=value and its NUL
+    except UnicodeEncodeError:
+        return f"cannot be encoded for the OS ({sys.getfilesystemencoding()}); use characters it can hold"
+    if size > ENV_MAX_BYTES:
+        return (
+            f"NAME=value is {size - 1} bytes; the OS takes at most {ENV_MAX_BYTES} bytes per variable, its NUL "
+            "included (Linux MAX_ARG_STRLEN); shorten the value"
+        )
+    return ""
+
+
 def _env(env: Table) -> tuple[tuple[str, str], ...]:
+    """A table of environment variables, each as the OS will take it when a worker or server starts."""
     for k, v in env.data.items():
+        if not k:
+            raise SuiteError(f"{env.path}: {env.where}: an empty variable name; every variable needs a name")
         if not isinstance(v, str):
             raise env.fail(k, f'expected a string (environment values are text, write "{v}"), got {v!r}')
+        if problem := _env_problem(k, v):
+            raise env.fail(k, problem)
+    total = sum(len(os.fsencode(k)) + len(os.fsencode(v)) + 2 for k, v in env.data.items())
+    if total > ENV_TOTAL_BYTES:
+        raise SuiteError(
+            f"{env.path}: {env.where}: its variables come to {total} bytes; the OS takes about 2 MiB of arguments and "
+            f"environment in all, so the harness takes at most {ENV_TOTAL_BYTES} per table; shorten them"
+        )
     env.used.update(env.data)
     return tuple(sorted(env.data.items()))
 

@@ -137,6 +137,12 @@ def _run(job: Job, adapter: Adapter, phases: dict[str, float], describe, after_l
         )
         print(f"error: {what}", file=sys.stderr)
         return INFRA
+    from .plan import worker_problem
+
+    if problem := worker_problem(job, adapter):  # a prompt only the loaded tokenizer can measure (a chat template)
+        print(f"error: {problem}", file=sys.stderr)
+        adapter.close()
+        return USAGE  # before the meta: the runner takes it as a refused job, one line, exit 2
     meta = {
         "job": job.name,
         "profile": job.profile,

@@ -514,6 +514,173 @@ def test_cli_against_damaged_baselines(data):
         check_run(top, root, "reports", before, code, out, err, update=False)
 
 
+# ---- profile environments, [parallel], [perf], schedule counts and prompt lengths, through the CLI ---------------
+
+# Names and values the OS refuses, or that only just fit: '=' and NUL anywhere, empty names, an over-long value.
+ENV_NAMES = st.sampled_from(["A=B", "=", "=x", "X=", "\0", "A\0", ""]) | NAMES | st.sampled_from(["ok_NAME", "a.b-c"])
+ENV_VALUES = st.sampled_from(["a\0b", "\0", "x" * 131_069, "x" * 131_070]) | NAMES | st.sampled_from(["", "a=b"])
+# Mostly small counts (a run that finishes in milliseconds with the fake model), sometimes far too many.
+COUNTS = (
+    st.integers(1, 6)
+    | st.integers(-3, 0)
+    | st.integers(10**6, 2**63 - 1)
+    | st.sampled_from([10**9, 2**63 - 1, 333_334])
+)
+PARALLEL = {k: v for k, v in DETERMINISM.items() if k != "perf"} | {"parallel": {"tp": [1, 2]}}
+
+
+def os_accepts(env: dict) -> None:
+    """The environment a worker or server would start with reaches a real process: the OS takes every variable."""
+    from harness.runner import child_env
+
+    subprocess.run(["true"], env=child_env(dict(env)), check=True, timeout=30)
+
+
+def strict_runners(mp: pytest.MonkeyPatch) -> None:
+    """The fake runners (tests/fakes.py), each first starting a real process with the profile's environment."""
+    from harness import runner
+
+    def run_job(job, env, *a, **kw):
+        os_accepts(env)
+        return fakes.run_job(job, env, *a, **kw)
+
+    def run_interleaved(jobs, timeout_s, run_dir):
+        for _, env, _ in jobs:
+            os_accepts(env)
+        return fakes.run_interleaved(jobs, timeout_s, run_dir)
+
+    def run_served_all(suite, jobs, model_dir, timeout_s, run_dir, interleave):
+        for prof, _, _ in jobs:
+            os_accepts(dict(prof.env))
+        return fakes.run_served_all(suite, jobs, model_dir, timeout_s, run_dir, interleave)
+
+    mp.setattr(runner, "run_job", run_job)
+    mp.setattr(runner, "run_interleaved", run_interleaved)
+    mp.setattr(runner, "run_served_all", run_served_all)
+
+
+@contextlib.contextmanager
+def no_hang(seconds: int = 120):
+    """A run that outlives `seconds` fails the example (a plan expanding forever sits silent otherwise)."""
+    import signal
+
+    def hung(*_):
+        raise TimeoutError(f"still running after {seconds} s: a hang")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    except TimeoutError as e:
+        raise AssertionError(str(e)) from None
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def model_files(folder: Path, context: int) -> None:
+    """The fake model's folder gets a real tokenizer.json (a token per word) and a config.json: the parent's context
+    and tensor-parallel checks read them."""
+    from .test_input_bounds import tiny_config, tiny_tokenizer
+
+    tiny_tokenizer(folder)
+    tiny_config(folder, context, num_attention_heads=4, num_key_value_heads=2)
+
+
+def draw_targeted(data) -> dict:
+    """A valid suite with one part drawn wide: the profiles' environments, [parallel], [perf], one schedule's
+    counts, or max_new_tokens. The rest stays valid, so the drawn part is what decides how the run ends."""
+    from harness.suite import SCHEDULE_PARAMS
+
+    target = data.draw(st.sampled_from(["env", "parallel", "perf", "counts", "max_new_tokens"]), label="target")
+    base = {"env": st.sampled_from([DETERMINISM, PARALLEL, SERVED]), "parallel": st.just(PARALLEL)}.get(
+        target, st.just(DETERMINISM)
+    )
+    doc = copy.deepcopy(data.draw(base, label="base"))
+    if target == "env":
+        for prof in doc["profiles"].values():
+            prof["env"] = data.draw(st.dictionaries(ENV_NAMES, ENV_VALUES, min_size=1, max_size=3), label="env")
+            if data.draw(st.booleans(), label="device_env?"):
+                prof["device_env"] = {"cpu": data.draw(st.dictionaries(ENV_NAMES, ENV_VALUES, max_size=2), label="cpu")}
+    elif target == "parallel":
+        par = doc["parallel"]
+        par["tp"] = data.draw(st.lists(st.integers(-1, 5) | COUNTS, max_size=3) | st.just([1, 2]), label="tp")
+        for key, values in (
+            ("nnodes", st.integers(-1, 3) | COUNTS),
+            ("node_rank", st.integers(-1, 3)),
+            ("collective_timeout_s", st.floats(-1, 1e6) | st.integers(-1, 10)),
+            ("rdzv_endpoint", st.sampled_from(["", "127.0.0.1:29500", "host", "h:x", ":1"]) | NAMES),
+            ("launcher", st.sampled_from(["", "srun {args}", "{args}", "nothing"]) | NAMES),
+        ):
+            if data.draw(st.booleans(), label=f"parallel.{key}?"):
+                par[key] = data.draw(values, label=f"parallel.{key}")
+    elif target == "perf":
+        for key in ("warmup", "repeats"):
+            if data.draw(st.booleans(), label=f"perf.{key}?"):
+                doc["perf"][key] = data.draw(st.integers(-1, 3) | COUNTS, label=f"perf.{key}")
+    elif target == "counts":
+        if data.draw(st.booleans(), label="no perf?"):
+            del doc["perf"]
+        for _ in range(data.draw(st.integers(1, 2), label="changes")):
+            sch = data.draw(st.sampled_from(doc["schedules"]), label="schedule")
+            keys = sorted(SCHEDULE_PARAMS[sch["kind"]])
+            if not keys:
+                continue
+            key = data.draw(st.sampled_from(keys), label="key")
+            if key == "sizes":
+                sch[key] = data.draw(st.lists(COUNTS, max_size=4), label="sizes")
+            elif key != "prompt":
+                sch[key] = data.draw(COUNTS, label=key)
+    else:
+        doc["generation"]["max_new_tokens"] = data.draw(st.integers(-1, 64) | COUNTS, label="max_new_tokens")
+    return doc
+
+
+@SOME
+@given(data=st.data())
+def test_cli_environments_parallel_perf_and_counts(data):
+    """Whatever the environments, degrees, passes and counts: exit 0, 1 or 2 with no traceback, within two minutes;
+    an environment the harness accepts is one the OS accepts (a real process starts with it)."""
+    raw = toml_bytes(draw_targeted(data))
+    assume(raw is not None)
+    with workspace() as (top, root), pytest.MonkeyPatch.context() as mp:
+        strict_runners(mp)
+        model_files(top / "model", 4096)
+        (root / "s.toml").write_bytes(raw)
+        before = snapshot(top)
+        with no_hang():
+            code, out, err = cli_main(["run", "s.toml", "--out", "reports", "--baselines", "baselines"])
+        check_run(top, root, "reports", before, code, out, err, update=False)
+
+
+@SOME
+@given(
+    words=st.lists(st.integers(0, 80), min_size=1, max_size=4),
+    max_new=st.integers(-1, 100) | st.sampled_from([32768, 32769, 10**9]),
+    context=st.integers(1, 200),
+    chat=st.booleans(),
+)
+def test_cli_prompt_lengths_against_the_context(words: list[int], max_new: int, context: int, chat: bool):
+    """Prompts of any length against any context: a prompt whose tokens + max_new_tokens exceed the model's context
+    is refused in one line, exit 2, before anything is written; prompts that fit run."""
+    prompts = [{"id": f"p{i}", "text": " ".join(["word"] * n), "chat": chat} for i, n in enumerate(words)]
+    doc = {**DETERMINISM, "prompts": {"items": prompts}, "generation": {"max_new_tokens": max_new}}
+    if len(prompts) < 2:
+        doc["schedules"] = [s for s in doc["schedules"] if s["kind"] != "needle"]
+    with workspace() as (top, root):
+        model_files(top / "model", context)
+        (root / "s.toml").write_bytes(toml_bytes(doc))
+        before = snapshot(top)
+        with no_hang():
+            code, out, err = cli_main(["run", "s.toml", "--out", "reports", "--baselines", "baselines"])
+        check_run(top, root, "reports", before, code, out, err, update=False)
+        valid = all(words) and 1 <= max_new <= 32768
+        if valid and max(words) + max_new > context:
+            assert code == 2 and "exceed the model's context" in err, (code, err)
+        elif valid:
+            assert code in (0, 1), (code, out, err)
+
+
 # ---- a few through real processes -------------------------------------------------------------------------------
 
 

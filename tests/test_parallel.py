@@ -13,7 +13,8 @@ from harness import group, profiles
 from harness.analysis.determinism import tp_invariance
 from harness.errors import OK
 from harness.pipeline import DETERMINISM
-from harness.suite import SuiteError, parse
+from harness.suite import SuiteError
+from harness.suite_parse import parse
 
 from . import fakes
 from .test_analysis import rec

@@ -81,3 +81,69 @@ def test_needle_random_sizes_and_each_prompt_in_turn():
 def test_count_sequences():
     batches = plan.expand_schedule(sched("repeat", count=2, batch_size=0), IDS)
     assert plan.count_sequences(batches) == 22
+
+
+def _suite(schedules: list[Schedule], *, prompts: int = 3, max_new: int = 8, perf=None):
+    from harness.suite import Generation, ModelSpec, Profile, Prompt, Suite
+
+    return Suite(
+        name="s",
+        path="s.toml",
+        model=ModelSpec(),
+        generation=Generation(max_new_tokens=max_new),
+        prompts=tuple(Prompt(id=f"p{i}", text="x") for i in range(prompts)),
+        schedules=tuple(schedules),
+        profiles=(Profile(name="default"),),
+        perf=perf,
+    )
+
+
+def test_the_plan_size_is_known_without_expanding_it():
+    """A billion permutations are counted, not drawn: size_problem answers at once, and expand refuses too."""
+    import time
+
+    from harness.suite import Perf, SuiteError
+
+    huge = _suite([sched("solo"), sched("permutation", count=10**9)])
+    t = time.monotonic()
+    key, msg = plan.size_problem(huge)
+    assert time.monotonic() - t < 1
+    assert key == "schedules[1].count" and f"{plan.MAX_SEQUENCES:,} sequences" in msg and "\n" not in msg
+    with pytest.raises(SuiteError, match=r"s.toml: schedules\[1\].count: 1000000000 gives 3,000,000,000 sequences"):
+        plan.expand(huge)
+    assert plan.size_problem(_suite([sched("solo")], perf=Perf(repeats=10**7)))[0] == "perf.repeats"
+    assert plan.size_problem(_suite([sched("needle", trials=10**6, min_size=2)]))[0] == "schedules[0].trials"
+    assert plan.size_problem(_suite([sched("solo")], prompts=plan.MAX_SEQUENCES + 1))[0] == "prompts"
+    # exactly at the bound is accepted, and the count of sequences is what expand makes
+    at = _suite([sched("repeat", count=plan.MAX_TOKENS // 3 // 100)], max_new=100)
+    assert plan.size_problem(at) is None
+    for s in [
+        sched("solo"),
+        sched("repeat", count=3),
+        sched("permutation", count=2),
+        sched("batch-sizes", sizes=(2, 5)),
+    ]:
+        assert plan.schedule_sequences(s, len(IDS)) == plan.count_sequences(plan.expand_schedule(s, IDS))
+    needle = sched("needle", trials=9, min_size=2, max_size=5, prompt="")
+    assert plan.count_sequences(plan.expand_schedule(needle, IDS)) <= plan.schedule_sequences(needle, len(IDS))
+
+
+@pytest.mark.parametrize(
+    "name", ["determinism.toml", "determinism-bf16.toml", "perf.toml", "serving.toml", "vllm.toml"]
+)
+def test_shipped_suites_are_far_inside_the_bound(name):
+    from harness.suite_parse import load
+
+    from .helpers import ROOT
+
+    s = load(ROOT / "suites" / name)
+    n = plan.count_sequences(plan.expand(s))
+    assert n * 100 < plan.MAX_SEQUENCES and n * s.generation.max_new_tokens * 100 < plan.MAX_TOKENS
+
+
+def test_context_problem_names_the_first_prompt_and_the_rest():
+    ctx = (32, "max_position_embeddings in m/config.json")
+    assert plan.context_problem([("a", 28), ("b", 3)], 4, ctx) == ""
+    msg = plan.context_problem([("a", 29), ("b", 3), ("c", 40)], 4, ctx)
+    assert msg.startswith("prompt 'a' (and 1 more): 29 tokens + generation.max_new_tokens 4 = 33 exceed")
+    assert "context of 32 tokens (max_position_embeddings in m/config.json)" in msg

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from harness.served import redact_config, render
-from harness.suite import SuiteError, load
+from harness.suite import SuiteError
+from harness.suite_parse import load
 
 from .helpers import ROOT, load_report, only_run_dir, run_cli, write_suite
 

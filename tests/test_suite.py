@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from harness import suite as S
+from harness import suite_parse as P
 
 from .helpers import ROOT, run_cli, write_suite
 
@@ -26,7 +27,7 @@ expect = { cpu = "vary" }
 
 
 def parse(text: str) -> S.Suite:
-    return S.parse(S.tomllib.loads(text), "t.toml")
+    return P.parse(S.tomllib.loads(text), "t.toml")
 
 
 def test_good_suite_defaults():
@@ -190,15 +191,15 @@ def test_attachments_resolve_hash_by_content_and_need_a_chat_server(tmp_path: Pa
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "cat.png").write_bytes(b"\x89PNG fake")
     text = SERVED.replace('{id = "a", text = "x"}', '{id = "a", text = "x", attachments = ["a/cat.png"]}')
-    s = S.parse(S.tomllib.loads(text), "t.toml", tmp_path)
+    s = P.parse(S.tomllib.loads(text), "t.toml", tmp_path)
     att = s.prompts[0].attachments[0]
     assert att.mime == "image/png" and Path(att.path) == (tmp_path / "a" / "cat.png").resolve()
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "cat.png").write_bytes(b"\x89PNG fake")
-    moved = S.parse(S.tomllib.loads(text.replace("a/cat.png", "b/cat.png")), "t.toml", tmp_path)
+    moved = P.parse(S.tomllib.loads(text.replace("a/cat.png", "b/cat.png")), "t.toml", tmp_path)
     assert moved.case_hash == s.case_hash  # another checkout, same content: the same case
     (tmp_path / "b" / "cat.png").write_bytes(b"\x89PNG other")
-    assert S.parse(S.tomllib.loads(text.replace("a/cat.png", "b/cat.png")), "t.toml", tmp_path).case_hash != s.case_hash
+    assert P.parse(S.tomllib.loads(text.replace("a/cat.png", "b/cat.png")), "t.toml", tmp_path).case_hash != s.case_hash
     for bad, expected in [
         (text.replace('api = "chat"', 'api = "completions"'), "only the chat API carries"),
         (
@@ -209,12 +210,12 @@ def test_attachments_resolve_hash_by_content_and_need_a_chat_server(tmp_path: Pa
         (text.replace("a/cat.png", "a/dog.png"), "cannot read"),
     ]:
         with pytest.raises(S.SuiteError) as e:
-            S.parse(S.tomllib.loads(bad), "t.toml", tmp_path)
+            P.parse(S.tomllib.loads(bad), "t.toml", tmp_path)
         assert expected in str(e.value) and "\n" not in str(e.value)
 
 
 def test_shipped_serving_suite_loads():
-    s = S.load(ROOT / "suites" / "serving.toml")
+    s = P.load(ROOT / "suites" / "serving.toml")
     assert s.server.command.startswith("transformers serve {model}") and "--continuous-batching" in s.server.command
     assert {x.kind for x in s.schedules} >= {"solo", "permutation", "needle"}
     assert min(x.min_size for x in s.schedules if x.kind == "needle") >= 8 and len(s.prompts) >= 8
@@ -222,7 +223,7 @@ def test_shipped_serving_suite_loads():
 
 @pytest.mark.parametrize("name", ["determinism.toml", "determinism-bf16.toml"])
 def test_shipped_suites_load(name):
-    s = S.load(ROOT / "suites" / name)
+    s = P.load(ROOT / "suites" / name)
     assert len(s.prompts) >= 16
     assert s.generation.max_new_tokens == 64
     assert {p.name for p in s.profiles} == {"default", "deterministic"}
@@ -239,7 +240,7 @@ def test_prompt_file_errors(tmp_path: Path):
         ),
     )
     with pytest.raises(S.SuiteError, match=r"p.jsonl:2: not valid JSON"):
-        S.load(f)
+        P.load(f)
 
 
 @pytest.mark.process
@@ -269,3 +270,17 @@ def test_frozen():
     s = parse(GOOD)
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.name = "x"  # type: ignore[misc]
+
+
+def test_the_data_model_does_not_import_its_parser():
+    """One direction: suite_parse.py reads files into the classes of suite.py; suite.py never imports suite_parse
+    (not even lazily), and `load` / `parse` live in the parser only."""
+    import ast
+
+    tree = ast.parse((ROOT / "harness" / "suite.py").read_text(encoding="utf-8"))
+    imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+    }
+    assert not {m for m in imported if "suite_parse" in m}, imported
+    assert not hasattr(S, "load") and not hasattr(S, "parse")
+    assert P.parse(S.tomllib.loads(GOOD), "t.toml").case_hash == parse(GOOD).case_hash

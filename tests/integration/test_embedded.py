@@ -10,7 +10,7 @@ import pytest
 
 from harness import plan
 from harness.records import read_jsonl
-from harness.suite import load as load_suite
+from harness.suite_parse import load as load_suite
 
 from ..helpers import load_report, only_run_dir, run_cli, run_plugin, write_suite
 
