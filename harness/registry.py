@@ -91,5 +91,18 @@ ADAPTERS = Registry(
     },
     adapter_problem,
 )
-# Doctor checks register themselves with @doctor.check when their module is imported.
-CHECKS = Registry("doctor check module", "harness.checks", {"core": "harness.doctor_checks"})
+# Doctor checks register themselves with @doctor.check when their module is imported; they run, and are reported,
+# in this order, then those of installed packages.
+CHECKS = Registry(
+    "doctor check module",
+    "harness.checks",
+    {
+        "suite": "harness.doctor.suite",
+        "python": "harness.doctor.python",
+        "model": "harness.doctor.model",
+        "memory": "harness.doctor.memory",
+        "loadtime": "harness.doctor.loadtime",
+        "determinism": "harness.doctor.determinism",
+        "serving": "harness.doctor.serving",
+    },
+)

@@ -86,4 +86,4 @@ def test_unknown_names_and_misfits_are_one_line(tmp_path: Path, toy: dict[str, s
         misfit.get("bad")
     with pytest.raises(registry.RegistryError, match="unknown adapter 'hff'; did you mean 'hf'"):
         registry.ADAPTERS.resolve("hff")
-    assert set(registry.CHECKS.entries()) >= {"core"} and registry.KINDS.get("loadtime").name == "loadtime"
+    assert set(registry.CHECKS.entries()) >= {"python", "serving"} and registry.KINDS.get("loadtime").name == "loadtime"

@@ -1,10 +1,9 @@
-"""`harness doctor`: a preflight against the known failure modes (the MindIE FAQ's automatable ones), before a model
-loads. Each check is a small function that looks at a Context and returns Findings: an id, a severity, what it
-found and the exact fix. The checks live in the modules of harness.registry.CHECKS (one line per module, or an
-entry point in the group `harness.checks`); a check registers itself with @check.
+"""The doctor's machinery: a Finding, the Context every check looks at, the @check decorator and its registry,
+running the checks in order, and the findings as a table, a summary line, JSON and an exit code.
 
-Exit 0 when no finding is an error, 2 when one is (the environment or the input is wrong: USAGE, like any other
-input error). The doctor never imports torch: what the engine's interpreter can import is asked in a subprocess.
+The checks themselves live in the topic modules of this package (harness.registry.CHECKS names them, one line a
+module; a package adds its own through the entry-point group `harness.checks`). They import this module, never
+the package, so that the package can hand these names on without an import circle.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import OK, USAGE, HarnessError, one_line
+from ..errors import OK, USAGE, one_line
 
 Severity = Literal["error", "warning", "info"]
 SEVERITIES: tuple[Severity, ...] = ("error", "warning", "info")
@@ -132,6 +131,7 @@ print(json.dumps({
 
 CheckFn = Callable[[Context], Iterable[Finding]]
 REGISTRY: dict[str, CheckFn] = {}
+_MODULE: dict[str, str] = {}  # check id -> the module that registered it
 
 
 def check(id: str, devices: tuple[str, ...] = (), looks_at: str = "") -> Callable[[CheckFn], CheckFn]:
@@ -145,17 +145,22 @@ def check(id: str, devices: tuple[str, ...] = (), looks_at: str = "") -> Callabl
             return fn(ctx)
 
         REGISTRY[id] = guarded
+        _MODULE[id] = fn.__module__
         return fn
 
     return register
 
 
 def registry() -> dict[str, CheckFn]:
-    from .registry import CHECKS
+    """Every check, in the order of harness.registry.CHECKS and, within a module, of its @check lines: the
+    report's order, whichever module happened to be imported first."""
+    from ..registry import CHECKS
 
-    for name in CHECKS.entries():
+    rank: dict[str, int] = {}
+    for name, target in CHECKS.entries().items():
         CHECKS.get(name)  # a check module registers its checks with @check when imported
-    return REGISTRY
+        rank.setdefault(target.partition(":")[0], len(rank))
+    return dict(sorted(REGISTRY.items(), key=lambda item: rank.get(_MODULE.get(item[0], ""), len(rank))))
 
 
 def run_checks(ctx: Context, only: Iterable[str] | None = None) -> list[Finding]:
@@ -193,91 +198,3 @@ def to_json(findings: list[Finding]) -> dict:
 def summary(findings: list[Finding]) -> str:
     c = to_json(findings)["counts"]
     return f"doctor: {c['error']} error(s), {c['warning']} warning(s), {c['info']} info"
-
-
-# ---- building the context -------------------------------------------------------------------------------
-
-
-def suite_file(path: Path, opts: Any) -> SuiteFile:
-    """A suite as the run would load it, and its raw TOML for the checks that must see what its parser refuses."""
-    from . import run
-    from .tomltable import SuiteError, read_toml
-
-    try:
-        data = read_toml(path)
-    except SuiteError as e:
-        return SuiteFile(path, {}, error=str(e))
-    kind = run.kind_name(data)
-    try:
-        _, suite = run.load(path, opts)
-    except HarnessError as e:
-        return SuiteFile(path, data, kind, error=str(e))
-    return SuiteFile(path, data, kind, suite)
-
-
-def model_refs(suites: list[SuiteFile], override: str | None) -> list[str]:
-    if override:
-        return [override]
-    refs: list[str] = []
-    for s in suites:
-        ref = getattr(s.suite, "model_ref", None) or getattr(getattr(s.suite, "model", None), "ref", None)
-        if ref is None:
-            ref = str(s.data.get("model", {}).get("ref", "smollm2-135m")) if isinstance(s.data, dict) else ""
-        if ref and ref not in refs:
-            refs.append(ref)
-    return refs or ["smollm2-135m"]
-
-
-def build_context(
-    suites: list[Path],
-    *,
-    device: str | None,
-    model: str | None,
-    python: str | None,
-    baselines: Path,
-    opts: Any,
-    prepare: Callable[[str], Path] | None = None,
-) -> Context:
-    from . import runner
-
-    files = [suite_file(p, opts) for p in suites]
-    dirs, errors = [], []
-    for ref in model_refs(files, model):
-        try:
-            d = (prepare or runner.prepare_model)(ref)
-        except HarnessError as e:
-            errors.append(f"{ref}: {e}")
-            continue
-        if d not in dirs:
-            dirs.append(d)
-    dev = device or next(
-        (str(s.data.get("model", {}).get("device", "")) for s in files if isinstance(s.data.get("model"), dict)), ""
-    )
-    return Context(
-        device=dev or "cpu",
-        python=python or sys.executable,
-        suites=files,
-        model_dirs=dirs,
-        model_errors=errors,
-        baselines=baselines,
-    )
-
-
-def main(args: Any, opts: Any, default_suites: list[Path]) -> int:
-    if args.python and not Path(args.python).exists():
-        raise HarnessError(f"--python {args.python}: no such interpreter", USAGE)
-    ctx = build_context(
-        args.suites or default_suites,
-        device=args.device,
-        model=args.model,
-        python=args.python,
-        baselines=args.baselines,
-        opts=opts,
-    )
-    findings = run_checks(ctx)
-    if args.json:
-        print(json.dumps(to_json(findings), indent=1))
-    else:
-        print(table(findings))
-        print(summary(findings))
-    return exit_code(findings)
