@@ -178,7 +178,10 @@ def _cancel_mid_run(suite: Path, out: Path, job: str, records: int, sig: signal.
     j = next(j for j in rep["jobs"] if j["name"] == job)
     assert j["status"] == "cancelled" and rep["exit_code"] == 3, j
     assert f"cancelled ({sig.name} to the harness) and stopped after" in j["description"]
-    assert records <= j["completed"] < j["expected"] and lines(recs / f"{job}.jsonl") == j["completed"]
+    assert records <= j["completed"] <= j["expected"] and lines(recs / f"{job}.jsonl") == j["completed"]
+    done = [json.loads(x) for x in (recs / f"{job}.jsonl").read_text().splitlines()]
+    # stopped mid-run: sequences left unstarted, or the one in flight (a served request) recorded as cut short
+    assert j["completed"] < j["expected"] or any(r.get("error") for r in done), done[-1]
     assert f"worker {job!r} cancelled ({sig.name} to the harness)" in stdout
     assert "Traceback" not in stderr
     return j

@@ -97,7 +97,8 @@ def test_pytest_plugin_items_and_failure_report(tmp_path: Path, embedded_dir: Pa
     p = run_plugin(suite, junit, "--out", str(tmp_path / "reports"), "--profile", "deterministic", cwd=tmp_path)
     assert p.returncode == 1, p.stdout + p.stderr
     cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
-    assert set(cases) == {"repeatability", "batch-invariance", "baseline"}
+    assert set(cases) == {"repeatability", "batch-invariance", "baseline", "html"}
+    assert not list(cases["html"])  # report.html written: a pass, neither skipped nor failed
     assert cases["baseline"].find("skipped") is not None  # no baseline here: said, and not a pass or a failure
     assert cases["repeatability"].find("failure") is None
     failure = cases["batch-invariance"].find("failure")
