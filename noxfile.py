@@ -91,8 +91,8 @@ def _trend(session: nox.Session) -> None:
     """The nightly's last step: change points in the history the runs just appended to (<out>/history)."""
     args = list(session.posargs)
     history = _option(args, "--history")
-    if "--no-history" in args or history == "":
-        return
+    if "--no-history" in args or "--dry-run" in args or history == "":
+        return  # a dry run appends nothing to the history
     history = history or os.path.join(_option(args, "--out") or "reports", "history")
     found = session.run(
         "python", "-c", "import importlib.util; print(importlib.util.find_spec('otava') is not None)", silent=True
@@ -119,7 +119,8 @@ def trend(session: nox.Session) -> None:
 
 @nox.session
 def parallel(session: nox.Session) -> None:
-    """Tensor parallel: each profile at TP 1 and TP 3 (torchrun worker groups; gloo on CPU, hccl on NPU), in float32
+    """Tensor parallel: each profile at every degree that divides the model's heads, up to the visible devices
+    (tp = "auto": TP 1 and 3 for the embedded model; torchrun worker groups, gloo on CPU, hccl on NPU), in float32
     and bfloat16; tp-invariance against TP 1 and repeatability / batch invariance per degree. Options after `--` as
     for determinism, plus --nnodes N --node-rank R --rdzv-endpoint HOST:PORT for a group over several hosts."""
     _install(session, "gguf")
@@ -237,9 +238,12 @@ def gaterates(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff (lint and format) over everything; mypy --strict over the analysis and the suite model."""
-    # tomli: mypy checks the Python 3.10 branch of the TOML import too
-    session.install("ruff>=0.15", "mypy>=1.18", "numpy", "scipy", "scipy-stubs", "tomli>=2.0")
+    """ruff (lint and format) over everything; mypy --strict over harness/."""
+    # mypy follows harness/'s imports: the harness's dependencies (torch pinned, as everywhere), httpx and
+    # cryptography (serving), stubs for scipy, tabulate and tqdm; tomli: the Python 3.10 branch of the TOML import
+    session.install("ruff>=0.15", "mypy>=1.18", "scipy-stubs", "types-tabulate", "types-tqdm", "tomli>=2.0")
+    session.install(TORCH)
+    session.install("-e", ".", "httpx>=0.27", "cryptography")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")

@@ -20,7 +20,7 @@ def write_text(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def finite(x):
+def finite(x: object) -> object:
     """NaN is not JSON; an undefined statistic is written as null."""
     if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
         return None

@@ -12,15 +12,16 @@ import json
 import re
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 from . import __version__, atomic, envinfo
 from .errors import HarnessError, one_line
 from .paths import inside
 from .records import ID_SPACES, NO_IDS, Record
+from .status import Tier
 
 SCHEMA_VERSION = 1
 # What a baseline keeps of each reference sequence: enough to show a divergence, not the timings.
@@ -43,14 +44,14 @@ class Baseline:
     profile: str
     case_hash: str
     device_key: str
-    environment: dict
-    provenance: dict
-    outputs: dict[str, dict]  # prompt id -> reference sequence
+    environment: dict[str, Any]
+    provenance: dict[str, Any]
+    outputs: dict[str, dict[str, Any]]  # prompt id -> reference sequence
     latency: dict[str, list[float]] = field(default_factory=dict)  # raw samples per metric (the latest run)
     load_s: list[float] = field(default_factory=list)  # raw load-time samples
     runs: list[dict[str, float]] = field(default_factory=list)  # per recorded run: metric -> median
     thresholds: dict[str, float] = field(default_factory=dict)  # calibrated on this runner (harness calibrate)
-    calibration: dict = field(default_factory=dict)  # how: runs, date, host, budget, per-row alpha
+    calibration: dict[str, Any] = field(default_factory=dict)  # how: runs, date, host, budget, per-row alpha
 
     def run_medians_now(self) -> dict[str, float]:
         """The medians of the one run a file from before run histories holds."""
@@ -98,7 +99,6 @@ def slug(s: str) -> str:
     return re.sub(r"[^a-z0-9.]+", "-", s.lower()).strip("-").strip(".")[:64] or "unknown"
 
 
-Tier = Literal["same key", "other software", "other hardware"]
 TIERS: tuple[Tier, ...] = ("same key", "other software", "other hardware")
 
 
@@ -123,13 +123,20 @@ class DeviceKey:
         return "same key" if other.software == self.software else "other software"
 
 
-def device_key(info: dict) -> DeviceKey:
+def device_key(info: dict[str, Any]) -> DeviceKey:
     """On CPU the ISA, the CPU model and the thread count decide how reductions split; on a server, what serves it
-    and on which host."""
+    and on which host (and chip, on an NPU host), with the server's version and what it runs on (vllm_ascend, CANN)
+    where the harness could read them (runner.served_device). A served CPU run of `transformers serve` keeps the
+    key it had before those were read (endpoint-cpu-<host>-transformers), so the committed baselines stay found."""
     dev = info.get("device", "cpu")
     if dev == "endpoint":
-        hw = ["endpoint", info.get("target", ""), info.get("host", "")]
-        sw = [info.get("server", "external")]
+        hw = ["endpoint", info.get("target", ""), info.get("host", ""), info.get("chip", "")]
+        server = info.get("server", "external")
+        sw = [f"{server}{_mm(info['server_version'])}" if info.get("server_version") else server]
+        if info.get("vllm_ascend"):
+            sw.append(f"vllmascend{_mm(info['vllm_ascend'])}")
+        if info.get("cann"):
+            sw.append(f"cann{_mm(info['cann'])}")
     else:
         hw = [dev]
         if dev == "cpu":
@@ -145,6 +152,8 @@ def device_key(info: dict) -> DeviceKey:
             sw.append(f"tf{_mm(info['transformers'])}")
         if info.get("vllm"):
             sw.append(f"vllm{_mm(info['vllm'])}")
+        if info.get("vllm_ascend"):
+            sw.append(f"vllmascend{_mm(info['vllm_ascend'])}")
     return DeviceKey(dev, "-".join(slug(p) for p in hw if p), "-".join(slug(p) for p in sw if p))
 
 
@@ -177,7 +186,7 @@ class BaselineUse:
 
     path: Path
     tier: Tier
-    environment: dict  # what it recorded: device, host
+    environment: dict[str, Any]  # what it recorded: device, host
     commit: str  # the project commit it was recorded at
 
     @staticmethod
@@ -256,7 +265,7 @@ class Store:
         """Every stored file of `suite` and `profile` (glob patterns) under every key, inside the store."""
         return [inside(self.root, p) for p in sorted(self.root.glob(f"*/{suite}/{profile}.json")) if p.is_file()]
 
-    def raw(self, suite: str = "*", profile: str = "*") -> Iterator[tuple[Path, dict]]:
+    def raw(self, suite: str = "*", profile: str = "*") -> Iterator[tuple[Path, dict[str, Any]]]:
         """(file, its JSON) for every readable stored file, for readers that look across keys and schemas (the
         doctor); a file that cannot be read is passed over."""
         for p in self.files(suite, profile):
@@ -299,7 +308,7 @@ def build(
     profile: str,
     case_hash: str,
     device_key: DeviceKey,
-    environment: dict,
+    environment: dict[str, Any],
     reason: str,
     references: list[Record],
     latency: dict[str, list[float]],
@@ -330,24 +339,25 @@ def write(path: Path, b: Baseline) -> None:
     atomic.write_text(path, json.dumps({"schema_version": SCHEMA_VERSION, **vars(b)}, indent=1, sort_keys=True) + "\n")
 
 
-def _listof(ok):
+def _listof(ok: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda v: isinstance(v, list) and all(ok(x) for x in v)
 
 
-def _int(v) -> bool:
+def _int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _num(v) -> bool:
+def _num(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-_TEXT = (lambda v: isinstance(v, str), "a string")
-_TABLE = (lambda v: isinstance(v, dict), "an object")
-_STRINGS = (_listof(lambda v: isinstance(v, str)), "a list of strings")
+_Check = tuple[Callable[[Any], bool], str]  # a value's test, and what it expects
+_TEXT: _Check = (lambda v: isinstance(v, str), "a string")
+_TABLE: _Check = (lambda v: isinstance(v, dict), "an object")
+_STRINGS: _Check = (_listof(lambda v: isinstance(v, str)), "a list of strings")
 # Everything a run reads of a baseline, and what it must be: checked on load, so that a damaged file is "not
 # comparable" with one line, never a KeyError or TypeError in the middle of a comparison.
-_FIELDS = {
+_FIELDS: dict[str, _Check] = {
     "suite": _TEXT,
     "profile": _TEXT,
     "case_hash": _TEXT,
@@ -367,7 +377,7 @@ _FIELDS = {
     "thresholds": (lambda v: isinstance(v, dict) and all(_num(x) for x in v.values()), "an object of numbers"),
     "calibration": _TABLE,
 }
-_OUTPUT_FIELDS = {
+_OUTPUT_FIELDS: dict[str, _Check] = {
     "prompt_id": _TEXT,
     "tokens": (_listof(_int), "a list of integers"),
     "pieces": _STRINGS,
@@ -394,6 +404,9 @@ _KEY_FIELDS = (
     "torch_npu",
     "cann",
     "transformers",
+    "vllm",
+    "server_version",
+    "vllm_ascend",
 )  # what device_key reads
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from . import baselines, pipeline
 from .analysis import latency, stats
 from .errors import INFRA, OK, USAGE, HarnessError
-from .run import Options
+from .options import Options
 from .run import load as load_suite
 
 
@@ -33,6 +33,10 @@ def calibrate(path: Path, opts: Options, runs: int) -> tuple[int, list[str]]:
         raise HarnessError(f"{path}: calibrate needs a suite with a [perf] section (in process or served)", USAGE)
     if runs < 3:
         raise HarnessError(f"--runs {runs}: calibration needs at least 3 runs (10 or more for a stable spread)", USAGE)
+    if opts.dry_run:  # one run's plan (each of the N runs is the same); nothing runs, nothing is written
+        from . import dryrun
+
+        return OK, [f"calibration: {runs} A/A runs of this plan", dryrun.execute(kind, suite, opts).console]
     reason = opts.reason.strip() or f"calibration, {runs} A/A runs"
     res = None
     for i in range(runs):

@@ -14,6 +14,7 @@ import argparse
 import math
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from . import __version__, cancel, run
 from .errors import INFRA, HarnessError
@@ -21,7 +22,7 @@ from .options import add_run_options, from_namespace
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse exits 2 too; one line, like every other input error
+    def error(self, message: str) -> NoReturn:  # argparse exits 2 too; one line, like every other input error
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -97,7 +98,7 @@ def threshold(text: str) -> tuple[str, float]:
     return name, v
 
 
-def run_main(args) -> int:
+def run_main(args: argparse.Namespace) -> int:
     opts = from_namespace(args)
     suites = [run.load(s, opts) for s in args.suites]  # all validated before any runs
     code = 0
@@ -108,7 +109,7 @@ def run_main(args) -> int:
     return code
 
 
-def calibrate_main(args) -> int:
+def calibrate_main(args: argparse.Namespace) -> int:
     from .calibrate import calibrate
 
     code, lines = calibrate(args.suites[0], from_namespace(args), args.runs)
@@ -116,19 +117,19 @@ def calibrate_main(args) -> int:
     return code
 
 
-def doctor_main(args) -> int:
+def doctor_main(args: argparse.Namespace) -> int:
     from . import doctor, signoff
 
     return doctor.main(args, from_namespace(args), signoff.default_suites(Path("suites/signoff.toml")))
 
 
-def signoff_main(args) -> int:
+def signoff_main(args: argparse.Namespace) -> int:
     from . import signoff
 
     return signoff.main(args, from_namespace(args))
 
 
-def trend_main(args) -> int:
+def trend_main(args: argparse.Namespace) -> int:
     from . import trend
 
     return trend.main(args.history, args.pvalue, dict(args.threshold), max(0, args.last))

@@ -42,8 +42,8 @@ def cpu_model(cpuinfo: str | None = None) -> str:
     reduction, per microarchitecture (AMX, cache sizes), not only per ISA: two "AVX512" hosts can differ in bits."""
     if cpuinfo is None:
         try:
-            with open("/proc/cpuinfo", encoding="utf-8") as f:
-                cpuinfo = f.read()
+            with open("/proc/cpuinfo", encoding="utf-8") as fh:
+                cpuinfo = fh.read()
         except OSError:
             return platform.processor() or platform.machine()
     first = cpuinfo.split("\n\n", 1)[0]

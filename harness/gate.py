@@ -9,8 +9,8 @@ from . import baselines, envinfo, perfgate, report
 from .analysis import baseline as baseline_check
 from .analysis import determinism
 from .jobs import JobOutcome
+from .options import Options
 from .records import Record
-from .run import Options
 from .suite import Suite
 
 
@@ -75,7 +75,7 @@ def _one(
     )
     v = baseline_check.evaluate(
         records[j.name],
-        lambda pid, b=b: b.reference(pid) if pid in b.outputs else None,
+        lambda pid: b.reference(pid) if pid in b.outputs else None,
         j.profile,
         expect,
         note,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def _tree(procs: dict[int, tuple[str, int, int]], roots: set[int]) -> set[int]:
     return out
 
 
-def between(a: Snapshot | None, b: Snapshot | None, own: set[int], top: int = 3) -> dict:
+def between(a: Snapshot | None, b: Snapshot | None, own: set[int], top: int = 3) -> dict[str, Any]:
     """Shares of the whole machine's CPU time between two snapshots. `own`: pids whose work is the measurement
     (this worker, and for a served run the server), with their descendants."""
     if a is None or b is None or b.total <= a.total:
@@ -87,7 +88,7 @@ def _mhz() -> float:
     return sum(vals) / len(vals) if vals else float("nan")
 
 
-def describe(sample: dict) -> str:
+def describe(sample: dict[str, Any]) -> str:
     """ "others used 48% of the CPU (python3[1234] 47%)"."""
     if not sample:
         return "not sampled"

@@ -21,11 +21,12 @@ import traceback
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from . import __version__, atomic, history, trend
 from .errors import one_line
 from .records import MODEL_IDS, TEXT_HASH, Record, read_jsonl
+from .status import NotWrittenCause, run_result
 
 TREND_RUNS = 30  # runs shown in each trend chart
 CONTINUATION = 40  # tokens shown per side after a divergence
@@ -41,7 +42,7 @@ class NotWritten:
     console showed for it before ("report.html not written: ...")."""
 
     # "missing dependency": jinja2, matplotlib or markdown-it is not installed; "error": drawing or writing it raised
-    cause: Literal["missing dependency", "error"]
+    cause: NotWrittenCause
     message: str  # one line: what is missing, or the exception's type and message
     where: str = ""  # cause "error": the innermost frame that raised it, "path:line in function"
 
@@ -101,7 +102,7 @@ def render(result: Any, run_dir: Path, history_root: Path | None, headlines: lis
         ctx["figures"] = [f for f in (latency_figure(result), load_figure(result)) if f]
     else:  # a load-time run: its own plot, already drawn beside the summary
         ctx["title"] = f"{result.suite.name}: load time"
-        ctx["result"] = {0: "pass", 1: "fail"}.get(result.exit_code, "error")
+        ctx["result"] = run_result(result.exit_code)
         ctx["subtitle"] = f"{result.suite.model_ref} · {result.suite.dtype} · {result.suite.device}"
     return env.get_template("report.html.j2").render(**ctx)
 
@@ -120,7 +121,8 @@ def summary_blocks(run_dir: Path) -> list[dict[str, str]]:
     except OSError:
         return []
     md = MarkdownIt("commonmark", {"html": False}).enable("table")
-    md.validateLink = lambda url: url.startswith("data:image/png;base64,")  # only what we inline below
+    # only what we inline below; markdown-it's documented override, per instance (typed there as a method)
+    md.validateLink = lambda url: url.startswith("data:image/png;base64,")  # type: ignore[method-assign]
     text = re.sub(r"!\[([^\]]*)\]\(([\w.-]+\.png)\)", lambda m: _inline_png(run_dir, m), text)
     blocks: list[dict[str, str]] = []
     chunk: list[str] = []
@@ -240,7 +242,8 @@ def divergence_maps(result: Any) -> tuple[list[dict[str, Any]], dict[str, dict[s
     every compared sequence is one cell. Details (continuations, top-k) only for close and diverged cells."""
     records = _records(result)
     names = _names(result, records)
-    maps, details = [], {}
+    maps: list[dict[str, Any]] = []
+    details: dict[str, dict[str, Any]] = {}
     for v in result.verdicts:
         if not v.comparisons:
             continue

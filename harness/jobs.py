@@ -7,15 +7,12 @@ import dataclasses
 import json
 import signal
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from .plan import Batch
 from .records import Generated
 from .served import Endpoint
-
-# cancelled: the run was cancelled by a signal (harness.cancel) while this job ran or before it started; an
-# infrastructure outcome like the others that are not "ok"
-WorkerStatus = Literal["ok", "crashed", "timeout", "load-failed", "server-failed", "server-crashed", "cancelled"]
+from .status import WorkerStatus
 
 
 @dataclass(frozen=True)
@@ -33,7 +30,7 @@ class Job:
     meta: str  # JSON the worker writes after loading and again at the end
     adapter: str = "hf"
     torch_deterministic: bool = False
-    prompts: tuple[dict, ...] = ()  # Prompt fields, as the adapters read them
+    prompts: tuple[dict[str, Any], ...] = ()  # Prompt fields, as the adapters read them
     batches: tuple[Batch, ...] = ()
     max_new_tokens: int = 1
     top_logprobs: int = 2
@@ -73,7 +70,7 @@ class JobOutcome:
     records: str
     log: str
     stderr_tail: list[str] = field(default_factory=list)
-    meta: dict = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
     error: str = ""  # why the server would not start, a known cause its log names, or what cancelled the run
     server_log: str = ""  # the server's log, for a served model
     server_stop: str = ""  # how the server ended
@@ -163,7 +160,7 @@ class Adapter(Protocol):
         """Load the model (or connect); return seconds per load phase."""
         ...
 
-    def generate(self, prompts: list[dict]) -> list[Generated]:
+    def generate(self, prompts: list[dict[str, Any]]) -> list[Generated]:
         """One batch, in row order: one Generated per prompt."""
         ...
 

@@ -8,6 +8,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import baselines
 from .analysis import loadtime as lt
@@ -80,7 +81,7 @@ class LoadRun:
     cache_note: str
     cold_ok: bool
     reads: dict[str, tuple[float, bool]]  # label -> (seconds, cold)
-    device_info: dict
+    device_info: dict[str, Any]
     recommendation: lt.Recommendation | None = None
     summaries: list[lt.SettingSummary] = dataclasses.field(default_factory=list)
     sizes: list[lt.SizeRow] = dataclasses.field(default_factory=list)

@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import baselines, perfgate, report_loadtime, runner
 from .analysis import loadtime as lt
@@ -22,14 +23,15 @@ from .analysis import stats
 from .errors import INFRA, USAGE, HarnessError
 from .jobs import Job
 from .loadrun import AgainstBaseline, LoadRun, LoadSuite, Target
-from .run import Check, Options, Outcome, Progress, RunDir, exit_code
+from .options import Options
+from .run import Check, Outcome, Progress, RunDir, exit_code
 from .suite import SuiteError, Table
 from .suite_parse import parse_head, parse_model
 
 ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTORCH_NPU_ALLOC_CONF", "NPU_MEMORY_FRACTION")
 
 
-def _settings(raw: list, t: Table) -> tuple[str, ...]:
+def _settings(raw: list[object], t: Table) -> tuple[str, ...]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     out: list[str] = []
     for v in raw:
@@ -45,7 +47,12 @@ def _settings(raw: list, t: Table) -> tuple[str, ...]:
 
 
 def load_suite(
-    path: Path, data: dict, *, model: str | None = None, device: str | None = None, drop_caches: bool | None = None
+    path: Path,
+    data: dict[str, Any],
+    *,
+    model: str | None = None,
+    device: str | None = None,
+    drop_caches: bool | None = None,
 ) -> LoadSuite:
     from . import synthetic
 
@@ -332,7 +339,7 @@ def checks(run: LoadRun) -> list[Check]:
 class LoadtimeKind:
     name: str = "loadtime"
 
-    def load(self, path: Path, data: dict, opts: Options) -> LoadSuite:
+    def load(self, path: Path, data: dict[str, Any], opts: Options) -> LoadSuite:
         try:
             return load_suite(path, data, model=opts.model, device=opts.device, drop_caches=opts.drop_caches)
         except SuiteError as e:

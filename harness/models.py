@@ -83,6 +83,12 @@ def file_hashes(model_dir: str | Path, names: tuple[str, ...] | None = DESCRIBIN
     return {f.name: sha256(f) for f in files}
 
 
+def converted_dir(gguf: Path) -> Path:
+    """Where a GGUF file's conversion is cached: the file's own name, cut so that the name with its hash and a
+    temporary suffix stays under 255 bytes."""
+    return inside(cache_dir(), cache_dir() / "models" / f"{gguf.stem[:48]}-{sha256(gguf)[:16]}")
+
+
 def prepare(ref: str) -> Path:
     """A directory that `from_pretrained` loads: the reference itself, or its cached conversion."""
     path = locate(ref)
@@ -90,8 +96,7 @@ def prepare(ref: str) -> Path:
         if not (path / "config.json").is_file():
             raise ModelError(f"--model {ref}: directory has no config.json; is it a Hugging Face model directory?")
         return path
-    # The file's own name, cut so that the name with its hash and a temporary suffix stays under 255 bytes.
-    out = inside(cache_dir(), cache_dir() / "models" / f"{path.stem[:48]}-{sha256(path)[:16]}")
+    out = converted_dir(path)
     if (out / "config.json").is_file():
         return out
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
@@ -113,7 +118,7 @@ def _convert_gguf(gguf: Path, dest: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # transformers leaves it unannotated
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = src.config

@@ -31,6 +31,7 @@ class Options:
     fresh_runs: bool = False  # an update starts the baseline's run history anew (calibration's first run)
     parallel: dict[str, Any] = field(default_factory=dict)  # --nnodes, --node-rank, --rdzv-endpoint over [parallel]
     history: Path | None = None  # where each run appends its headline metrics (CLI default: <out>/history); None: off
+    dry_run: bool = False  # plan and stop before the first worker (harness.dryrun)
 
 
 def seconds(text: str) -> float:
@@ -44,14 +45,18 @@ def seconds(text: str) -> float:
     return v
 
 
-def degrees(text: str) -> list[int]:
-    """Tensor parallel degrees, comma-separated: "1,4"."""
+def degrees(text: str) -> list[int] | str:
+    """Tensor parallel degrees, comma-separated: "1,4"; or "auto" (harness.degrees)."""
+    if text == "auto":
+        return text
     try:
         out = [int(x) for x in text.split(",")]
     except ValueError:
         out = []
     if not out or any(d < 1 for d in out):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive degrees such as 1,4, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive degrees such as 1,4, or auto, got {text!r}"
+        )
     return out
 
 
@@ -93,7 +98,8 @@ def add_run_options(add: Callable[..., Any]) -> None:
         type=degrees,
         default=None,
         metavar="1,4",
-        help="tensor parallel degrees, e.g. 1,4 for a model whose heads 3 does not divide (suites with [parallel])",
+        help="tensor parallel degrees, e.g. 1,4 for a model whose heads 3 does not divide, or auto (suites with "
+        "[parallel])",
     )
     add("--nnodes", type=int, default=None, help="tensor parallel: hosts in each worker group (overrides [parallel])")
     add(
@@ -120,6 +126,13 @@ def add_run_options(add: Callable[..., Any]) -> None:
         help="append this run's headline metrics here (default: <out>/history; '' or --no-history: off)",
     )
     add("--no-history", action="store_true", default=False, help="do not append to the run history")
+    add(
+        "--dry-run",
+        action="store_true",
+        default=False,
+        help="plan only: suites, the model's config, degrees, jobs with each worker's environment and which library "
+        "reads each flag; no weights loaded, no run folder (harness.dryrun)",
+    )
 
 
 def from_namespace(ns: argparse.Namespace) -> Options:
@@ -156,6 +169,7 @@ def _build(get: Callable[[str], Any]) -> Options:
             if v is not None
         },
         history=history_dir(get("history"), get("no_history"), get("out")),
+        dry_run=bool(get("dry_run")),
     )
 
 

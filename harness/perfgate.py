@@ -5,6 +5,8 @@ false-alarm budget for the whole run, and a row decided by passes that ran besid
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Set
+from typing import Any
 
 from . import hostnoise
 from .analysis import latency, stats
@@ -14,14 +16,14 @@ from .records import Record
 from .suite import Perf
 
 
-def noisy_passes(meta: dict, share: float) -> dict[int, dict]:
+def noisy_passes(meta: dict[str, Any], share: float) -> dict[int, dict[str, Any]]:
     """Measured passes (by repeat) during which other processes used more than `share` of the host's CPU."""
     return {
         p["repeat"]: p for p in meta.get("passes", []) if not p.get("warmup") and p.get("others_share", 0.0) > share
     }
 
 
-def after_samples(records: list[Record], meta: dict, skip: set[int] = frozenset()) -> dict[str, list[float]]:
+def after_samples(records: list[Record], meta: dict[str, Any], skip: Set[int] = frozenset()) -> dict[str, list[float]]:
     """This run's samples per metric (load time included), leaving out the passes in `skip`."""
     out = latency.samples([r for r in records if r.repeat not in skip])
     if "load_s" in meta:
@@ -29,7 +31,7 @@ def after_samples(records: list[Record], meta: dict, skip: set[int] = frozenset(
     return out
 
 
-def against(perf: Perf, b: Baseline, records: list[Record], meta: dict, seed: int) -> list[stats.Change]:
+def against(perf: Perf, b: Baseline, records: list[Record], meta: dict[str, Any], seed: int) -> list[stats.Change]:
     """One profile's rows against its baseline, each judged against the baseline's run-to-run spread where it
     holds several runs; thresholds calibrated on this runner take precedence over the suite's."""
     before = {**b.latency, **({"load": b.load_s} if b.load_s else {})}
@@ -65,12 +67,12 @@ def decide(rows: dict[str, list[stats.Change]], budget: float) -> tuple[dict[str
     return out, alpha
 
 
-def _why(noisy: dict[int, dict]) -> str:
+def _why(noisy: dict[int, dict[str, Any]]) -> str:
     return "; ".join(f"pass {k}: {hostnoise.describe(v)}" for k, v in sorted(noisy.items()))
 
 
 def recheck(
-    rows: list[stats.Change], without_noise: list[stats.Change], noisy: dict[int, dict], alpha: float
+    rows: list[stats.Change], without_noise: list[stats.Change], noisy: dict[int, dict[str, Any]], alpha: float
 ) -> list[stats.Change]:
     """A regressed or improved row that does not hold once the noisy passes are left out is `noisy`: not a pass,
     not a failure; the note says what was running. One that still holds keeps its status and says so."""

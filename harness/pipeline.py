@@ -8,18 +8,20 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from . import adapters, gate, hostnoise, perfgate, plan, profiles, report, runner, tables
+from . import adapters, degrees, gate, hostnoise, perfgate, plan, profiles, report, runner, tables
 from .analysis import determinism, latency
 from .errors import USAGE, HarnessError
 from .jobs import JobOutcome
+from .profiles import flags_note
 from .records import Record, read_jsonl
 from .run import Check, Options, Outcome, Progress, RunDir, exit_code
 from .suite import PROPERTIES, Suite, SuiteError
 from .suite_parse import parse
 
 
-def load_suite(path: str | Path, data: dict, opts: Options) -> Suite:
+def load_suite(path: str | Path, data: dict[str, Any], opts: Options) -> Suite:
     if opts.parallel and "parallel" in data:
         # --tp, --nnodes, --node-rank, --rdzv-endpoint: the same suite file on every host, for any model's heads; a
         # suite without [parallel] is single-device and stays so (one nox session runs both kinds)
@@ -39,17 +41,19 @@ def load_suite(path: str | Path, data: dict, opts: Options) -> Suite:
         if suite.server is None and len(suite.profiles) > 1:
             # A running server has one environment: one profile describes it; choose which with --profile.
             suite = dataclasses.replace(suite, profiles=suite.profiles[:1])
-    return suite
+    return degrees.resolve(suite)  # tp = "auto": the degrees, from the model's files, before any item is named
 
 
 def preflight(suite: Suite) -> None:
     """Everything about a served suite that can be wrong before a server starts: one line each, exit 2."""
     import ssl
 
+    ep = suite.endpoint
+    assert ep is not None  # only a served suite is preflighted (load_suite asks)
     try:
         from . import wire
 
-        kwargs = wire.client_kwargs(suite.endpoint)
+        kwargs = wire.client_kwargs(ep)
     except ImportError as e:
         raise HarnessError(
             f"{suite.path}: serving needs httpx ({e}); pip install 'llm-determinism-harness[serving]'", USAGE
@@ -61,7 +65,6 @@ def preflight(suite: Suite) -> None:
             f"{suite.path}: endpoint.client_cert / client_key / ca_bundle: cannot load ({e})", USAGE
         ) from None
     del kwargs
-    ep = suite.endpoint
     for prompt in map(dataclasses.asdict, suite.prompts):
         if err := wire.suite_size_error(suite, ep, prompt):
             raise HarnessError(f"{suite.path}: {err}", USAGE)
@@ -226,53 +229,7 @@ def _model_dir(suite: Suite) -> Path:
     return runner.prepare_model(suite.model.ref)
 
 
-def check_degrees(suite: Suite, model_dir: Path) -> None:
-    """Every degree must divide the model's attention and KV heads (transformers shards heads whole): one line and
-    exit 2 before any worker starts, instead of a shape error in every rank."""
-    if not any(tp > 1 for tp in suite.parallel.tp):
-        return
-    import json
-
-    try:
-        cfg = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-        heads = int(cfg["num_attention_heads"])
-        kv = int(cfg.get("num_key_value_heads") or heads)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise HarnessError(
-            f"{suite.path}: parallel.tp: cannot read the model's head counts from {model_dir / 'config.json'} ({e})",
-            USAGE,
-        ) from None
-    bad = [tp for tp in suite.parallel.tp if heads % tp or kv % tp]
-    if bad:
-        fits = [d for d in range(1, heads + 1) if heads % d == 0 and kv % d == 0]
-        raise HarnessError(
-            f"{suite.path}: parallel.tp: degree {bad[0]} does not divide the model's {heads} attention heads and "
-            f"{kv} KV heads; use degrees that divide both: {', '.join(map(str, fits))}",
-            USAGE,
-        )
-
-
-def flags_note(suite: Suite) -> str:
-    """When no profile's flags can act on this device, every profile ran the same arithmetic: say so, so that a
-    passing `deterministic` profile is not read as evidence about the flags."""
-    names = ", ".join(p.name for p in suite.profiles)
-    same = len({(p.env, p.torch_deterministic) for p in suite.profiles}) == 1
-    if len(suite.profiles) > 1 and same and any(p.device_env for p in suite.profiles):
-        return (
-            f"{names} ran with the same variables on {suite.model.device}: they differ only on other devices "
-            "(device_env), so their verdicts here say nothing about those switches"
-        )
-    dev = suite.model.device if suite.endpoint is None else ""
-    flagged = [p for p in suite.profiles if p.env]
-    if not dev or not flagged or any(len(profiles.inert_flags(p, dev)) < len(p.env) for p in flagged):
-        return ""
-    torch_only = [p.name for p in suite.profiles if p.torch_deterministic]
-    return (
-        f"none of the profiles' flags act on {dev}: {', '.join(p.name for p in suite.profiles)} ran identical "
-        f"arithmetic"
-        + (f" (apart from torch.use_deterministic_algorithms in {', '.join(torch_only)})" if torch_only else "")
-        + "; their verdicts and any cost between them say nothing about the Ascend switches"
-    )
+check_degrees = degrees.check  # every degree must divide the model's attention and KV heads
 
 
 def execute(suite: Suite, opts: Options) -> report.RunResult:
@@ -290,7 +247,9 @@ def execute(suite: Suite, opts: Options) -> report.RunResult:
     verdicts = analyse(suite, jobs, records) + input_limit(jobs)
     samples = {name: latency.samples(recs) for name, recs in records.items()}
     base = gate.against_baselines(suite, jobs, records, samples, opts)
-    notes = [f"profile {p.name}: {n}" for p in suite.profiles if (n := profiles.note(p, suite.model.device))]
+    paths = [profiles.run_path(suite, tp) for tp in suite.parallel.tp]
+    notes = [f"profile {p.name}: {n}" for p in suite.profiles if (n := profiles.note(p, suite.model.device, paths))]
+    notes += [suite.parallel.why] if suite.parallel.why else []
     notes += [n for j in jobs if (n := profiles.group_note(j.profile, j.tp, j.meta))]
     flags = flags_note(suite)
     every_verdict = verdicts + base.verdicts
@@ -315,9 +274,7 @@ def execute(suite: Suite, opts: Options) -> report.RunResult:
         failures=failures,
         records=records,
         model_dir=str(model_dir),
-        cost_label=""
-        if not flags
-        else "flags inert here: any difference is noise or torch.use_deterministic_algorithms, not the Ascend switches",
+        cost_label=profiles.cost_label(suite),
     )
     report.write(res)
     return res
@@ -376,6 +333,8 @@ def checks(res: report.RunResult) -> list[Check]:
                         "latency regressed: " + "; ".join(f"{c.metric} x{c.ratio:.3f} (p={c.p:.3g})" for c in bad),
                         tables.change_table(changes),
                     ]
+            elif prop == "tp-invariance" and len(par.tp) < 2:
+                skip = par.why or "one degree: nothing to compare tp-invariance with"
             elif not found:
                 lines.append(f"no {prop} verdict (the worker produced nothing to compare)")
             elif all(v.status == "no baseline" for v in found):
@@ -399,7 +358,7 @@ class SuiteKind:
 
     name: str
 
-    def load(self, path: Path, data: dict, opts: Options) -> Suite:
+    def load(self, path: Path, data: dict[str, Any], opts: Options) -> Suite:
         return load_suite(path, data, opts)
 
     def items_for(self, suite: Suite, profile: str) -> list[str]:
@@ -411,7 +370,7 @@ class SuiteKind:
         if not suite.parallel.multi:
             return props  # one process per profile: the names every single-device suite has always had
         names = [f"tp{tp}::{n}" for tp in suite.parallel.tp for n in props]
-        return names + (["tp-invariance"] if len(suite.parallel.tp) > 1 else [])
+        return names + (["tp-invariance"] if len(suite.parallel.tp) > 1 or suite.parallel.auto else [])
 
     def items(self, suite: Suite) -> list[tuple[str, str]]:
         if suite.parallel.node_rank > 0:  # another host's share of the groups: did it finish; node 0 judges
@@ -435,7 +394,7 @@ class SuiteKind:
         )
 
 
-def device_facts(jobs: list[JobOutcome]) -> dict:
+def device_facts(jobs: list[JobOutcome]) -> dict[str, Any]:
     """The device and software the first worker that loaded read, with its Python."""
     for j in jobs:
         if d := j.meta.get("device"):

@@ -157,9 +157,18 @@ def model_context(model_dir: str | Path) -> tuple[int, str] | None:
         for key in ("max_position_embeddings", "n_positions"):
             n = c.get(key)
             if isinstance(n, int) and not isinstance(n, bool) and n > 0:
-                scaling = c.get("rope_scaling") or c.get("rope_parameters")
+                scaling: Any = c.get("rope_scaling") or c.get("rope_parameters")  # config.json's JSON
                 factor = scaling.get("factor") if isinstance(scaling, dict) else None
                 if isinstance(factor, (int, float)) and not isinstance(factor, bool) and factor > 1:
+                    # Llama 3.1 (llama3) and DeepSeek-V2 (yarn) state the scaled context already, beside the
+                    # original: 131072 = 8192 x 16 is not to be scaled again; Qwen2.5's yarn recipe scales 32768.
+                    orig = scaling.get("original_max_position_embeddings")
+                    if isinstance(orig, int) and not isinstance(orig, bool) and orig > 0:
+                        if n >= orig * factor:
+                            return n, f"{key} in {path} (rope scaling already included)"
+                        return int(
+                            orig * factor
+                        ), f"original_max_position_embeddings x rope factor {factor:g} in {path}"
                     return int(n * factor), f"{key} x rope factor {factor:g} in {path}"
                 return n, f"{key} in {path}"
     return None

@@ -22,7 +22,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .group import marked
 
@@ -114,7 +116,7 @@ def wait_empty(pgid: int, timeout_s: float, marker: str = "") -> bool:
 
 @dataclass
 class Entry:
-    proc: subprocess.Popen
+    proc: subprocess.Popen[Any]  # text or bytes, as its starter asked (start's popen_kw)
     grace_s: float  # how long it may take to stop after SIGTERM
     marker: str = ""  # group.MARK's value in processes outside the group that belong to it (torchrun's ranks)
     terminated: float = 0.0  # when terminate_all sent SIGTERM (monotonic); its grace counts from then
@@ -125,7 +127,7 @@ _exit_hook = threading.Lock()
 _hooked = False
 
 
-def _prctl():
+def _prctl() -> Callable[..., int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -147,7 +149,7 @@ def die_with_parent(sig: int = signal.SIGTERM) -> bool:
     return _PRCTL is not None and _PRCTL(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
 
 
-def _child_setup(parent: int, mask: set[int]):
+def _child_setup(parent: int, mask: set[int | signal.Signals]) -> Callable[[], None]:
     """Runs in the child between fork and exec: the parent's signal mask as it was before `start` held the cancel
     signals back, the kernel told to SIGTERM the child with the harness, and a harness that died before that
     leaves a child that never starts."""
@@ -161,7 +163,9 @@ def _child_setup(parent: int, mask: set[int]):
     return setup
 
 
-def start(argv: list[str], *, grace_s: float, marker: str = "", env: dict[str, str] | None = None, **popen_kw):
+def start(
+    argv: list[str], *, grace_s: float, marker: str = "", env: dict[str, str] | None = None, **popen_kw: Any
+) -> subprocess.Popen[Any]:
     """subprocess.Popen in a session of its own, bound to die with the harness, and registered until `stop` or
     `kill` has seen its group empty. The cancel signals are held back from fork to registration, so a cancellation
     can never fall between a child's start and its entry."""
@@ -192,18 +196,33 @@ def live() -> list[Entry]:
     return list(_live.values())
 
 
-def _forget(proc: subprocess.Popen) -> None:
+def _forget(proc: subprocess.Popen[Any]) -> None:
     _live.pop(proc.pid, None)
 
 
-def stop(proc: subprocess.Popen, grace_s: float) -> str:
+@dataclass(frozen=True)
+class Stopped:
+    """How a stop ended: `text` says it for the report; `exit_code` is the leader's own exit status when it had
+    exited before it was stopped (a server that crashed mid-run), None when the stop ended it."""
+
+    text: str
+    exit_code: int | None = None
+
+
+def stop(proc: subprocess.Popen[Any], grace_s: float) -> str:
     """SIGTERM to the whole group, SIGKILL to what is left after `grace_s`, then wait until the group is empty.
     Says how it ended, for the report. The leader is reaped here; its orphans are reaped by init."""
+    return stop_group(proc, grace_s).text
+
+
+def stop_group(proc: subprocess.Popen[Any], grace_s: float) -> Stopped:
+    """`stop`, with whether the leader had exited on its own before it was stopped."""
     pgid = proc.pid  # start_new_session: the leader's pid is the group's id
     entry = _live.get(pgid)
     marker = entry.marker if entry is not None else ""
-    cancelled = entry is not None and entry.terminated > 0  # SIGTERMed already, with the rest of a cancelled run
-    t = entry.terminated if cancelled else time.monotonic()
+    terminated = entry.terminated if entry is not None else 0.0
+    cancelled = terminated > 0  # SIGTERMed already, with the rest of a cancelled run
+    t = terminated if cancelled else time.monotonic()
     rc = None if cancelled else proc.poll()
     signal_group(pgid, signal.SIGTERM, marker)  # also when the leader has died: its helpers may not have
     try:
@@ -216,20 +235,22 @@ def stop(proc: subprocess.Popen, grace_s: float) -> str:
         signal_group(pgid, signal.SIGKILL, marker)
         proc.wait()
         if not wait_empty(pgid, 30.0, marker):
-            return f"{len(_left(pgid, marker))} process(es) of group {pgid} survived SIGKILL"
+            return Stopped(f"{len(_left(pgid, marker))} process(es) of group {pgid} survived SIGKILL")
     _forget(proc)
     took = time.monotonic() - t
     if rc is not None:
-        return f"exited with status {rc} before it was stopped" + (
-            f"; {left} process(es) of its group outlived it and were killed" if left else ""
+        return Stopped(
+            f"exited with status {rc} before it was stopped"
+            + (f"; {left} process(es) of its group outlived it and were killed" if left else ""),
+            exit_code=rc,
         )
     term = "SIGTERM (run cancelled)" if cancelled else "SIGTERM"
     if not left:
-        return f"{term}, group empty after {took:.1f} s"
-    return f"SIGKILL after ignoring {term} for {grace_s:.0f} s ({left} process(es) of its group)"
+        return Stopped(f"{term}, group empty after {took:.1f} s")
+    return Stopped(f"SIGKILL after ignoring {term} for {grace_s:.0f} s ({left} process(es) of its group)")
 
 
-def kill(proc: subprocess.Popen) -> None:
+def kill(proc: subprocess.Popen[Any]) -> None:
     """SIGKILL to the group and whatever carries its marker, then wait until none is left."""
     entry = _live.get(proc.pid)
     marker = entry.marker if entry is not None else ""
@@ -266,7 +287,9 @@ def stop_all() -> list[str]:
     return [stop(e.proc, e.grace_s) for e in entries]
 
 
-def run(argv: list[str], *, timeout: float | None = None, grace_s: float = 5.0, **popen_kw):
+def run(
+    argv: list[str], *, timeout: float | None = None, grace_s: float = 5.0, **popen_kw: Any
+) -> subprocess.CompletedProcess[str]:
     """subprocess.run(capture_output=True, text=True) through `start`: a short helper child (model conversion) is
     registered like a worker, so a cancelled run stops it too. On a timeout it is killed and TimeoutExpired raised."""
     proc = start(argv, grace_s=grace_s, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen_kw)

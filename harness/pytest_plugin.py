@@ -7,9 +7,18 @@ harness modules are imported when a suite file is actually collected.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
+
+if TYPE_CHECKING:
+    from _pytest._code.code import TerminalRepr, TracebackStyle
+
+    from .errors import HarnessError
+    from .options import Options
+    from .run import Kind, Outcome
 
 _EXIT = pytest.StashKey[int]()  # the harness exit code beyond pass/fail: 2 input error, 3 infrastructure
 
@@ -35,7 +44,7 @@ def _is_suite(path: Path) -> bool:
     return any(line.strip() == "[suite]" for line in head.splitlines())
 
 
-def pytest_collect_file(file_path: Path, parent: pytest.Collector):
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> SuiteFile | None:
     if _is_suite(file_path):
         return SuiteFile.from_parent(parent, path=file_path)
     return None
@@ -53,12 +62,17 @@ class CheckFailed(Exception):
 
 
 class SuiteFile(pytest.File):
-    def _options(self):
+    kind: Kind
+    suite: Any  # the kind's own suite type
+    _outcome: Outcome | None
+    _error: HarnessError | None
+
+    def _options(self) -> Options:
         from .options import from_pytest
 
         return from_pytest(self.config)
 
-    def collect(self):
+    def collect(self) -> Iterator[GroupNode]:
         from . import run
         from .errors import HarnessError
 
@@ -73,7 +87,7 @@ class SuiteFile(pytest.File):
         for group, names in groups.items():
             yield GroupNode.from_parent(self, name=group, names=names)
 
-    def outcome(self):
+    def outcome(self) -> Outcome:
         """Run the whole suite once, on the first item that needs it."""
         from . import run
         from .errors import HarnessError
@@ -91,6 +105,7 @@ class SuiteFile(pytest.File):
                 self._raise_exit(self._outcome.exit_code)
         if self._error is not None:
             raise CheckFailed(str(self._error))
+        assert self._outcome is not None  # the run above set one or the other
         return self._outcome
 
     def _raise_exit(self, code: int) -> None:
@@ -102,11 +117,11 @@ class GroupNode(pytest.Collector):
     """A profile (or a load-time setting): one item per check. A check named `tp3::batch-invariance` sits in a
     node `tp3` below it, so `SUITE::PROFILE::tp3::batch-invariance` is its pytest id."""
 
-    def __init__(self, *, names: list[str], group: str = "", prefix: str = "", **kw):
+    def __init__(self, *, names: list[str], group: str = "", prefix: str = "", **kw: Any) -> None:
         super().__init__(**kw)
         self.names, self.group, self.prefix = names, group or self.name, prefix
 
-    def collect(self):
+    def collect(self) -> Iterator[CheckItem | GroupNode]:
         order: dict[str, list[str] | None] = {}  # first appearance order: items and sub-groups as listed
         for name in self.names:
             head, sep, rest = name.partition("::")
@@ -125,9 +140,13 @@ class GroupNode(pytest.Collector):
 
 
 class CheckItem(pytest.Item):
+    @property
+    def _node(self) -> GroupNode:
+        return cast(GroupNode, self.parent)  # made only by GroupNode.collect
+
     def runtest(self) -> None:
-        out = self.getparent(SuiteFile).outcome()
-        group, name = self.parent.group, self.parent.prefix + self.name
+        out = cast(SuiteFile, self.getparent(SuiteFile)).outcome()  # a GroupNode is always below a SuiteFile
+        group, name = self._node.group, self._node.prefix + self.name
         check = next((c for c in out.checks if (c.group, c.name) == (group, name)), None)
         if check is None:
             raise CheckFailed(f"no {name} verdict for {group}; report: {out.run_dir / 'summary.md'}")
@@ -136,10 +155,12 @@ class CheckItem(pytest.Item):
         if check.outcome == "failed":
             raise CheckFailed(check.message)
 
-    def repr_failure(self, excinfo, style=None):
+    def repr_failure(
+        self, excinfo: pytest.ExceptionInfo[BaseException], style: TracebackStyle | None = None
+    ) -> str | TerminalRepr:
         if isinstance(excinfo.value, CheckFailed):
             return str(excinfo.value)
         return super().repr_failure(excinfo)
 
-    def reportinfo(self):
-        return self.path, None, f"{self.path.name}::{self.parent.group}::{self.parent.prefix}{self.name}"
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"{self.path.name}::{self._node.group}::{self._node.prefix}{self.name}"

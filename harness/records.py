@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -26,7 +27,7 @@ class Generated:
     level: str = "logits"
     output_tokens: int = 0
     error: str = ""
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
     ids: str = ""  # what tokens and topk_ids hold: see Record
     topk_tokens: list[list[str]] = field(default_factory=list)
 
@@ -70,7 +71,7 @@ class Record:
     error: str = ""  # a request that failed after its retries: no output, kept to be reported
     repeat: int = 0  # measured pass (perf suites run several)
     warmup: bool = False  # warm-up pass: excluded from every analysis
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
     # What `tokens` and `topk_ids` hold: MODEL_IDS, NO_IDS, CHARS (or, read from an older file, TEXT_HASH). Empty
     # in a record written before the field: read from its level as it was then written (_BEFORE_IDS).
     ids: str = ""
@@ -99,7 +100,7 @@ class Record:
         return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
 
     @classmethod
-    def from_dict(cls, d: dict) -> Record:
+    def from_dict(cls, d: dict[str, Any]) -> Record:
         return cls(**d)
 
 

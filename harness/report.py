@@ -7,6 +7,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tabulate import tabulate
 
@@ -17,6 +18,7 @@ from .analysis.stats import Change
 from .baselines import Baseline, BaselineUse
 from .jobs import JobOutcome
 from .records import Record
+from .status import RunStatus, run_result
 from .suite import Suite
 from .tables import (
     MARK,
@@ -72,8 +74,8 @@ class RunResult:
         return self.verdicts + self.baseline.verdicts
 
     @property
-    def result(self) -> str:
-        return {0: "pass", 1: "fail"}.get(self.exit_code, "error")
+    def result(self) -> RunStatus:
+        return run_result(self.exit_code)
 
 
 def failures_md(res: RunResult) -> list[str]:
@@ -234,7 +236,7 @@ def summary_md(res: RunResult) -> str:
     return "\n".join(md)
 
 
-def to_json(res: RunResult) -> dict:
+def to_json(res: RunResult) -> dict[str, Any]:
     s = res.suite
     env = envinfo.relevant_env(os.environ)
     return {

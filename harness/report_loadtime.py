@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from typing import Any
 
 from tabulate import tabulate
 
@@ -91,7 +92,7 @@ def recommendation_lines(run: LoadRun) -> list[str]:
 
 def failures(run: LoadRun, setting: str | None = None) -> list[str]:
     """One line per model and distinct error, so a model that never loads does not flood the report."""
-    groups: dict[tuple[str, str], list] = {}
+    groups: dict[tuple[str, str], list[lt.LoadSample]] = {}
     for s in run.samples:
         if s.status != "ok" and setting in (None, s.setting):
             groups.setdefault((s.model, s.error.split("' ", 1)[-1]), []).append(s)
@@ -205,7 +206,7 @@ def plot(run: LoadRun) -> str:
     return "loadtime.png"
 
 
-def to_json(run: LoadRun) -> dict:
+def to_json(run: LoadRun) -> dict[str, Any]:
     return {
         "schema_version": 1,
         "harness_version": __version__,

@@ -11,19 +11,21 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any
 
 from .errors import CHECK_FAILED, INFRA, OK, USAGE, HarnessError
-from .options import Options
+from .options import Options as Options  # re-exported: kinds import it from here too
+from .outcome import REPORT_CHECK as REPORT_CHECK  # the data model, re-exported: kinds and tests name it run.X
+from .outcome import Check as Check
+from .outcome import Kind as Kind
+from .outcome import Outcome as Outcome
+from .outcome import items as items
+from .outcome import renders_html
 from .paths import SAFE_RULE, inside, safe_name, shown
 from .registry import KINDS, RegistryError
 from .tomltable import SuiteError, read_toml
-
-if TYPE_CHECKING:
-    from .analysis.stats import Change
-    from .baselines import BaselineUse
 
 
 @dataclass(frozen=True)
@@ -88,58 +90,12 @@ class Progress:
         self.close()
 
 
-CheckOutcome = Literal["passed", "failed", "skipped"]
-
-
-@dataclass(frozen=True)
-class Check:
-    """One reported check: a pytest item `SUITE::GROUP::NAME`, and a line of the console verdict."""
-
-    group: str  # a profile, or a load-time setting
-    name: str  # a property: batch-invariance, baseline, latency, ...
-    outcome: CheckOutcome
-    message: str = ""
-
-
-@dataclass
-class Outcome:
-    """What a run knew at its end, typed: the report files, the history row, report.html and the sign-off are all
-    written from it; none of them reads report.json back or parses the console's prose."""
-
-    exit_code: int
-    console: str
-    run_dir: Path
-    checks: list[Check] = field(default_factory=list)
-    headlines: list[Any] = field(default_factory=list)  # history.Headline per profile or setting: the history row
-    result: Any = None  # the kind's full result, for report.html
-    timing: list[Change] = field(default_factory=list)  # timing rows against the stored baselines
-    baselines: list[BaselineUse] = field(default_factory=list)
-    device: dict[str, Any] = field(default_factory=dict)  # this run's device and software, as the worker read them
-
-
 def exit_code(*, infra: bool, unusable: bool, failed: bool) -> int:
     """The one rule: 3 infrastructure, else 2 input that cannot be compared, else 1 a check failed, else 0."""
     return INFRA if infra else USAGE if unusable else CHECK_FAILED if failed else OK
 
 
-class Kind(Protocol):
-    """A run kind: registered in harness.registry.KINDS (or the entry-point group harness.kinds). A kind whose
-    Outcome.result report.html cannot draw sets a class attribute `html = False`."""
-
-    name: str
-
-    def load(self, path: Path, data: dict, opts: Options) -> Any:
-        """The validated suite from the file's TOML; HarnessError(USAGE) with one line for anything wrong in it."""
-        ...
-
-    def items(self, suite: Any) -> list[tuple[str, str]]:
-        """(group, name) of every check the run will report, known before it runs."""
-        ...
-
-    def execute(self, suite: Any, opts: Options) -> Outcome: ...
-
-
-def kind_name(data: dict) -> str:
+def kind_name(data: dict[str, Any]) -> str:
     """`[suite] kind = "NAME"` names any registered kind (a plugin's included); without it, the tables of the
     built-in kinds say which: [loadtime], else [server] or [endpoint] (served), else determinism."""
     head = data.get("suite")
@@ -175,23 +131,14 @@ def directory_option(flag: str, path: Path) -> None:
             )
 
 
-REPORT_CHECK = ("report", "html")  # every kind's run ends with its report.html: a check of its own
-
-
-def items(kind: Kind, suite: Any) -> list[tuple[str, str]]:
-    """(group, name) of every check a run of `suite` reports: the kind's, and report.html where the kind has one."""
-    return [*kind.items(suite), *([REPORT_CHECK] if renders_html(kind) else [])]
-
-
-def renders_html(kind: Kind) -> bool:
-    """A kind whose Outcome.result report.html can draw (the built-in ones); a plugin kind says `html = False`."""
-    return bool(getattr(kind, "html", True))
-
-
 def execute(kind: Kind, suite: Any, opts: Options) -> Outcome:
     """Run a suite, then what every kind shares after it: its headline metrics appended to the history (a problem
     there is a note: the history is a convenience) and report.html (a page that cannot be written is a failed
-    check: it is what a reader opens first)."""
+    check: it is what a reader opens first). A dry run plans and stops before the first worker (harness.dryrun)."""
+    if opts.dry_run:
+        from . import dryrun
+
+        return dryrun.execute(kind, suite, opts)
     out = kind.execute(suite, opts)
     notes: list[str] = []
     if opts.history is not None and out.headlines:

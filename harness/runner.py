@@ -14,18 +14,21 @@ import dataclasses
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import harness
 
 from . import cancel, group, procgroup
 from .errors import INFRA, USAGE, HarnessError
-from .jobs import Job, JobOutcome, WorkerStatus
+from .jobs import Job, JobOutcome
 from .plan import Batch
+from .status import WorkerStatus
 from .suite import Parallel, Profile, Server, Suite
 
 PACKAGE_ROOT = str(Path(harness.__file__).resolve().parent.parent)
@@ -35,11 +38,24 @@ WORKER_GRACE_S = 5.0  # a worker (or torchrun and its ranks) told to stop has th
 
 def child_env(extra: dict[str, str | None]) -> dict[str, str]:
     """os.environ plus `extra`; a None value removes the variable (an "unset" setting)."""
-    env = {**os.environ, **extra}
-    env = {k: v for k, v in env.items() if v is not None}
+    merged = {**os.environ, **extra}
+    env = {k: v for k, v in merged.items() if v is not None}
     # The worker must import this harness even when it runs from a checkout (nox --no-venv).
     env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
     return env
+
+
+def worker_env(
+    env: dict[str, str | None], parallel: Parallel | None = None, launch: group.Launch | None = None
+) -> dict[str, str | None]:
+    """What a job's worker gets on top of os.environ (child_env then adds PYTHONPATH): a worker group's launcher its
+    marker, thread count and node rank; the reference degree of a multi-degree suite the groups' thread count; the
+    profile's own variables win over both. The dry run shows exactly this."""
+    if launch is not None:
+        return {**launch.env, **env}
+    if parallel is not None and parallel.multi:
+        return {"OMP_NUM_THREADS": str(group.suite_threads(parallel)), **env}
+    return dict(env)
 
 
 def prepare_model(ref: str, timeout_s: float = 1800) -> Path:
@@ -55,7 +71,7 @@ def prepare_model(ref: str, timeout_s: float = 1800) -> Path:
     return Path(p.stdout.strip().splitlines()[-1])
 
 
-def run_child(argv: list[str], timeout_s: float | None = None) -> subprocess.CompletedProcess:
+def run_child(argv: list[str], timeout_s: float | None = None) -> subprocess.CompletedProcess[str]:
     """A helper child before the workers (model conversion, a synthetic checkpoint), registered like them so that a
     cancelled run stops it too; none starts once the run is cancelled (Cancelled)."""
     cancel.check()
@@ -124,7 +140,7 @@ class _Worker:
         self.status: WorkerStatus = "ok"
         argv = [sys.executable, "-m", "harness.worker", str(job_path)]
         if launch is not None:  # a worker group: torchrun's ranks, each with its share of the cores and the marker
-            argv, env = launch.argv, {**launch.env, **env}
+            argv, env = launch.argv, worker_env(env, launch=launch)
         with open(self.log, "wb") as logf:
             self.proc = procgroup.start(
                 argv,
@@ -247,7 +263,7 @@ def run_job(
         cancel.settle()  # what follows writes this job down: a first signal now is noted, and the next start sees it
 
 
-def cancelled(job: Job, **kw) -> JobOutcome:
+def cancelled(job: Job, **kw: Any) -> JobOutcome:
     return JobOutcome.unstarted(job, "cancelled", error=cancel.reason(), **kw)
 
 
@@ -273,8 +289,8 @@ def _run_job(
         )
         if parallel.node_rank == 0 and (why := group.port_taken(launch.endpoint)):
             return JobOutcome.unstarted(job, "load-failed", stderr_tail=[f"error: {why}"])
-    elif parallel is not None and parallel.multi:  # the reference degree runs with its groups' thread count
-        env = {"OMP_NUM_THREADS": str(group.suite_threads(parallel)), **env}
+    else:  # the reference degree of a multi-degree suite runs with its groups' thread count
+        env = worker_env(env, parallel)
     w = _Worker(job, env, run_dir, progress, launch)
     try:
         while w.alive(timeout_s):
@@ -316,11 +332,12 @@ def run_interleaved(
         for job, env, progress in jobs:
             workers.append(_Worker(dataclasses.replace(job, paced=True), env, run_dir, progress))
         for w in workers:
-            step(w, lambda w=w: Path(w.job.meta).is_file())
+            # defaults bind the loop variables (ruff B023); mypy cannot infer a lambda that has them
+            step(w, lambda w=w: Path(w.job.meta).is_file())  # type: ignore[misc]
         need = list(itertools.accumulate(pass_sizes(workers[0].job)))
         for k, n in enumerate(need):
             for w in workers if k % 2 == 0 else workers[::-1]:
-                step(w, lambda w=w, n=n: w.counter.poll() >= n)
+                step(w, lambda w=w, n=n: w.counter.poll() >= n)  # type: ignore[misc]
         for w in workers:
             w.close_stdin()
             while w.alive(limit):
@@ -338,13 +355,146 @@ def run_interleaved(
     return [outs.get(job.name) or cancelled(job) for job, _, _ in jobs]
 
 
-def server_program(spec: Server | None) -> str:
-    """What serves the model, for the baseline key: the command's program name, or "external"."""
-    if spec is None:
-        return "external"
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_ENV_TAKES_VALUE = {"-u", "--unset", "-C", "--chdir"}  # env's options whose value is the next word
+_PYTHON = re.compile(r"^(python[\d.]*|\{python\})$")
+_PYTHON_TAKES_VALUE = {"-W", "-X", "-Q"}
+_SHELLS = {"sh", "bash", "dash", "zsh"}
+# The program -> the distribution whose version names it, where the harness can read it (this interpreter only).
+# `transformers serve` is left out of the key on purpose: the committed served baselines (endpoint-cpu-*-transformers)
+# were made without a version, and its version is still recorded beside the key (the "transformers" field).
+VERSIONED = {"vllm": "vllm", "sglang": "sglang"}
+
+
+def server_argv(command: str) -> list[str]:
+    """The command's words from the program that serves: `env` and its options, VAR=value assignments, `exec` and
+    `nohup` skipped, and a shell's `-c` string read as the command it runs."""
     import shlex
 
-    return Path(shlex.split(spec.command)[0]).name
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        words = command.split()
+    i = 0
+    while i < len(words):
+        if Path(words[i]).name == "env":
+            i += 1
+            while i < len(words) and words[i].startswith("-"):
+                i += 2 if words[i] in _ENV_TAKES_VALUE else 1
+        elif _ASSIGNMENT.match(words[i]) or words[i] in ("exec", "nohup"):
+            i += 1
+        else:
+            break
+    rest = words[i:]
+    if len(rest) >= 3 and Path(rest[0]).name in _SHELLS and rest[1] == "-c":
+        return server_argv(rest[2])
+    return rest
+
+
+def program_name(argv: list[str]) -> str:
+    """What serves, by name: `python -m vllm.entrypoints.openai.api_server` -> vllm, `python serve.py` -> serve,
+    `/usr/local/Ascend/mindie/latest/mindie-service/bin/mindieservice_daemon` -> mindie, `vllm serve` -> vllm."""
+    if not argv:
+        return "unknown"
+    name = Path(argv[0]).name
+    if _PYTHON.match(name):
+        args, j = argv[1:], 0
+        while j < len(args):
+            a = args[j]
+            if a == "-m" and j + 1 < len(args):
+                return args[j + 1].split(".")[0]
+            if a.startswith("-m") and len(a) > 2:
+                return a[2:].split(".")[0]
+            if a == "-c":
+                return "python"
+            j += 2 if a in _PYTHON_TAKES_VALUE else 1
+            if not a.startswith("-"):
+                return Path(a).stem
+        return "python"
+    if name.startswith("mindieservice"):
+        return "mindie"
+    return name
+
+
+def server_program(spec: Server | None) -> str:
+    """What serves the model, for the baseline key: the real program's name (see program_name), or "external"."""
+    if spec is None:
+        return "external"
+    return program_name(server_argv(spec.command))
+
+
+def _this_interpreter(argv: list[str], path: str | None = None) -> bool:
+    """Whether the server's program runs under this Python: `{python}`, a python in this interpreter's bin folder,
+    or a script whose #! line names one (a venv's `vllm`). Paths are compared unresolved: a venv's python is a link
+    to the system's, whose packages are not the venv's."""
+    import shutil
+
+    if not argv:
+        return False
+    if argv[0] == "{python}":
+        return True
+    ours = Path(os.path.abspath(sys.executable)).parent
+    exe = shutil.which(argv[0], path=path)
+    if exe is None:
+        return False
+    if _PYTHON.match(Path(exe).name):
+        return Path(os.path.abspath(exe)).parent == ours
+    try:
+        with open(exe, "rb") as f:
+            first = f.readline(512)
+    except OSError:
+        return False
+    interp = first[2:].decode(errors="replace").split()[:1] if first.startswith(b"#!") else []
+    return bool(interp) and Path(os.path.abspath(interp[0])).parent == ours
+
+
+def _dist_version(*names: str) -> str:
+    from importlib import metadata
+
+    for n in names:
+        try:
+            return metadata.version(n)
+        except metadata.PackageNotFoundError:
+            continue
+    return ""
+
+
+def served_device(spec: Server | None, target: str, root: str = "") -> dict[str, str]:
+    """What the endpoint adapter cannot see from its side of the socket, added to a started server's device
+    description (an external server gets nothing: the harness cannot know what runs behind it): the server's
+    version where this interpreter runs it (vllm, vllm_ascend, sglang; transformers recorded, not keyed), MindIE's
+    from its install's version.info, and on an NPU host the chip (npu-smi, without torch_npu), CANN, driver and
+    firmware, read from their files (under `root`, default /usr/local/Ascend)."""
+    if spec is None:
+        return {}
+    from . import devices
+
+    root = root or devices.ASCEND_ROOT
+
+    argv = server_argv(spec.command)
+    prog = program_name(argv)
+    out = {"server": prog}
+    mine = _this_interpreter(argv)
+    if prog in VERSIONED and mine and (v := _dist_version(VERSIONED[prog])):
+        out["server_version"] = v
+    if prog == "vllm" and mine and target == "npu" and (v := _dist_version("vllm_ascend", "vllm-ascend")):
+        out["vllm_ascend"] = v
+    if prog == "transformers" and mine and (v := _dist_version("transformers")):
+        out["transformers"] = v
+    if prog == "mindie":
+        import shutil
+
+        exe = argv[0] if os.path.isabs(argv[0]) else (shutil.which(argv[0]) or "")
+        if (v := devices.mindie_version(near=exe, root=root)) != devices.UNKNOWN:
+            out["server_version"] = v
+    if target == "npu":
+        out |= {
+            "chip": devices.npu_smi_chip(),
+            "cann": devices.cann_version(root, home=devices.cann_home_env()),
+            "driver": devices.driver_version(root),
+            "firmware": devices.firmware_version(root),
+        }
+    return out
 
 
 def run_served_all(
@@ -372,12 +522,13 @@ def run_served_all(
         outs = [run_job(job, {}, timeout_s, run_dir, progress) for _, job, progress in jobs]
         scrub([Path(o.log) for o in outs], secret)
         return outs
+    facts = served_device(suite.server, suite.model.device)  # once: npu-smi is slow on a busy host
     if not interleave:
         out = []
         for item in jobs:
-            out += _against_servers(suite, [item], model_dir, timeout_s, run_dir, secret, paced=False)
+            out += _against_servers(suite, [item], model_dir, timeout_s, run_dir, secret, paced=False, facts=facts)
         return out
-    return _against_servers(suite, jobs, model_dir, timeout_s, run_dir, secret, paced=True)
+    return _against_servers(suite, jobs, model_dir, timeout_s, run_dir, secret, paced=True, facts=facts)
 
 
 def _against_servers(
@@ -388,9 +539,11 @@ def _against_servers(
     run_dir: Path,
     secret: str,
     paced: bool,
+    facts: dict[str, str] | None = None,
 ) -> list[JobOutcome]:
     """Start one server per job, run the workers (paced: taking turns), stop every server, then say how each
-    ended. A server that does not start fails its own profile only."""
+    ended. A server that does not start fails its own profile only. `facts` (served_device) join each worker's
+    device description, and so the baseline key."""
     from contextlib import ExitStack
 
     from . import server
@@ -444,7 +597,9 @@ def _against_servers(
         if out.meta:
             out.meta["load_s"] = {"server_start": srv.start_s, **out.meta.get("load_s", {})}
             out.meta["server"] = {"pid": srv.pid, "argv": srv.proc.args, "stopped": srv.stopped}
-        if srv.stopped.startswith("exited") and out.status != "cancelled":  # cancelled: SIGTERMed at the signal
+            if isinstance(out.meta.get("device"), dict):
+                out.meta["device"].update(facts or {})
+        if srv.exit_code is not None and out.status != "cancelled":  # cancelled: SIGTERMed at the signal
             out.status = "server-crashed"
         if not out.ok:
             out.stderr_tail = out.stderr_tail + ["--- server log ---"] + server.log_tail(log)

@@ -23,10 +23,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import procgroup
-from .served import redact_config, render
-from .suite import Endpoint, Server
+from .served import Endpoint, Server, redact_config, render
+
+if TYPE_CHECKING:
+    import httpx
 
 POLL_S = 0.25
 
@@ -43,8 +46,10 @@ class Running:
     pid: int
     log: Path
     start_s: float  # launch to healthy
-    proc: subprocess.Popen = field(repr=False)
+    proc: subprocess.Popen[bytes] = field(repr=False)
     stopped: str = ""  # how it ended: "SIGTERM, group empty after 0.4 s", "exited with status 1 before ..."
+    # its own exit status when it had exited before it was stopped (it crashed mid-run); None: the stop ended it
+    exit_code: int | None = None
 
 
 def log_tail(path: Path, n: int = 20) -> list[str]:
@@ -58,7 +63,8 @@ def log_tail(path: Path, n: int = 20) -> list[str]:
 def free_port(host: str) -> int:
     with socket.socket(_family(host), socket.SOCK_STREAM) as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def port_taken(host: str, port: int) -> bool:
@@ -100,7 +106,7 @@ def command(spec: Server, *, model: str, port: int, device: str, dtype: str, con
     return argv
 
 
-def _health(client, url: str) -> str:
+def _health(client: httpx.Client, url: str) -> str:
     """ "" when healthy, else what went wrong (kept for the time-out message: a TLS error is worth naming)."""
     import httpx
 
@@ -153,7 +159,9 @@ def rendered_config(spec: Server, log: Path, vals: dict[str, str]) -> Iterator[s
 
 
 @contextmanager
-def _running(spec: Server, endpoint: Endpoint, argv: list[str], env: dict[str, str], log: Path, port: int):
+def _running(
+    spec: Server, endpoint: Endpoint, argv: list[str], env: dict[str, str], log: Path, port: int
+) -> Iterator[Running]:
     url = endpoint.base_url.format(host=spec.host, port=port)
     t0 = time.monotonic()
     with open(log, "ab") as logf:
@@ -246,4 +254,5 @@ def start_up_cause(tail: list[str], log: Path | None = None) -> str:
 
 
 def stop(run: Running, grace_s: float) -> None:
-    run.stopped = procgroup.stop(run.proc, grace_s)
+    how = procgroup.stop_group(run.proc, grace_s)
+    run.stopped, run.exit_code = how.text, how.exit_code

@@ -10,10 +10,22 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from .served import MIB, Endpoint, Server, base_url  # noqa: F401
-from .tomltable import Rule, SuiteError, Table, decode, did_you_mean, read_bytes, read_toml, tomllib  # noqa: F401
+# Re-exported (`X as X`): a suite's served parts and the TOML reader's errors are read from here too.
+from .served import MIB as MIB
+from .served import Endpoint as Endpoint
+from .served import Server as Server
+from .served import base_url as base_url
+from .status import Expectation, Tier
+from .tomltable import Rule as Rule
+from .tomltable import SuiteError as SuiteError
+from .tomltable import Table as Table
+from .tomltable import decode as decode
+from .tomltable import did_you_mean as did_you_mean
+from .tomltable import read_bytes as read_bytes
+from .tomltable import read_toml as read_toml
+from .tomltable import tomllib as tomllib
 
 SUITE_FORMAT = 1
 DEVICES = ("cpu", "cuda", "npu")
@@ -84,8 +96,9 @@ class Profile:
     device_env: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
     shared_env: tuple[tuple[str, str], ...] | None = None  # env before on_device() added a device's variables
 
-    def expectation(self, device: str, prop: str) -> str:
-        return dict(dict(self.expect).get(device, ())).get(prop, "report")
+    def expectation(self, device: str, prop: str) -> Expectation:
+        # suite_parse admits only EXPECTATIONS into `expect`
+        return cast("Expectation", dict(dict(self.expect).get(device, ())).get(prop, "report"))
 
     def on_device(self, device: str) -> Profile:
         """The profile as run on `device`: `env` is the shared variables plus that device's (which win)."""
@@ -120,11 +133,13 @@ class Generation:
 class BaselinePolicy:
     """What a run must meet against a baseline, by how the baseline's device key relates to the run's."""
 
-    same_key: str = "bitwise"
-    other_software: str = "tokens"  # a torch, CANN, driver or transformers upgrade on the same hardware
-    other_hardware: str = "close"  # another chip or CPU model of the same device type (vLLM check_logprobs_close)
+    same_key: Expectation = "bitwise"
+    other_software: Expectation = "tokens"  # a torch, CANN, driver or transformers upgrade on the same hardware
+    other_hardware: Expectation = (
+        "close"  # another chip or CPU model of the same device type (vLLM check_logprobs_close)
+    )
 
-    def level(self, tier: str) -> str:
+    def level(self, tier: Tier) -> Expectation:
         return {
             "same key": self.same_key,
             "other software": self.other_software,
@@ -159,11 +174,14 @@ class Parallel:
     node_rank: int = 0  # this host's --node-rank; only node 0 writes records
     rdzv_endpoint: str = ""  # host:port of the c10d rendezvous; "" picks a free port on 127.0.0.1
     launcher: str = ""  # a command template that replaces `python -m torch.distributed.run` (a cluster's own)
+    auto: bool = False  # tp = "auto": degrees from the model's heads and the visible devices (harness.degrees)
+    max_tp: int = 8  # [parallel] max: the largest degree "auto" picks (on CPU the only cap)
+    why: str = ""  # how "auto" chose, said in the report, the dry run and a skipped tp-invariance check
 
     @property
     def multi(self) -> bool:
-        """More than one degree, or one above 1: jobs and checks are named per degree."""
-        return self.tp != (1,)
+        """More than one degree, one above 1, or "auto": jobs and checks are named per degree."""
+        return self.auto or self.tp != (1,)
 
     def job_name(self, profile: str, tp: int) -> str:
         return f"{profile}-tp{tp}" if self.multi else profile

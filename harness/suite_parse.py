@@ -203,18 +203,26 @@ def _parallel(t: Table) -> Parallel:
     """[parallel]: degrees to run, the collective timeout, and torchrun's multi-node options."""
     tp = t.get(
         "tp",
-        list,
+        (list, str),
         [1],
         check=lambda v: (
-            bool(v)
-            and all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 4096 for x in v)
-            and len(set(v)) == len(v)
+            v == "auto"
+            or (
+                isinstance(v, list)
+                and bool(v)
+                and all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 4096 for x in v)
+                and len(set(v)) == len(v)
+            )
         ),
-        expect="a non-empty list of distinct tensor parallel degrees such as [1, 3]",
+        expect='a non-empty list of distinct tensor parallel degrees such as [1, 3], or "auto" (every degree that '
+        "divides the model's heads, up to the visible devices)",
     )
     nnodes = t.get("nnodes", int, 1, check=lambda v: 1 <= v <= 4096, expect="a positive number of hosts")
+    auto = tp == "auto"
     par = Parallel(
-        tp=tuple(sorted(tp)),
+        tp=(1,) if auto else tuple(sorted(tp)),
+        auto=auto,
+        max_tp=t.get("max", int, 8, check=lambda v: 1 <= v <= 4096, expect='the largest degree "auto" may pick'),
         collective_timeout_s=float(
             t.get(
                 "collective_timeout_s", (int, float), 300, check=lambda v: v > 0, expect="a positive number of seconds"

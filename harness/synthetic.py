@@ -12,6 +12,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from .models import cache_dir
 
@@ -31,7 +32,7 @@ VOCAB, SEED, SHARD = 49152, 0, "500MB"  # the embedded model's vocabulary: its t
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
-def config_dict(size_b: float) -> dict:
+def config_dict(size_b: float) -> dict[str, Any]:
     if size_b not in SHAPES:
         raise KeyError(f"no synthetic shape for {size_b}B; known sizes: {', '.join(map(str, SHAPES))}")
     return dict(
@@ -58,7 +59,8 @@ def ensure(size_b: float, tokenizer_dir: Path) -> Path:
     cfg = LlamaConfig(**config_dict(size_b))
     with torch.device("meta"):
         model = LlamaForCausalLM(cfg)
-    model = model.to_empty(device="cpu").to(torch.bfloat16)
+    # transformers wraps PreTrainedModel.to in a decorator whose stub drops torch's signature
+    model = model.to_empty(device="cpu").to(torch.bfloat16)  # type: ignore[arg-type]
     gen = torch.Generator().manual_seed(SEED)
     with torch.no_grad():
         for p in model.parameters():

@@ -24,7 +24,7 @@ def api_key(ep: Endpoint) -> str:
     return key
 
 
-def client_kwargs(ep: Endpoint, timeout_s: float | None = None) -> dict:
+def client_kwargs(ep: Endpoint, timeout_s: float | None = None) -> dict[str, Any]:
     """httpx client settings: TLS verification on unless the suite turns it off, CA bundle, client certificate."""
     import httpx
 
@@ -80,7 +80,7 @@ def connection_error(e: BaseException, url: str) -> str:
 
 def request_body(
     ep: Endpoint,
-    prompt: dict,
+    prompt: dict[str, Any],
     *,
     max_tokens: int,
     top_logprobs: int,
@@ -88,8 +88,8 @@ def request_body(
     model: str = "",
     stream: bool = True,
     dropped: frozenset[str] = frozenset(),
-) -> dict:
-    body: dict = {"model": model} if model else {}
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model} if model else {}
     if ep.api == "chat":
         body |= {
             "messages": [{"role": "user", "content": _content(prompt)}],
@@ -106,11 +106,12 @@ def request_body(
     return {k: v for k, v in body.items() if k not in dropped}
 
 
-def _content(prompt: dict) -> str | list[dict]:
+def _content(prompt: dict[str, Any]) -> str | list[dict[str, Any]]:
     """Plain text, or OpenAI content parts with each attachment inline as base64 (4/3 of the file's size)."""
     if not prompt.get("attachments"):
-        return prompt["text"]
-    parts: list[dict] = [{"type": "text", "text": prompt["text"]}]
+        text: str = prompt["text"]
+        return text
+    parts: list[dict[str, Any]] = [{"type": "text", "text": prompt["text"]}]
     for a in prompt["attachments"]:
         data = _base64(a["path"])
         kind, sub = a["mime"].split("/", 1)
@@ -126,11 +127,11 @@ def _base64(path: str) -> str:
     return base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
-def encode(body: dict) -> bytes:
+def encode(body: dict[str, Any]) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def size_error(prompt: dict, body: dict, limit: int) -> str:
+def size_error(prompt: dict[str, Any], body: dict[str, Any], limit: int) -> str:
     """ "" when the encoded body fits the limit; else one line naming the prompt."""
     n = len(encode(body))
     if n <= limit:
@@ -143,7 +144,7 @@ def size_error(prompt: dict, body: dict, limit: int) -> str:
     )
 
 
-def suite_size_error(suite: Any, ep: Endpoint, prompt: dict) -> str:
+def suite_size_error(suite: Any, ep: Endpoint, prompt: dict[str, Any]) -> str:
     """size_error of PROMPT's body as SUITE sends it to EP: the run's preflight and the doctor ask alike."""
     body = request_body(
         ep,

@@ -13,19 +13,24 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import atomic, hostnoise, procgroup
 from .errors import INFRA, USAGE
 from .jobs import Adapter, Job
 from .records import Record
 
+if TYPE_CHECKING:
+    import torch
 
-def write_json_atomic(path: Path, obj: dict) -> None:
+
+def write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
     atomic.write_text(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
-def peak_memory(device) -> dict[str, float]:
+def peak_memory(device: torch.device) -> dict[str, float]:
     """Peak host RSS of this process, and peak device memory where the device reports it, in MB."""
     import resource
 
@@ -85,7 +90,7 @@ def run(job: Job) -> int:
                 dist.destroy_process_group()
 
 
-def _rank() -> dict:
+def _rank() -> dict[str, Any]:
     """Where this process sits in its worker group."""
     import socket
 
@@ -103,13 +108,13 @@ def _rank() -> dict:
     }
 
 
-def _gather(job: Job, part: dict) -> list[dict]:
+def _gather(job: Job, part: dict[str, Any]) -> list[dict[str, Any]]:
     """Every rank's part, in rank order, on every rank (the writer keeps them in the job's meta)."""
     if job.tp <= 1:
         return []
     import torch.distributed as dist
 
-    parts: list[dict] = [{} for _ in range(dist.get_world_size())]
+    parts: list[dict[str, Any]] = [{} for _ in range(dist.get_world_size())]
     dist.all_gather_object(parts, part)
     return parts
 
@@ -122,7 +127,13 @@ def _writes(job: Job) -> bool:
     return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("HARNESS_NODE_RANK", "0") == "0"
 
 
-def _run(job: Job, adapter: Adapter, phases: dict[str, float], describe, after_load) -> int:
+def _run(
+    job: Job,
+    adapter: Adapter,
+    phases: dict[str, float],
+    describe: Callable[[], dict[str, Any]],
+    after_load: Callable[[], dict[str, Any]],
+) -> int:
     """Load, then every batch: one JSON line per sequence, flushed per batch."""
     from . import envinfo
     from .models import file_hashes
@@ -209,7 +220,7 @@ def _run(job: Job, adapter: Adapter, phases: dict[str, float], describe, after_l
         "passes": passes,
     }
     if job.endpoint is not None and job.endpoint.oversize_check:
-        meta["oversize"] = adapter.oversize()  # type: ignore[attr-defined]  (the endpoint adapter's own check)
+        meta["oversize"] = adapter.oversize()  # type: ignore[attr-defined]  # the endpoint adapter's own check
     adapter.close()
     if job.tp > 1:  # peak memory again, now that every batch has run
         ends = _gather(job, {"run_s": run_s, **after_load()})

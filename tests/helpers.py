@@ -1,12 +1,17 @@
-"""Helpers shared by the tests: the real CLI in a real process, suite files, reports."""
+"""Helpers shared by the tests: the real CLI in a real process or in this one, suite files, model-folder files,
+records built by hand, reports. Test modules share through here, never by importing one another."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Sequence
 from pathlib import Path
+
+from harness.records import Record
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,6 +42,16 @@ def cli_in_process(*argv: object) -> tuple[int, str, str]:
         except SystemExit as e:
             code = int(e.code or 0)
     return code, out.getvalue(), err.getvalue()
+
+
+def refused(code: int, err: str, *words: str, exit: int = 2) -> str:
+    """One line on stderr, with the words that tell the user what is wrong."""
+    assert code == exit, (code, err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("harness") and " error: " in err, err
+    for w in words:
+        assert w in err, (w, err)
+    return err
 
 
 def install_adapter(tmp: Path, name: str, module: str, source: str, cls: str) -> dict[str, str]:
@@ -150,6 +165,102 @@ def write_suite(path: Path, body: str) -> Path:
     return path
 
 
+# A determinism suite on the fake model (tests/fakes.py): two prompts, solo and repeat, three new tokens.
+FAKE_SUITE = """
+[suite]
+name = "{name}"
+version = 1
+[model]
+ref = "fake-model"
+[generation]
+max_new_tokens = 3
+[prompts]
+{prompts}
+[[schedules]]
+kind = "solo"
+[[schedules]]
+kind = "repeat"
+[profiles.default]
+"""
+FAKE_ITEMS = 'items = [{id = "a", text = "one"}, {id = "b", text = "two"}]'
+
+# A load-time sweep on the fake model: two OMP settings, one repeat, caches left alone.
+LOADTIME_SUITE = """
+[suite]
+name = "lt"
+version = 1
+[model]
+ref = "fake-model"
+[loadtime]
+omp = [1, "unset"]
+repeats = 1
+drop_caches = false
+"""
+
+
+def suite(tmp_path: Path, *, name: str = "s", prompts: str = FAKE_ITEMS, file: str = "s.toml") -> Path:
+    """FAKE_SUITE named `name` with `prompts` as its [prompts] body, written to tmp_path / file."""
+    return write_suite(tmp_path / file, FAKE_SUITE.format(name=name, prompts=prompts))
+
+
+def tiny_tokenizer(folder: Path, words: list[str] | None = None) -> None:
+    """A real tokenizers.json: one token per whitespace-separated word (unknown words are <unk>)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = words or ["one", "two", "three", "four", "five", "six", "word", "sys"]
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+
+
+def tiny_config(folder: Path, context: int, **extra) -> None:
+    """A config.json with a context of `context` tokens (max_position_embeddings) and two attention heads."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = {"model_type": "llama", "max_position_embeddings": context, "num_attention_heads": 2, **extra}
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def record(
+    prompt_id: str = "p",
+    *,
+    kind: str = "solo",
+    tokens: Sequence[int] = (1, 2, 3, 4),
+    fingerprints: Sequence[str] | None = None,
+    topk: Sequence[tuple[Sequence[int], Sequence[float]]] | None = None,
+    batch: Sequence[str] | None = None,
+    position: int = 0,
+    batch_id: str | None = None,
+    **fields,
+) -> Record:
+    """A Record built by hand, for analysis: profile "default", schedule named as its kind, batch `batch_id` (default
+    f"{kind}/0") of `batch` (default: this prompt alone), finish "length", no text, a step every 0.1 s, and per token t
+    the piece f"<{t}>" and the fingerprint f"fp{t}". `topk` is (ids, logprobs) per step; by default the chosen token
+    first at -0.1, then 900 + step at -0.6 (a margin of 0.5) and 950 at -2.0. Any other Record field (profile, schedule,
+    pieces, text, token_times, topk_ids, topk_logprobs, level, warmup, ...) is given by name and wins."""
+    tokens = list(tokens)
+    topk = topk or [([t, 900 + i, 950], [-0.1, -0.6, -2.0]) for i, t in enumerate(tokens)]
+    values = {
+        "profile": "default",
+        "prompt_id": prompt_id,
+        "schedule": kind,
+        "kind": kind,
+        "batch_id": batch_id or f"{kind}/0",
+        "batch": list(batch) if batch is not None else [prompt_id],
+        "position": position,
+        "tokens": tokens,
+        "pieces": [f"<{t}>" for t in tokens],
+        "text": "",
+        "finish_reason": "length",
+        "fingerprints": list(fingerprints) if fingerprints is not None else [f"fp{t}" for t in tokens],
+        "topk_ids": [list(ids) for ids, _ in topk],
+        "topk_logprobs": [list(lps) for _, lps in topk],
+        "token_times": [0.1 * (i + 1) for i in range(len(tokens))],
+    }
+    return Record(**{**values, **fields})
+
+
 def only_run_dir(out: Path) -> Path:
     dirs = [d for d in out.iterdir() if d.is_dir() and d.name != "history"]  # the run history lives beside the runs
     assert len(dirs) == 1, dirs
@@ -158,3 +269,19 @@ def only_run_dir(out: Path) -> Path:
 
 def load_report(out: Path) -> dict:
     return json.loads((only_run_dir(out) / "report.json").read_text())
+
+
+MODEL_FIXTURES = ROOT / "tests" / "fixtures" / "models"  # published config.json of real models (no weights)
+
+
+def dry_run_jobs(out: str) -> dict[str, list[tuple[str, int]]]:
+    """The planned jobs per suite, read off the dry run's job tables."""
+    found: dict[str, list[tuple[str, int]]] = {}
+    suite = ""
+    for line in out.splitlines():
+        if m := re.match(r"dry run of (\S+) ", line):
+            suite = Path(m[1]).name
+            found[suite] = []
+        elif m := re.match(r"\| (\S+)\s+\| \S+\s+\|\s+(\d+) \|\s+\d+ \|", line):
+            found[suite].append((m[1], int(m[2])))
+    return found

@@ -3,32 +3,8 @@ from __future__ import annotations
 import math
 
 from harness.analysis.determinism import Verdict, compare, evaluate, judge
-from harness.records import Record
 
-
-def rec(prompt="p", kind="solo", tokens=(1, 2, 3, 4), fps=None, topk=None, batch=("p",), position=0, bid=None):
-    tokens = list(tokens)
-    n = len(tokens)
-    fps = list(fps) if fps is not None else [f"fp{t}" for t in tokens]
-    # default top-k: the chosen token first, margin 0.5, then two alternatives
-    topk = topk or [([t, 900 + i, 950], [-0.1, -0.6, -2.0]) for i, t in enumerate(tokens)]
-    return Record(
-        profile="x",
-        prompt_id=prompt,
-        schedule=kind,
-        kind=kind,
-        batch_id=bid or f"{kind}/0",
-        batch=list(batch),
-        position=position,
-        tokens=tokens,
-        pieces=[f"<{t}>" for t in tokens],
-        text="",
-        finish_reason="length",
-        fingerprints=fps,
-        topk_ids=[list(a) for a, _ in topk],
-        topk_logprobs=[list(b) for _, b in topk],
-        token_times=[0.1 * (i + 1) for i in range(n)],
-    )
+from .helpers import record as rec
 
 
 def test_bitwise():
@@ -39,7 +15,7 @@ def test_bitwise():
 def test_tokens_level_finds_first_bit_step_and_logprob_delta():
     other = rec(
         kind="needle",
-        fps=["fp1", "fp2", "zz", "qq"],
+        fingerprints=["fp1", "fp2", "zz", "qq"],
         topk=[
             ([1, 900, 950], [-0.1, -0.6, -2.0]),
             ([2, 901, 950], [-0.1, -0.6, -2.0]),
@@ -99,7 +75,7 @@ def test_divergence_by_length_and_not_in_topk():
 
 
 def test_judge_expectations():
-    bit, tok = compare(rec(), rec(kind="needle")), compare(rec(), rec(kind="needle", fps=["a", "b", "c", "d"]))
+    bit, tok = compare(rec(), rec(kind="needle")), compare(rec(), rec(kind="needle", fingerprints=["a", "b", "c", "d"]))
     div = compare(rec(), rec(kind="needle", tokens=(1, 2, 9, 9)))
     assert judge("bitwise", [bit, bit])[0] == "pass" and judge("bitwise", [bit, tok])[0] == "fail"
     assert judge("tokens", [bit, tok])[0] == "pass" and judge("tokens", [tok, div])[0] == "fail"
@@ -116,7 +92,7 @@ def test_evaluate_batch_invariance_and_unique_outputs():
         rec("q", tokens=(7, 8)),
         rec("p", kind="batch-sizes", batch=("p", "q")),
         rec("q", kind="batch-sizes", tokens=(7, 9), batch=("p", "q"), position=1),
-        rec("p", kind="needle", fps=["a", "b", "c", "d"]),
+        rec("p", kind="needle", fingerprints=["a", "b", "c", "d"]),
         rec("q", kind="needle", tokens=(7, 9)),
         rec("p", kind="repeat"),
         rec("p", kind="repeat"),

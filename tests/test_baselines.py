@@ -16,27 +16,17 @@ import pytest
 from harness import baselines, envinfo
 from harness.records import Record
 
-from .helpers import ROOT
+from .helpers import ROOT, record
 
 
 def _ref(pid: str = "a", tokens=(1, 2, 3)) -> Record:
-    n = len(tokens)
-    return Record(
-        profile="default",
-        prompt_id=pid,
-        schedule="solo",
-        kind="solo",
-        batch_id="solo/0",
-        batch=[pid],
-        position=0,
-        tokens=list(tokens),
+    return record(
+        pid,
+        tokens=tokens,
         pieces=[str(t) for t in tokens],
         text="x",
-        finish_reason="length",
         fingerprints=[f"{t:032x}" for t in tokens],
-        topk_ids=[[t, 0] for t in tokens],
-        topk_logprobs=[[-0.1, -2.0]] * n,
-        token_times=[0.1 * (i + 1) for i in range(n)],
+        topk=[([t, 0], [-0.1, -2.0]) for t in tokens],
     )
 
 
@@ -209,12 +199,13 @@ def test_kill_during_writes_leaves_a_readable_baseline(tmp_path: Path):
     """A real process rewriting a large baseline in a loop is killed with SIGKILL at several moments."""
     p = tmp_path / "cpu-x" / "s" / "default.json"
     baselines.write(p, _baseline())
+    source = tmp_path / "big.json"
+    baselines.write(source, _baseline(n_prompts=3000))  # a few MB: each write takes a while
     writer = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(ROOT)!r})
-        from tests.test_baselines import _baseline
         from harness import baselines
-        big = _baseline(n_prompts=3000)    # a few MB: each write takes a while
+        big = baselines.load(baselines.Path({str(source)!r}), "c0ffee")
         print("ready", flush=True)
         while True:
             baselines.write(baselines.Path({str(p)!r}), big)

@@ -10,7 +10,8 @@ import pytest
 
 from harness.analysis import baseline
 from harness.analysis.determinism import LEVEL_ORDER, compare, evaluate, judge, worst
-from tests.test_analysis import rec
+
+from .helpers import record as rec
 
 # The reference 1 2 3 4; at step 2 it captured five candidates: 3, then 30, 31, 32 (rank 4) and 33.
 REF_TOPK = [
@@ -31,7 +32,7 @@ def other(tok: int, alts: tuple[int, ...], prompt="p", bid=None):
         ([tok, *alts], [-0.5, -0.52, -1.0, -1.5, -2.0][: 1 + len(alts)]),
         ([77, 78, 79], [-0.1, -1, -2]),
     ]
-    return rec(prompt, kind="needle", tokens=(1, 2, tok, 77), topk=topk, bid=bid)
+    return rec(prompt, kind="needle", tokens=(1, 2, tok, 77), topk=topk, batch_id=bid)
 
 
 def text(r):
@@ -136,7 +137,7 @@ def test_verdict_counts_and_holds_every_comparison():
         other(30, (3, 40), bid="needle/0"),
         other(60, (61, 62), bid="needle/1"),
         dataclasses.replace(ref(), kind="batch-sizes", schedule="batch-sizes", batch_id="bs/0"),
-        rec("q", kind="batch-sizes", fps=["a", "b", "c", "d"]),
+        rec("q", kind="batch-sizes", fingerprints=["a", "b", "c", "d"]),
     ]
     v = evaluate(records, "x", "batch-invariance", "close", k=5)
     assert v.sequences == 4 and len(v.comparisons) == 4

@@ -79,6 +79,7 @@ def test_every_check_is_registered_with_an_id_in_the_report_order():
         "loadtime.omp",
         "loadtime.alloc-conf",
         "determinism.flags",
+        "determinism.transformers",
         "serving.tls",
         "serving.body",
     ]
@@ -453,3 +454,106 @@ def test_the_cli_exits_2_on_an_error_and_names_the_check(tmp_path: Path):
     assert "| model.config" in r.stdout and "error" in r.stdout and "doctor: 1 error(s)" in r.stdout
     r = run_cli("doctor", str(s), "--python", str(tmp_path / "nope"))
     assert r.returncode == 2 and "no such interpreter" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---- device memory per card for the TP degree, HCCL_DETERMINISTIC per CANN release, the transformers floor -----
+
+ASCEND = ROOT / "tests" / "fixtures" / "ascend"
+GIB = 1 << 30
+
+
+def npu_host(tmp: Path, cards: int, free_gib: float, total_gib: float = 64) -> str:
+    """An interpreter that answers the doctor's device-memory probe as `cards` cards with this much free would."""
+    script = tmp / "npu-python"
+    mem = [[int(free_gib * GIB), int(total_gib * GIB)]] * cards
+    script.write_text(f"#!/bin/sh\necho '{json.dumps(mem)}'\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def tp_suite(*degrees: int | str) -> doctor.SuiteFile:
+    from types import SimpleNamespace
+
+    return doctor.SuiteFile(Path("tp.toml"), {}, suite=SimpleNamespace(parallel=SimpleNamespace(tp=degrees)))
+
+
+def seventy_b(tmp: Path) -> Path:
+    d = model_folder(tmp, config={"model_type": "llama"})
+    with open(d / "model-00002.safetensors", "wb") as f:  # sparse: a 70B model's 140 GB in bfloat16, no disk
+        f.truncate(140 * GIB)
+    return d
+
+
+def test_a_70b_model_over_8_cards_is_judged_per_card(tmp_path: Path):
+    d = seventy_b(tmp_path)
+    py = npu_host(tmp_path, cards=8, free_gib=62)
+    (f,) = findings(doctor.Context(device="npu", python=py, model_dirs=[d], suites=[tp_suite(8)]), "memory.device")
+    assert f.severity == "info" and "tp=8" in f.found and "17.50 GiB per card (8 card(s))" in f.found
+    # tp-invariance's reference degree 1 holds every weight on one card: that job cannot load.
+    fs = findings(doctor.Context(device="npu", python=py, model_dirs=[d], suites=[tp_suite(1, 8)]), "memory.device")
+    assert [(f.severity, "tp=1" in f.found) for f in fs] == [("error", True), ("info", False)]
+    assert "out of memory at load" in fs[0].found and "npuMemSize" in fs[0].fix
+    # "auto" may become every visible card; a degree above them is not judged but said.
+    fs = findings(doctor.Context(device="npu", python=py, model_dirs=[d], suites=[tp_suite("auto")]), "memory.device")
+    assert [f.severity for f in fs] == ["info"] and "tp=8" in fs[0].found
+    (f,) = findings(doctor.Context(device="npu", python=py, model_dirs=[d], suites=[tp_suite(16)]), "memory.device")
+    assert f.severity == "warning" and "tp=16 needs 16 cards; 8 visible" in f.found
+
+
+def test_a_shard_under_the_faq_headroom_is_an_error(tmp_path: Path):
+    """17.5 GiB per card loads into 20 GiB free, but the FAQ's 1.3 x 17.5 = 22.75 GiB does not fit."""
+    d = seventy_b(tmp_path)
+    py = npu_host(tmp_path, cards=8, free_gib=20)
+    (f,) = findings(doctor.Context(device="npu", python=py, model_dirs=[d], suites=[tp_suite(8)]), "memory.device")
+    assert f.severity == "error" and "under the 1.3 x weights per card" in f.found
+    assert memory.device_verdict(int(17.5 * GIB), 23 * GIB, 64 * GIB, 0.8)[0] == "info"
+
+
+def strict_ctx(tmp: Path, home: Path | None, device: str = "npu") -> doctor.Context:
+    s = write_suite(tmp / "s.toml", SUITE + 'env = { HCCL_DETERMINISTIC = "strict" }\n')
+    environ = {"ASCEND_HOME_PATH": str(home)} if home else {}
+    return suite_ctx(s, device=device, environ=environ)
+
+
+def test_hccl_strict_on_cann_8_0_is_an_error(tmp_path: Path):
+    fs = findings(strict_ctx(tmp_path, ASCEND / "cann-8.0.RC2" / "ascend-toolkit" / "latest"), "determinism.flags")
+    (f,) = [f for f in fs if "HCCL_DETERMINISTIC=strict" in f.found]
+    assert f.severity == "error" and "CANN 8.0.RC2" in f.found and "true|false only" in f.found
+    assert "HCCL_DETERMINISTIC=true" in f.fix
+
+
+def test_hccl_strict_per_cann_release(tmp_path: Path):
+    (f,) = findings(strict_ctx(tmp_path, ASCEND / "cann-8.1.RC1" / "ascend-toolkit" / "latest"), "determinism.flags")
+    assert f.severity == "warning" and "CANN 8.1.RC1" in f.found and "documented from 8.2.RC1" in f.found
+    (f,) = findings(strict_ctx(tmp_path, ASCEND / "cann-8.5.0" / "cann-8.5.0"), "determinism.flags")
+    assert f.severity == "info" and "documented values" in f.found
+    # No HCCL reads it off an NPU; on one whose release cannot be read, say so.
+    (f,) = findings(strict_ctx(tmp_path, None, device="cpu"), "determinism.flags")
+    assert f.severity == "info"
+    if not Path("/usr/local/Ascend").exists():  # an NPU host's own install would be read instead
+        (f,) = findings(strict_ctx(tmp_path, tmp_path / "no-toolkit"), "determinism.flags")
+        assert f.severity == "warning" and "release is unknown" in f.found
+
+
+def transformers_at(tmp: Path, version: str) -> dict[str, str]:
+    """An environment whose interpreter reports this transformers version (a dist-info first on the path)."""
+    info = tmp / "site" / f"transformers-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: transformers\nVersion: {version}\n")
+    return {**os.environ, "PYTHONPATH": str(tmp / "site")}
+
+
+@pytest.mark.process
+def test_a_transformers_below_the_adapters_floor(tmp_path: Path):
+    (f,) = findings(doctor.Context(environ=transformers_at(tmp_path, "4.48.3")), "determinism.transformers")
+    assert f.severity == "error" and "4.48.3" in f.found
+    assert "from_pretrained(dtype=...)" in f.found and "forward(logits_to_keep=...)" in f.found
+    assert "pip install 'transformers>=4.56'" in f.fix
+
+
+@pytest.mark.process
+def test_a_transformers_between_the_floors(tmp_path: Path):
+    (f,) = findings(doctor.Context(environ=transformers_at(tmp_path, "4.52.4")), "determinism.transformers")
+    assert f.severity == "error" and "from_pretrained(dtype=...)" in f.found and "logits_to_keep" not in f.found
+    (f,) = findings(doctor.Context(environ=dict(os.environ)), "determinism.transformers")
+    assert f.severity == "info" and "has what the adapters call" in f.found

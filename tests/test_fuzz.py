@@ -34,7 +34,7 @@ from harness.errors import USAGE, HarnessError
 from harness.records import Record
 
 from . import fakes
-from .helpers import ROOT
+from .helpers import ROOT, record, tiny_config, tiny_tokenizer
 
 tomli_w = pytest.importorskip("tomli_w")
 
@@ -314,22 +314,16 @@ def test_prompt_files(data):
 
 
 def _record(pid: str, profile: str = "default") -> Record:
+    """A reference with the tokens, fingerprints and top-k the fake worker (tests/fakes.py) writes for `pid`."""
     toks = [len(pid) % 7, 1, 2]
-    return Record(
+    return record(
+        pid,
         profile=profile,
-        prompt_id=pid,
-        schedule="solo",
-        kind="solo",
-        batch_id="solo/0",
-        batch=[pid],
-        position=0,
         tokens=toks,
         pieces=[str(t) for t in toks],
         text="x",
-        finish_reason="length",
         fingerprints=[f"{t:016x}" for t in toks],
-        topk_ids=[[t, t + 1] for t in toks],
-        topk_logprobs=[[-0.1, -2.0] for _ in toks],
+        topk=[([t, t + 1], [-0.1, -2.0]) for t in toks],
         token_times=[0.01, 0.02, 0.03],
     )
 
@@ -581,8 +575,6 @@ def no_hang(seconds: int = 120):
 def model_files(folder: Path, context: int) -> None:
     """The fake model's folder gets a real tokenizer.json (a token per word) and a config.json: the parent's context
     and tensor-parallel checks read them."""
-    from .test_input_bounds import tiny_config, tiny_tokenizer
-
     tiny_tokenizer(folder)
     tiny_config(folder, context, num_attention_heads=4, num_key_value_heads=2)
 

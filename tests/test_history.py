@@ -207,7 +207,8 @@ def test_two_real_runs_leave_two_rows_per_metric_and_trend_says_too_few(tmp_path
 
 def test_each_run_appends_its_summary_to_the_github_step_summary(tmp_path: Path, monkeypatch):
     from . import fakes
-    from .test_hostile_input import harness, suite
+    from .helpers import cli_in_process as harness
+    from .helpers import suite
 
     fakes.install(monkeypatch, tmp_path / "model")
     target = tmp_path / "step-summary.md"

@@ -4,65 +4,20 @@ with a traceback. Runs go through the real CLI in-process with a fake model (tes
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import pytest
 
-from harness import cli
-
 from . import fakes
-from .helpers import write_suite
-
-SUITE = """
-[suite]
-name = "{name}"
-version = 1
-[model]
-ref = "fake-model"
-[generation]
-max_new_tokens = 3
-[prompts]
-{prompts}
-[[schedules]]
-kind = "solo"
-[[schedules]]
-kind = "repeat"
-[profiles.default]
-"""
-ITEMS = 'items = [{id = "a", text = "one"}, {id = "b", text = "two"}]'
-
-
-def suite(tmp_path: Path, *, name: str = "s", prompts: str = ITEMS, file: str = "s.toml") -> Path:
-    return write_suite(tmp_path / file, SUITE.format(name=name, prompts=prompts))
+from .helpers import cli_in_process as harness
+from .helpers import refused, suite, write_suite
 
 
 @pytest.fixture
 def fake(monkeypatch, tmp_path: Path) -> list[str]:
     """The models 'prepared' by runs in this test: none may be, when the input is refused."""
     return fakes.install(monkeypatch, tmp_path / "model")
-
-
-def harness(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = cli.main([str(a) for a in argv])
-        except SystemExit as e:  # argparse
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
-
-
-def refused(code: int, err: str, *words: str, exit: int = 2) -> str:
-    """One line on stderr, with the words that tell the user what is wrong."""
-    assert code == exit, (code, err)
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert err.startswith("harness") and " error: " in err, err
-    for w in words:
-        assert w in err, (w, err)
-    return err
 
 
 def test_suite_file_not_utf8(tmp_path: Path, fake):

@@ -80,11 +80,11 @@ def test_trend_charts_from_the_history(run, tmp_path: Path):
 
 def test_a_load_time_run_gets_its_page_with_the_plot_inline(tmp_path: Path, monkeypatch):
     from . import fakes
-    from .test_hostile_input import harness
-    from .test_run import LOADTIME, write_suite
+    from .helpers import LOADTIME_SUITE, write_suite
+    from .helpers import cli_in_process as harness
 
     fakes.install(monkeypatch, tmp_path / "model")
-    code, out, err = harness("run", write_suite(tmp_path / "lt.toml", LOADTIME), "--out", tmp_path / "out")
+    code, out, err = harness("run", write_suite(tmp_path / "lt.toml", LOADTIME_SUITE), "--out", tmp_path / "out")
     assert code == 0, out + err
     run_dir = next(d for d in (tmp_path / "out").iterdir() if d.name != "history")
     text = (run_dir / "report.html").read_text()

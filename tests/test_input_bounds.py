@@ -20,8 +20,8 @@ import pytest
 from harness import plan
 
 from . import fakes
-from .helpers import run_cli, write_suite
-from .test_hostile_input import harness, refused
+from .helpers import cli_in_process as harness
+from .helpers import refused, run_cli, tiny_config, tiny_tokenizer, write_suite
 
 SUITE = """
 [suite]
@@ -71,24 +71,6 @@ def within(seconds: int):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
-
-
-def tiny_tokenizer(folder: Path, words: list[str] | None = None) -> None:
-    """A real tokenizers.json: one token per whitespace-separated word (unknown words are <unk>)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    words = words or ["one", "two", "three", "four", "five", "six", "word", "sys"]
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(words)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    folder.mkdir(parents=True, exist_ok=True)
-    tok.save(str(folder / "tokenizer.json"))
-
-
-def tiny_config(folder: Path, context: int, **extra) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg = {"model_type": "llama", "max_position_embeddings": context, "num_attention_heads": 2, **extra}
-    (folder / "config.json").write_text(json.dumps(cfg))
 
 
 # ---- 1. profile environments ----------------------------------------------------------------------------------------

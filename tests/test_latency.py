@@ -3,29 +3,13 @@
 import pytest
 
 from harness.analysis import latency
-from harness.records import Record
+
+from .helpers import record
 
 
 def _rec(times, schedule="solo", warmup=False):
-    n = len(times)
-    return Record(
-        profile="p",
-        prompt_id="a",
-        schedule=schedule,
-        kind="solo",
-        batch_id="solo/0",
-        batch=["a"],
-        position=0,
-        tokens=list(range(n)),
-        pieces=["x"] * n,
-        text="",
-        finish_reason="length",
-        fingerprints=["0"] * n,
-        topk_ids=[[0]] * n,
-        topk_logprobs=[[0.0]] * n,
-        token_times=times,
-        warmup=warmup,
-    )
+    """A solo sequence with one token per time in `times`, under the schedule named `schedule`."""
+    return record("a", tokens=range(len(times)), token_times=times, schedule=schedule, warmup=warmup)
 
 
 def test_metrics_of_one_sequence():

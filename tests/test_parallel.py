@@ -17,8 +17,8 @@ from harness.suite import SuiteError
 from harness.suite_parse import parse
 
 from . import fakes
-from .test_analysis import rec
-from .test_hostile_input import harness, refused, write_suite
+from .helpers import cli_in_process as harness
+from .helpers import record, refused, write_suite
 
 BASE = {
     "suite": {"name": "t", "version": 1},
@@ -167,7 +167,7 @@ def test_fake_groups_give_per_degree_verdicts_and_tp_invariance(tmp_path: Path, 
 
 
 def _pair(tokens=(1, 2, 3, 4), fps=None, bid="solo/0", position=0):
-    return rec(tokens=tokens, fps=fps, bid=bid, position=position)
+    return record(tokens=tokens, fingerprints=fps, batch_id=bid, position=position)
 
 
 def test_tp_invariance_pairs_batch_for_batch_and_reports_levels():

@@ -11,19 +11,8 @@ from harness import run
 from harness.errors import CHECK_FAILED, INFRA, OK, USAGE
 
 from . import fakes
-from .test_hostile_input import harness, suite, write_suite
-
-LOADTIME = """
-[suite]
-name = "lt"
-version = 1
-[model]
-ref = "fake-model"
-[loadtime]
-omp = [1, "unset"]
-repeats = 1
-drop_caches = false
-"""
+from .helpers import LOADTIME_SUITE, suite, write_suite
+from .helpers import cli_in_process as harness
 
 
 @pytest.fixture
@@ -40,7 +29,7 @@ def test_run_dirs_started_in_the_same_second_never_collide(tmp_path: Path, same_
 
 def test_load_time_runs_get_their_own_directory_and_loads_file(tmp_path: Path, monkeypatch, same_second):
     fakes.install(monkeypatch, tmp_path / "model")
-    path = write_suite(tmp_path / "lt.toml", LOADTIME)
+    path = write_suite(tmp_path / "lt.toml", LOADTIME_SUITE)
     out = tmp_path / "out"
     for _ in range(2):
         code, stdout, err = harness("run", path, "--out", out, "--baselines", tmp_path / "b")

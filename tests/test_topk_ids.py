@@ -18,6 +18,7 @@ from harness.analysis.determinism import compare, evaluate
 from harness.records import CHARS, MODEL_IDS, NO_IDS, TEXT_HASH, Record, read_jsonl, text_hash
 
 from . import fake_vllm, synthetic_run
+from .helpers import record
 
 K = 4
 
@@ -55,16 +56,8 @@ def _served(spec, prompt="p", kind="solo", bid="solo/0") -> Record:
 
 
 def _record(g, prompt, kind, bid) -> Record:
-    return Record(
-        profile="default",
-        prompt_id=prompt,
-        schedule=kind,
-        kind=kind,
-        batch_id=bid,
-        batch=[prompt],
-        position=0,
-        **vars(g),
-    )
+    """The Record a worker makes of the adapter's Generated `g`: every output field is g's."""
+    return record(prompt, kind=kind, batch_id=bid, **vars(g))
 
 
 def _legacy(r: Record) -> Record:

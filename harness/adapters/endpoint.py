@@ -19,12 +19,16 @@ import os
 import re
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from .. import envinfo
 from ..jobs import Job
 from ..records import CHARS, MODEL_IDS, NO_IDS, Generated
 from ..served import Endpoint
 from ..wire import client_kwargs, connection_error, encode, request_body, size_error
+
+if TYPE_CHECKING:
+    import torch
 
 # Fields a server may refuse (transformers serve answers 422 to unknown fields); dropped one by one at the probe.
 OPTIONAL = ("ignore_eos", "seed", "logprobs", "top_logprobs", "stream_options")
@@ -50,7 +54,7 @@ class Step:
     top_ids: list[int] | None = None
 
 
-def _steps(choice: dict, api: str) -> list[Step]:
+def _steps(choice: dict[str, Any], api: str) -> list[Step]:
     lp = choice.get("logprobs")
     if not lp:
         return []
@@ -74,10 +78,12 @@ def _steps(choice: dict, api: str) -> list[Step]:
     ]
 
 
-def _piece(choice: dict, api: str) -> str:
+def _piece(choice: dict[str, Any], api: str) -> str:
     if api == "chat":
-        return (choice.get("delta") or choice.get("message") or {}).get("content") or ""
-    return choice.get("text") or ""
+        content: str = (choice.get("delta") or choice.get("message") or {}).get("content") or ""
+        return content
+    text: str = choice.get("text") or ""
+    return text
 
 
 def _html(text: str) -> bool:
@@ -116,13 +122,13 @@ def generated(
     times: list[float],
     steps: list[Step],
     finish: str,
-    usage: dict,
+    usage: dict[str, Any],
     error: str = "",
-    extra: dict | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Generated:
     text = "".join(text_pieces)
     n_out = int(usage.get("completion_tokens") or 0) or len(steps)
-    common = dict(
+    common: dict[str, Any] = dict(
         text=text,
         finish_reason=finish if not error else "error",
         token_times=times,
@@ -169,14 +175,15 @@ def generated(
 class EndpointAdapter:
     remote = True  # the worker imports no torch and prepares no device for it
 
-    def __init__(self, job: Job, device=None):
+    def __init__(self, job: Job, device: torch.device | None = None):
         self.job = job
         assert job.endpoint is not None, "a served job carries its endpoint"
         self.server = job.server
         self.ep: Endpoint = job.endpoint
         self.url = self.ep.base_url + ("/v1/chat/completions" if self.ep.api == "chat" else "/v1/completions")
         self.loop = asyncio.new_event_loop()
-        self.client = None
+        # an httpx.AsyncClient from load() on: Any, as the methods that use it run only after load()
+        self.client: Any = None
         self.model = self.ep.model
         self.dropped: frozenset[str] = frozenset()
         self.level = "unknown"
@@ -193,8 +200,10 @@ class EndpointAdapter:
         self.loop.run_until_complete(self._probe())
         return {"probe": time.perf_counter() - t0}
 
-    def describe(self) -> dict:
-        # A server the harness started runs on this host: its CPU model and cores belong in the baseline key.
+    def describe(self) -> dict[str, Any]:
+        # A server the harness started runs on this host: its CPU model and cores belong in the baseline key. What
+        # this side of the socket cannot see (the server's version, vllm_ascend, the NPU chip, CANN) the runner adds
+        # to this description when the job ends (runner.served_device); an external server gets neither.
         host = f"{envinfo.cpu_model()}-c{os.cpu_count()}" if self.server != "external" else ""
         return {
             "device": "endpoint",
@@ -208,10 +217,10 @@ class EndpointAdapter:
             "dropped_fields": sorted(self.dropped),
         }
 
-    def generate(self, prompts: list[dict]) -> list[Generated]:
+    def generate(self, prompts: list[dict[str, Any]]) -> list[Generated]:
         return self.loop.run_until_complete(self._batch(prompts))
 
-    def oversize(self) -> dict:
+    def oversize(self) -> dict[str, Any]:
         """One request just over the body limit: a sound server answers 4xx with a message, rather than failing."""
         return self.loop.run_until_complete(self._oversize())
 
@@ -221,7 +230,7 @@ class EndpointAdapter:
         self.loop.close()
 
     # -- internals -----------------------------------------------------------------------------------------------
-    def _body(self, prompt: dict, max_tokens: int | None = None, stream: bool = True) -> dict:
+    def _body(self, prompt: dict[str, Any], max_tokens: int | None = None, stream: bool = True) -> dict[str, Any]:
         return request_body(
             self.ep,
             prompt,
@@ -270,12 +279,12 @@ class EndpointAdapter:
             return connection_error(e, self.ep.base_url)
         return ""
 
-    async def _batch(self, prompts: list[dict]) -> list[Generated]:
+    async def _batch(self, prompts: list[dict[str, Any]]) -> list[Generated]:
         # Tasks start in creation order, so requests go out in batch order; the server decides the rest.
         tasks = [asyncio.ensure_future(self._one(p)) for p in prompts]
         return list(await asyncio.gather(*tasks))
 
-    async def _one(self, prompt: dict) -> Generated:
+    async def _one(self, prompt: dict[str, Any]) -> Generated:
         body = self._body(prompt)
         if err := size_error(prompt, body, self.ep.max_body_bytes):
             return generated([], [], [], "error", {}, error=err + "; not sent")
@@ -293,13 +302,13 @@ class EndpointAdapter:
         why = errors[-1] + (f" (after {len(errors)} attempts: {'; '.join(errors[:-1])})" if len(errors) > 1 else "")
         return generated([], [], [], "error", {}, error=why, extra={"attempts": len(errors)})
 
-    async def _stream(self, body: dict) -> Generated:
+    async def _stream(self, body: dict[str, Any]) -> Generated:
         import httpx
 
         pieces: list[str] = []
         times: list[float] = []
         steps: list[Step] = []
-        usage: dict = {}
+        usage: dict[str, Any] = {}
         finish, done = "", False
         t0 = time.perf_counter()
         try:
@@ -352,7 +361,7 @@ class EndpointAdapter:
             steps = []  # logprobs for only part of the output: compare the text rather than half the steps
         return generated(pieces, times, steps, finish or "stop", usage)
 
-    async def _oversize(self) -> dict:
+    async def _oversize(self) -> dict[str, Any]:
         import httpx
 
         base = encode(self._body({"id": "oversize", "text": ""}, max_tokens=1, stream=False))

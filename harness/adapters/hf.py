@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from typing import Any
 
 import torch
 
@@ -16,12 +17,12 @@ from ..records import MODEL_IDS, Generated
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def tp_kwargs() -> dict:
+def tp_kwargs() -> dict[str, Any]:
     """transformers' own tensor parallel plan for the model (no hand-written sharding), over the worker group's
     process group: DistributedConfig where this transformers has it, the older tp_plan="auto" keyword otherwise
     (CANN images often ship older releases)."""
     try:
-        from transformers.distributed import DistributedConfig
+        from transformers.distributed import DistributedConfig  # type: ignore[attr-defined]  # a lazy module: no __all__
     except ImportError:
         return {"tp_plan": "auto"}
     return {"distributed_config": DistributedConfig(tp_plan="auto")}
@@ -33,14 +34,17 @@ class HFAdapter:
     def __init__(self, job: Job, device: torch.device, capture: bool = True):
         self.job, self.device = job, device
         self.capture = capture  # False only to measure what the per-step capture costs (tests/bench)
-        self.model = self.tok = None
+        # the model and its tokenizer from load() on: Any, as transformers' Auto* classes return unions of backends
+        # whose stubs do not share every method used here, and every use comes after load()
+        self.model: Any = None
+        self.tok: Any = None
 
     def load(self) -> dict[str, float]:
         """Load timed by phase: weights into host memory, then onto the device, then a first forward."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # transformers leaves it unannotated
         t0 = time.perf_counter()
         self.tok = AutoTokenizer.from_pretrained(self.job.model_dir)
         self.tok.padding_side = "left"
@@ -50,7 +54,8 @@ class HFAdapter:
             self.job.model_dir, dtype=DTYPES[self.job.dtype], **(tp_kwargs() if self.job.tp > 1 else {})
         )
         t1 = time.perf_counter()
-        self.model = model.to(self.device).eval()
+        # transformers wraps PreTrainedModel.to in a decorator whose stub drops torch's signature
+        self.model = model.to(self.device).eval()  # type: ignore[arg-type]
         devices.synchronize(self.device)
         t2 = time.perf_counter()
         with torch.inference_mode():
@@ -64,15 +69,17 @@ class HFAdapter:
         self.eos = set(eos if isinstance(eos, list) else [eos if eos is not None else self.tok.eos_token_id])
         return {"read": t1 - t0, "to_device": t2 - t1, "first_forward": t3 - t2}
 
-    def render(self, prompt: dict) -> str:
+    def render(self, prompt: dict[str, Any]) -> str:
         if prompt["chat"] and self.tok.chat_template:
-            return self.tok.apply_chat_template(
+            chat: str = self.tok.apply_chat_template(
                 [{"role": "user", "content": prompt["text"]}], tokenize=False, add_generation_prompt=True
             )
-        return prompt["text"]
+            return chat
+        text: str = prompt["text"]
+        return text
 
     @torch.inference_mode()
-    def generate(self, prompts: list[dict]) -> list[Generated]:
+    def generate(self, prompts: list[dict[str, Any]]) -> list[Generated]:
         from transformers import DynamicCache
 
         dev, k, steps = self.device, self.job.top_logprobs, self.job.max_new_tokens
@@ -83,7 +90,10 @@ class HFAdapter:
         cache = DynamicCache()
         rows = len(prompts)
         toks: list[list[int]] = [[] for _ in range(rows)]
-        fps, tids, tlps, times = ([[] for _ in range(rows)] for _ in range(4))
+        fps: list[list[str]] = [[] for _ in range(rows)]
+        tids: list[list[list[int]]] = [[] for _ in range(rows)]
+        tlps: list[list[list[float]]] = [[] for _ in range(rows)]
+        times: list[list[float]] = [[] for _ in range(rows)]
         done = [False] * rows
         devices.synchronize(dev)
         t0 = time.perf_counter()

@@ -18,10 +18,14 @@ import logging
 import os
 import re
 import time
+from typing import TYPE_CHECKING, Any
 
 from ..jobs import Job
 from ..records import Generated
 from .endpoint import Step, generated
+
+if TYPE_CHECKING:
+    import torch
 
 # Start-up phases vLLM logs (vllm 0.32), and the modules that log them; the rest of the engine's construction is
 # `engine_other`.
@@ -52,9 +56,11 @@ class _Phases(logging.Filter):
 class VLLMAdapter:
     remote = False
 
-    def __init__(self, job: Job, device=None):
+    def __init__(self, job: Job, device: torch.device | None = None):
         self.job, self.device = job, device
-        self.llm = self.tok = None
+        # vllm.LLM and its tokenizer, from load(): Any, as vllm is untyped (and not installed where mypy runs)
+        self.llm: Any = None
+        self.tok: Any = None
 
     def load(self) -> dict[str, float]:
         # The engine core in this process: its start-up logs pass the filter below, and no engine process can
@@ -89,22 +95,35 @@ class VLLMAdapter:
         return {"import_vllm": t1 - t0, **seen, "engine_other": max(0.0, total - sum(seen.values()))}
 
     def describe(self) -> dict[str, str]:
-        """Added to the device's description: the engine's version is part of the baseline key's software."""
+        """Added to the device's description: the engine's version is part of the baseline key's software, and so is
+        vLLM-Ascend's where it is installed (the platform plugin that runs the model on an NPU: its kernels and
+        graph mode decide the bits there)."""
+        from importlib import metadata
+
         import vllm
 
-        return {"vllm": vllm.__version__}
+        out = {"vllm": vllm.__version__}
+        for dist in ("vllm_ascend", "vllm-ascend"):
+            try:
+                out["vllm_ascend"] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+        return out
 
-    def _ids(self, prompt: dict) -> list[int]:
+    def _ids(self, prompt: dict[str, Any]) -> list[int]:
         # As vLLM's own servers do: chat prompts through the model's template with no extra special tokens,
         # plain text as the completions API tokenizes it.
         if prompt["chat"] and getattr(self.tok, "chat_template", None):
             text = self.tok.apply_chat_template(
                 [{"role": "user", "content": prompt["text"]}], tokenize=False, add_generation_prompt=True
             )
-            return self.tok.encode(text, add_special_tokens=False)
-        return self.tok.encode(prompt["text"])
+            ids: list[int] = self.tok.encode(text, add_special_tokens=False)
+            return ids
+        plain: list[int] = self.tok.encode(prompt["text"])
+        return plain
 
-    def generate(self, prompts: list[dict]) -> list[Generated]:
+    def generate(self, prompts: list[dict[str, Any]]) -> list[Generated]:
         from vllm import SamplingParams
 
         k = self.job.top_logprobs

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..records import Record
-from .determinism import Expectation, Status, Verdict, compare, lowest_level, verdict
+from ..status import Expectation, VerdictStatus
+from .determinism import Verdict, compare, lowest_level, verdict
 
 BASELINE_EXPECTATIONS = ("bitwise", "tokens", "close", "report")
 
@@ -55,7 +56,7 @@ def missing(profile: str, reason: str) -> Verdict:
     return _unjudged(profile, "no baseline", reason)
 
 
-def _unjudged(profile: str, status: Status, reason: str) -> Verdict:
+def _unjudged(profile: str, status: VerdictStatus, reason: str) -> Verdict:
     return Verdict(
         profile=profile,
         property="baseline",

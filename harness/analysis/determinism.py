@@ -8,16 +8,13 @@ from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import chain
 from operator import sub
-from typing import Literal, NamedTuple, TypedDict
+from typing import NamedTuple, TypedDict
 
 from ..records import CHARS, NO_IDS, TEXT_HASH, Record, text_hash
+from ..status import Expectation, Level, Seen, ShownExpectation, VerdictStatus
 
-Level = Literal["bitwise", "tokens", "close", "diverged"]  # how one sequence compares with its reference
 LEVEL_ORDER: tuple[Level, ...] = ("bitwise", "tokens", "close", "diverged")  # best first
-Expectation = Literal["bitwise", "tokens", "close", "vary", "report"]
 EXPECTATIONS: tuple[Expectation, ...] = ("bitwise", "tokens", "close", "vary", "report")
-Status = Literal["pass", "fail", "report", "no data", "no baseline", "not comparable", "updated"]
-Seen = Literal["logits", "logprobs", "text"]  # what a comparison can see
 LEVELS: tuple[Seen, ...] = ("logits", "logprobs", "text")  # best first
 
 BATCH_KINDS = ("permutation", "batch-sizes", "needle")
@@ -264,8 +261,8 @@ class Verdict:
 
     profile: str
     property: str
-    expect: Expectation | Literal["-"]  # "-": no expectation (no baseline, baseline updated or not comparable)
-    status: Status
+    expect: ShownExpectation  # "-": no expectation (no baseline, baseline updated or not comparable)
+    status: VerdictStatus
     reason: str
     sequences: int
     bitwise: int
@@ -349,7 +346,7 @@ def _tally(comps: list[Comparison], level: Seen) -> str:
     return ", ".join(parts)
 
 
-def judge(expect: Expectation, comps: list[Comparison], level: Seen = "logits") -> tuple[Status, str]:
+def judge(expect: Expectation, comps: list[Comparison], level: Seen = "logits") -> tuple[VerdictStatus, str]:
     n = len(comps)
     if n == 0:
         return "no data", "no sequences to compare (did the worker crash before this schedule?)"

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..status import WorkerStatus
 from . import stats
 
 PHASES = ("import", "read", "to_device", "first_forward")
@@ -18,7 +19,7 @@ class LoadSample:
     setting: str  # OMP_NUM_THREADS value, or "unset"
     repeat: int
     cold: bool  # page cache dropped just before this load
-    status: str  # the worker's status: "ok", "crashed", "timeout", "load-failed"
+    status: WorkerStatus  # how its worker ended: "ok", else why not ("crashed", "timeout", "load-failed", ...)
     phases: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: float = math.nan
     device_peak_mb: float = math.nan

@@ -16,12 +16,13 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, TypedDict
+from typing import TypedDict
 
 import numpy as np
 from scipy import stats
 
-ChangeStatus = Literal["regressed", "improved", "~", "insufficient", "not comparable", "failed", "noisy"]
+from ..status import ChangeStatus
+
 MARKS: dict[ChangeStatus, str] = {
     "regressed": "+",
     "improved": "-",

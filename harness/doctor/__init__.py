@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import USAGE, HarnessError
+from ..status import Severity
 from .core import (
     NOT_APPLICABLE,
     REGISTRY,
@@ -24,7 +25,6 @@ from .core import (
     CheckFn,
     Context,
     Finding,
-    Severity,
     SuiteFile,
     check,
     exit_code,
@@ -80,7 +80,7 @@ def build_context(
     python: str | None,
     baselines: Path,
     opts: Any,
-    prepare: Callable[[str], Path] | None = None,
+    prepare: Callable[[str], Path | None] | None = None,  # None from it: not prepared yet (a dry run), left out
 ) -> Context:
     from .. import runner
 
@@ -91,6 +91,8 @@ def build_context(
             d = (prepare or runner.prepare_model)(ref)
         except HarnessError as e:
             errors.append(f"{ref}: {e}")
+            continue
+        if d is None:  # a dry run: not converted yet, so there is no folder to check
             continue
         if d not in dirs:
             dirs.append(d)
@@ -110,6 +112,8 @@ def build_context(
 def main(args: Any, opts: Any, default_suites: list[Path]) -> int:
     if args.python and not Path(args.python).exists():
         raise HarnessError(f"--python {args.python}: no such interpreter", USAGE)
+    from .. import dryrun
+
     ctx = build_context(
         args.suites or default_suites,
         device=args.device,
@@ -117,6 +121,7 @@ def main(args: Any, opts: Any, default_suites: list[Path]) -> int:
         python=args.python,
         baselines=args.baselines,
         opts=opts,
+        prepare=dryrun.prepared if opts.dry_run else None,
     )
     findings = run_checks(ctx)
     if args.json:
@@ -124,4 +129,16 @@ def main(args: Any, opts: Any, default_suites: list[Path]) -> int:
     else:
         print(table(findings))
         print(summary(findings))
-    return exit_code(findings)
+    code = exit_code(findings)
+    if opts.dry_run:  # then what each suite would run (harness.dryrun); no model is converted for either
+        from .. import dryrun, run
+
+        for s in ctx.suites:
+            if s.suite is None or s.error:
+                continue  # the findings name it
+            try:
+                text = dryrun.execute(run.get(s.kind), s.suite, opts).console
+            except HarnessError as e:
+                text, code = f"dry run of {s.path}: error: {e}", max(code, e.code)
+            print(text, file=sys.stderr if args.json else sys.stdout)
+    return code

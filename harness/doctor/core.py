@@ -16,11 +16,11 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ..errors import OK, USAGE, one_line
+from ..status import Severity
 
-Severity = Literal["error", "warning", "info"]
 SEVERITIES: tuple[Severity, ...] = ("error", "warning", "info")
 NOT_APPLICABLE = "not applicable on {device}"
 
@@ -39,7 +39,7 @@ class SuiteFile:
     the run would load it (None when it does not load), and why it does not."""
 
     path: Path
-    data: dict
+    data: dict[str, Any]
     kind: str = ""
     suite: Any = None
     error: str = ""
@@ -75,7 +75,7 @@ class Context:
                 out.add("mindie")
         return out
 
-    def run_python(self, code: str, *args: str) -> subprocess.CompletedProcess:
+    def run_python(self, code: str, *args: str) -> subprocess.CompletedProcess[str]:
         """`code` under the engine's interpreter and environment; a missing interpreter is the caller's finding."""
         return subprocess.run(
             [self.python, "-c", code, *args],
@@ -86,7 +86,7 @@ class Context:
         )
 
     @functools.cached_property
-    def probe(self) -> dict:
+    def probe(self) -> dict[str, Any]:
         """The engine interpreter's version, prefix, pip and package versions, without importing any of them."""
         try:
             p = self.run_python(_PROBE)
@@ -94,7 +94,8 @@ class Context:
             return {"error": f"cannot run {self.python}: {e}"}
         if p.returncode != 0:
             return {"error": f"{self.python} failed: {(p.stderr.strip().splitlines() or ['no output'])[-1]}"}
-        return json.loads(p.stdout.strip().splitlines()[-1])
+        found: dict[str, Any] = json.loads(p.stdout.strip().splitlines()[-1])  # _PROBE prints one JSON object
+        return found
 
     def try_import(self, module: str) -> tuple[bool, str]:
         """Import `module` in a fresh interpreter: a crash or a static-TLS failure cannot take the doctor down."""
@@ -190,7 +191,7 @@ def table(findings: list[Finding]) -> str:
     )
 
 
-def to_json(findings: list[Finding]) -> dict:
+def to_json(findings: list[Finding]) -> dict[str, Any]:
     counts = {s: sum(f.severity == s for f in findings) for s in SEVERITIES}
     return {"result": "error" if counts["error"] else "ok", "counts": counts, "findings": [asdict(f) for f in findings]}
 

@@ -1,5 +1,6 @@
-"""The doctor's checks of memory: the weights against the host's available memory, and on an NPU against
-one card's usable share (NPU_MEMORY_FRACTION)."""
+"""The doctor's checks of memory: the weights against the host's available memory, and on an NPU each tensor
+parallel degree's shard (weights / degree) against the usable share (NPU_MEMORY_FRACTION) of the cards its group
+runs on, by the MindIE FAQ's free >= 1.3 x weights / cards."""
 
 from __future__ import annotations
 
@@ -66,22 +67,48 @@ def memory_host(ctx: Context) -> Iterator[Finding]:
             yield Finding("memory.host", "info", f"weights {_gib(size)}; host memory available {_gib(avail)}")
 
 
+# The MindIE FAQ's sizing rule: each card needs free memory of at least 1.3 x (weights / cards), the 0.3 for the
+# KV cache, activations and workspace; below it the weights may load but the service does not start.
+HEADROOM = 1.3
+
+
 def device_verdict(weights: int, free: int, total: int, fraction: float, cards: int = 1) -> tuple[str, str]:
-    """(severity, what) for weights against one card's usable memory: total x NPU_MEMORY_FRACTION, and what is free."""
+    """(severity, what) for one card's shard of the weights (weights / cards, tensor parallel) against that card's
+    usable memory (what is free, at most total x NPU_MEMORY_FRACTION), by the FAQ's free >= 1.3 x weights / cards."""
     usable = min(free, int(total * fraction))
     per_card = weights / max(cards, 1)
     what = (
-        f"weights {_gib(per_card)} per card against {_gib(usable)} usable "
+        f"weights {_gib(per_card)} per card ({cards} card(s)) against {_gib(usable)} usable "
         f"(free {_gib(free)}, total {_gib(total)} x NPU_MEMORY_FRACTION {fraction:g})"
     )
     if per_card > usable:
         return "error", what + ": out of memory at load"
-    if per_card > 0.8 * usable:
-        return "warning", what + ": under 20% left for the KV cache"
+    if HEADROOM * per_card > usable:
+        return "error", what + f": under the {HEADROOM:g} x weights per card the KV cache and activations need"
     return "info", what
 
 
-_NPU_MEM = "import json, torch, torch_npu; f, t = torch.npu.mem_get_info(); print(json.dumps([f, t, torch.npu.device_count()]))"
+# Every visible card's free and total memory: a degree-d group uses the first d of them (LOCAL_RANK -> device).
+_NPU_MEM = (
+    "import json, torch, torch_npu; "
+    "print(json.dumps([list(torch.npu.mem_get_info(i)) for i in range(torch.npu.device_count())]))"
+)
+
+
+def tp_degrees(ctx: Context) -> list[int | str]:
+    """The tensor parallel degrees the suites in scope plan (each degree's group holds a 1/degree shard per card;
+    tp-invariance also runs the smallest, often 1); [1] without suites. A degree not yet resolved to a number
+    (`tp = "auto"`) counts as every visible card, the most it can become."""
+    numbers: set[int] = set()
+    auto = False
+    for s in ctx.suites:
+        tp = getattr(getattr(s.suite, "parallel", None), "tp", None)
+        for d in tp if isinstance(tp, tuple | list) else () if tp is None else (tp,):
+            if isinstance(d, int) and d > 0:
+                numbers.add(d)
+            elif isinstance(d, str):
+                auto = True
+    return [*sorted(numbers), *(["auto"] if auto else [])] or [1]
 
 
 @check("memory.device", devices=("npu",), looks_at="device memory")
@@ -97,7 +124,24 @@ def memory_device(ctx: Context) -> Iterator[Finding]:
         last = (p.stderr.strip().splitlines() or ["no output"])[-1]
         yield Finding("memory.device", "warning", f"device memory not readable: {last}", "check npu-smi info")
         return
-    free, total, _ = json.loads(p.stdout.strip().splitlines()[-1])
+    cards: list[list[int]] = json.loads(p.stdout.strip().splitlines()[-1])
+    if not cards:
+        yield Finding("memory.device", "error", "no NPU visible", "check ASCEND_RT_VISIBLE_DEVICES and npu-smi info")
+        return
+    degrees = tp_degrees(ctx)
     for m in ctx.model_dirs:
-        sev, what = device_verdict(sum(f.stat().st_size for f in weight_files(m)), free, total, fraction)
-        yield Finding("memory.device", sev, what, KNOBS if sev != "info" else "")  # type: ignore[arg-type]
+        weights = sum(f.stat().st_size for f in weight_files(m))
+        for degree in degrees:
+            d = len(cards) if degree == "auto" else int(degree)
+            if d > len(cards):
+                yield Finding(
+                    "memory.device",
+                    "warning",
+                    f"tp={d} needs {d} cards; {len(cards)} visible: its memory is not judged here",
+                    "make the cards visible (ASCEND_RT_VISIBLE_DEVICES, the container's --device list) or lower tp",
+                )
+                continue
+            # The tightest card of the group decides: a neighbour's process on one card fails the whole group.
+            free, total = min(cards[:d], key=lambda c: min(c[0], int(c[1] * fraction)))
+            sev, what = device_verdict(weights, free, total, fraction, cards=d)
+            yield Finding("memory.device", sev, f"{m}, tp={d}: {what}", KNOBS if sev != "info" else "")  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ import re
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from ..baselines import Store
 from ..loadrun import weight_files
@@ -18,7 +19,7 @@ from .core import Context, Finding, check
 RECOMMENDED_MODE = 0o640
 
 
-def _config(model: Path) -> dict | None:
+def _config(model: Path) -> dict[str, Any] | None:
     try:
         c = json.loads((model / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -58,7 +59,10 @@ def model_permissions(ctx: Context) -> Iterator[Finding]:
         files = [f for f in [m / "config.json", *weight_files(m)] if f.is_file()]
         wide = [f for f in files if f.stat().st_mode & 0o777 & ~RECOMMENDED_MODE]
         narrow = [f for f in files if f not in wide and f.stat().st_mode & 0o777 != RECOMMENDED_MODE]
-        names = lambda fs: ", ".join(f"{f.name} ({f.stat().st_mode & 0o777:o})" for f in fs[:4])  # noqa: E731
+
+        def names(fs: list[Path]) -> str:
+            return ", ".join(f"{f.name} ({f.stat().st_mode & 0o777:o})" for f in fs[:4])
+
         fix = f"chmod 640 {shlex.quote(str(m))}/config.json {shlex.quote(str(m))}/*.safetensors; chmod 750 {shlex.quote(str(m))}"
         if wide and any(f.stat().st_mode & 0o022 for f in wide):
             yield Finding(
@@ -114,11 +118,11 @@ def model_tokenizer(ctx: Context) -> Iterator[Finding]:
         recorded = Store(ctx.baselines).model_file_hashes("tokenizer.json")
         other = {p: h for p, h in recorded.items() if h != mine}
         if other:
-            p, h = next(iter(other.items()))
+            where, h = next(iter(other.items()))
             yield Finding(
                 "model.tokenizer",
                 "error",
-                f"{tj} sha256 {mine[:16]} differs from {h[:16]} recorded with {p}: the tokenizer is not the "
+                f"{tj} sha256 {mine[:16]} differs from {h[:16]} recorded with {where}: the tokenizer is not the "
                 "baselines' (corrupt, or another version)",
                 "restore tokenizer.json from the checkpoint the baselines were made with, or, if the change is "
                 "intended, re-record the baselines (--update-baselines --reason ...)",

@@ -9,6 +9,7 @@ import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from .. import served
 from .core import Context, Finding, check
@@ -37,10 +38,8 @@ def cert_expiry(path: Path) -> float | None:
     return ssl.cert_time_to_seconds(info["notAfter"])
 
 
-def tls_findings(where: str, base: Path, ep: dict, now: float) -> Iterator[Finding]:
-    paths = {
-        k: ep.get(k) for k in ("ca_bundle", "client_cert", "client_key") if isinstance(ep.get(k), str) and ep.get(k)
-    }
+def tls_findings(where: str, base: Path, ep: dict[str, Any], now: float) -> Iterator[Finding]:
+    paths = {k: v for k in ("ca_bundle", "client_cert", "client_key") if isinstance(v := ep.get(k), str) and v}
     ok = {}
     for k, v in paths.items():
         p = base / v

@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import atomic, baselines, doctor, envinfo, run
 from ..errors import OK, USAGE, HarnessError
+from ..options import Options
 from .environment import environment_diff, model_rows
 from .gates import Gate, decide, judge, judged_at, other_keys, unjudged_rows
 from .manifest import verify
@@ -34,7 +35,7 @@ def run_doctor(ctx: doctor.Context) -> list[doctor.Finding]:
     return doctor.run_checks(ctx)
 
 
-def execute(spec: Spec, opts: run.Options, python: str | None = None) -> SignoffResult:
+def execute(spec: Spec, opts: Options, python: str | None = None) -> SignoffResult:
     started = time.time()
     rd = run.RunDir.create(opts.out, "signoff")
     for sub in ("jobs", "records", "logs"):
@@ -56,7 +57,7 @@ def execute(spec: Spec, opts: run.Options, python: str | None = None) -> Signoff
         if g not in in_scope
     }
     todo = [(i, g) for i, g in enumerate(spec.gates) if i not in done]
-    per_gate: list[tuple[list[baselines.BaselineUse], dict]] = []
+    per_gate: list[tuple[list[baselines.BaselineUse], dict[str, Any]]] = []
     commit = envinfo.project_commit()  # the same commit the baselines record
     models = model_rows(ctx.model_dirs, opts.baselines)
 
@@ -106,7 +107,7 @@ def execute(spec: Spec, opts: run.Options, python: str | None = None) -> Signoff
     return res
 
 
-def main(args: Any, opts: run.Options) -> int:
+def main(args: Any, opts: Options) -> int:
     if args.verify is not None:
         code, problems = verify(args.verify)
         for p in problems:
@@ -123,6 +124,30 @@ def main(args: Any, opts: run.Options) -> int:
         raise HarnessError(
             "signoff judges against the baselines; record them with harness run --update-baselines", USAGE
         )
+    if opts.dry_run:  # each gate planned, nothing run, no sign-off folder (harness.dryrun)
+        code, lines = dry_run(spec, opts)
+        print("\n".join(lines), flush=True)
+        return code
     res = execute(spec, opts, args.python)
     print(console(res), flush=True)
     return res.exit_code
+
+
+def dry_run(spec: Spec, opts: run.Options) -> tuple[int, list[str]]:
+    """`harness signoff --dry-run`: each gate in scope planned as `harness run --dry-run` plans it; no folder."""
+    from .. import dryrun
+
+    lines = ["sign-off dry run: the doctor runs first (harness doctor --dry-run shows it), then each gate"]
+    code = 0
+    for g in spec.gates:
+        if not available(g.requires):
+            lines.append(f"gate {g.suite}: not in scope (needs {', '.join(g.requires)}, not installed)")
+            continue
+        o = dataclasses.replace(opts, profiles=opts.profiles or list(g.profiles) or None)
+        try:
+            kind, suite = run.load(g.suite, o)
+            lines.append(dryrun.execute(kind, suite, o).console)
+        except HarnessError as e:
+            lines.append(f"gate {g.suite}: error: {e}")
+            code = max(code, e.code)
+    return code, lines

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import baselines
 from ..models import file_hashes
@@ -18,7 +18,7 @@ VOLATILE = {"url"}  # a served run's URL names a free port picked per start: a d
 HEADLINE = ("chip", "cpu_model", "driver", "firmware", "cann", "torch", "torch_npu", "transformers", "server")
 
 
-def environment_rows(base: dict, now: dict, base_commit: str, commit: str) -> list[list[str]]:
+def environment_rows(base: dict[str, Any], now: dict[str, Any], base_commit: str, commit: str) -> list[list[str]]:
     """field, baseline, this run, mark: `!` changed, blank same, `?` not recorded on one side."""
     dev = dict(base.get("device", {}))
     dev["python"] = base.get("host", {}).get("python", "")
@@ -40,7 +40,7 @@ class EnvDiff:
     rows: list[list[str]]
 
 
-def environment_diff(per_gate: list[tuple[list[baselines.BaselineUse], dict]], commit: str) -> list[EnvDiff]:
+def environment_diff(per_gate: list[tuple[list[baselines.BaselineUse], dict[str, Any]]], commit: str) -> list[EnvDiff]:
     """One table per distinct (baseline environment, this run's device): which baselines share it, and each field."""
     out: dict[str, EnvDiff] = {}
     for used, now in per_gate:

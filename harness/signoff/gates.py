@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, TypedDict
 
 from .. import baselines, doctor, run
 from ..errors import CHECK_FAILED, INFRA, OK, USAGE, one_line
+from ..status import Decision, GateVerdict
 
 if TYPE_CHECKING:
     from ..analysis.stats import Change
-
-GateVerdict = Literal["pass", "fail", "incomplete", "error", "not comparable", "not run", "not in scope"]
-Result = Literal["GO", "NO-GO", "INCOMPLETE"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +25,17 @@ class Gate:
     reasons: tuple[str, ...] = ()  # why it is not a pass
     todo: str = ""  # what to do about it
     judged_at: str = ""  # the timing rows' thresholds and what they were judged against: what a pass can claim
+
+
+class _Common(TypedDict):
+    """The fields every gate `judge` returns has, whatever its verdict."""
+
+    name: str
+    suite: str
+    exit_code: int | None
+    run_dir: str
+    checks: tuple[run.Check, ...]
+    judged_at: str
 
 
 UNJUDGED = {
@@ -43,7 +52,7 @@ def unjudged_rows(rows: list[Change]) -> list[tuple[str, str]]:
     smallest change the run could detect is larger than the threshold (a pass that proves nothing). The rows are
     a run's timings against its baselines; the determinism cost and the load-time recommendation compare settings,
     not releases, and are not gates."""
-    out = []
+    out: list[tuple[str, str]] = []
     for r in rows:
         if r.status in UNJUDGED:
             out.append((r.metric, r.status))
@@ -73,7 +82,7 @@ def judge(name: str, suite: str, outcome: run.Outcome, rel_dir: str) -> Gate:
     skipped = [c for c in checks if c.outcome == "skipped"]
     thin = sorted(set(unjudged_rows(outcome.timing)))
     line = lambda c: f"{c.group}::{c.name}: {one_line(c.message.splitlines()[0]) if c.message else c.outcome}"  # noqa: E731
-    common = {
+    common: _Common = {
         "name": name,
         "suite": suite,
         "exit_code": outcome.exit_code,
@@ -112,7 +121,7 @@ def judge(name: str, suite: str, outcome: run.Outcome, rel_dir: str) -> Gate:
     return Gate(**common, verdict="pass")
 
 
-def decide(findings: list[doctor.Finding], gates: list[Gate]) -> tuple[Result, int, str]:
+def decide(findings: list[doctor.Finding], gates: list[Gate]) -> tuple[Decision, int, str]:
     """(result, exit code, the first line's reason). Exit codes keep the harness's rule: 3 infrastructure, else 2
     input, else 1 anything short of GO, else 0."""
     counted = [g for g in gates if g.verdict != "not in scope"]

@@ -6,22 +6,23 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__, atomic, doctor
 from ..errors import one_line
 from ..models import sha256
+from ..status import Decision
 
 if TYPE_CHECKING:
     pass
 from .environment import EnvDiff
-from .gates import Gate, Result
+from .gates import Gate
 from .manifest import SUMS, write_sums
 
 
 @dataclass
 class SignoffResult:
-    result: Result
+    result: Decision
     exit_code: int
     reason: str
     folder: Path
@@ -108,7 +109,7 @@ def markdown(res: SignoffResult) -> str:
     return "\n".join(md)
 
 
-def to_json(res: SignoffResult) -> dict:
+def to_json(res: SignoffResult) -> dict[str, Any]:
     return {
         "result": res.result,
         "reason": res.reason,

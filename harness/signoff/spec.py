@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import USAGE, HarnessError
-from ..tomltable import SuiteError, Table, read_toml
+from ..tomltable import Rule, SuiteError, Table, read_toml
 
 if TYPE_CHECKING:
     pass
@@ -47,7 +47,7 @@ def load_spec(path: Path) -> Spec:
             suite = Path(path).parent / t.get("suite", str, expect="a suite file, relative to the sign-off file")
             if not suite.is_file():
                 raise t.fail("suite", f"file {suite} not found")
-            strings = {"check": lambda v: all(isinstance(x, str) for x in v), "expect": "a list of strings"}
+            strings = Rule(check=lambda v: all(isinstance(x, str) for x in v), expect="a list of strings")
             gates.append(
                 GateSpec(
                     suite=suite,

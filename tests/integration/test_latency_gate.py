@@ -9,37 +9,13 @@ from pathlib import Path
 import pytest
 
 from ..helpers import install_slow_adapter, load_report, run_cli, write_suite
+from .suites import GATE_SUITE
 
 pytestmark = [pytest.mark.integration, pytest.mark.process]  # the real model, through the CLI in a subprocess
 
-SUITE = """
-[suite]
-name = "gate"
-version = 1
-[model]
-ref = "smollm2-135m"
-[generation]
-max_new_tokens = 16
-[prompts]
-items = [
-  {id = "a", text = "Write a haiku about autumn leaves.", chat = true},
-  {id = "b", text = "List five fruits that are rich in vitamin C.", chat = true},
-  {id = "c", text = "def fibonacci(n):\\n"},
-  {id = "d", text = "Write an SQL query that returns the ten customers with the highest total order value.", chat = true},
-  {id = "e", text = "The old library at the end of the street had been closed for years, but one rainy evening"},
-  {id = "f", text = "Return a JSON object with the keys name, age and city for a fictional person.", chat = true},
-]
-[[schedules]]
-kind = "solo"
-[perf]
-warmup = 1
-repeats = 3
-[profiles.default]
-"""
-
 
 def test_a_15_percent_slower_adapter_regresses_tpot(tmp_path: Path, embedded_dir: Path):
-    suite = write_suite(tmp_path / "gate.toml", SUITE)
+    suite = write_suite(tmp_path / "gate.toml", GATE_SUITE)
     store, env = tmp_path / "baselines", install_slow_adapter(tmp_path, 0.15)
     common = ("--baselines", str(store))
     r = run_cli(
@@ -64,7 +40,7 @@ def test_a_15_percent_slower_adapter_regresses_tpot(tmp_path: Path, embedded_dir
 def test_unknown_adapter_is_a_usage_error(tmp_path: Path):
     r = run_cli(
         "run",
-        str(write_suite(tmp_path / "gate.toml", SUITE)),
+        str(write_suite(tmp_path / "gate.toml", GATE_SUITE)),
         "--adapter",
         "slwo",
         env=install_slow_adapter(tmp_path, 0.15),

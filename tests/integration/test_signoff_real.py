@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ..helpers import install_slow_adapter, run_cli, write_suite
-from .test_latency_gate import SUITE as PERF_SUITE
+from .suites import GATE_SUITE
 
 pytestmark = [pytest.mark.integration, pytest.mark.process]
 
@@ -44,7 +44,7 @@ def recorded(tmp_path_factory, embedded_dir: Path):
     """Both suites' baselines recorded on this host (with the real adapter), and the slow adapter installed."""
     tmp = tmp_path_factory.mktemp("signoff")
     write_suite(tmp / "tiny.toml", TINY)
-    write_suite(tmp / "gate.toml", PERF_SUITE)
+    write_suite(tmp / "gate.toml", GATE_SUITE)
     env = {
         **install_slow_adapter(tmp, 0.15),
         # this interpreter's pip first, as in its own venv: the doctor's pip check is about the engine's Python
