@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .ports import free_port, port_taken
 from .suite import Parallel
 
 MARK = "HARNESS_GROUP"  # in every rank's environment: the sweep's handle on ranks the launcher left behind
@@ -46,26 +47,23 @@ def suite_threads(par: Parallel) -> int:
     return omp_threads(max(par.tp) // par.nnodes)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def port_taken(endpoint: str) -> str:
+def rendezvous_problem(endpoint: str) -> str:
     """ "" when this host can host the rendezvous at `endpoint`; else why not. torchrun whose c10d port is held by
     something else connects to it as a client and waits for its join timeout (600 s by default): refuse first."""
     host, _, port = endpoint.rpartition(":")
     if host.strip("[]") not in LOCAL_HOSTS and host != socket.gethostname():
         return ""  # another host's port: only that host can tell
-    with socket.socket() as s:
-        try:
-            s.bind((host.strip("[]") if host not in ("localhost",) else "127.0.0.1", int(port)))
-        except OSError as e:
-            return (
-                f"rendezvous port {endpoint} is in use on this host ({e.strerror or e}); choose another "
-                "[parallel] rdzv_endpoint, or leave it empty for a free port"
-            )
+    try:
+        taken = port_taken(host.strip("[]") if host != "localhost" else "127.0.0.1", int(port))
+    except OSError as e:
+        taken, why = True, e.strerror or str(e)
+    else:
+        why = "address in use"
+    if taken:
+        return (
+            f"rendezvous port {endpoint} is in use on this host ({why}); choose another "
+            "[parallel] rdzv_endpoint, or leave it empty for a free port"
+        )
     return ""
 
 

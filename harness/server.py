@@ -9,12 +9,10 @@ ServerError whose message is one line, with the log tail kept beside it for the 
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import procgroup
+from .ports import free_port, port_taken
 from .served import Endpoint, Server, redact_config, render
 
 if TYPE_CHECKING:
@@ -58,28 +57,6 @@ def log_tail(path: Path, n: int = 20) -> list[str]:
     except OSError:
         return []
     return [ln for ln in text.splitlines() if ln.strip()][-n:]
-
-
-def free_port(host: str) -> int:
-    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def port_taken(host: str, port: int) -> bool:
-    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            if e.errno in (errno.EADDRINUSE, errno.EACCES):
-                return True
-            raise
-    return False
-
-
-def _family(host: str) -> int:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def values(spec: Server, *, model: str, port: int, device: str, dtype: str, config: str = "") -> dict[str, str]:

@@ -21,10 +21,6 @@ MARK = {
 }
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.0f}%"
-
-
 def clip(s: str, n: int = 110) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 

@@ -9,7 +9,6 @@ Exit 0 when every batch ran, 3 when the device or model cannot be used.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import sys
 import time
@@ -24,10 +23,6 @@ from .records import Record
 
 if TYPE_CHECKING:
     import torch
-
-
-def write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
-    atomic.write_text(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:
@@ -171,7 +166,7 @@ def _run(
     writes = _writes(job)
     meta_path = Path(job.meta)
     if writes:
-        write_json_atomic(meta_path, meta)
+        atomic.write_json(meta_path, meta)
     prompts = {p["id"]: p for p in job.prompts}
     own = {os.getpid()} | ({job.server_pid} if job.server_pid else set())
     run_s = 0.0
@@ -226,7 +221,7 @@ def _run(
         ends = _gather(job, {"run_s": run_s, **after_load()})
         meta["ranks"] = [{**r, **e} for r, e in zip(meta["ranks"], ends)]
     if writes:
-        write_json_atomic(meta_path, meta)
+        atomic.write_json(meta_path, meta)
     return 0
 
 

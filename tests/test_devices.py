@@ -1,4 +1,4 @@
-"""Device facts read from the Ascend install's own files (devices.py), and a served run's device key (runner.py).
+"""Device facts read from the Ascend install's own files (devices.py), and a served run's device key (serverinfo.py).
 
 The trees under tests/fixtures/ascend/<layout>/ stand for /usr/local/Ascend. Their files are copied verbatim from
 public reports of real hosts (vllm-ascend issue templates, MindIE and MindSpore setup notes, the Ascend fault
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import baselines, devices, runner
+from harness import baselines, devices, serverinfo
 from harness.suite import Server
 from harness.tomltable import tomllib
 
@@ -148,8 +148,8 @@ def suite_command(path: str) -> str:
     ],
 )
 def test_the_server_program_is_the_real_one(command: str, program: str):
-    assert runner.server_program(Server(command=command)) == program
-    assert runner.server_program(None) == "external"
+    assert serverinfo.server_program(Server(command=command)) == program
+    assert serverinfo.server_program(None) == "external"
 
 
 def committed_served() -> list[Path]:
@@ -159,22 +159,22 @@ def committed_served() -> list[Path]:
 @pytest.mark.parametrize("path", committed_served(), ids=lambda p: str(p.relative_to(ROOT / "baselines")))
 def test_committed_served_baselines_keep_their_key(path: Path, monkeypatch):
     """What a served CPU run of `transformers serve` records now (its version included) keys as it did."""
-    monkeypatch.setattr(runner, "_this_interpreter", lambda argv, path=None: True)
-    monkeypatch.setattr(runner, "_dist_version", lambda *names: "5.25.0" if "transformers" in names else "")
+    monkeypatch.setattr(serverinfo, "_this_interpreter", lambda argv, path=None: True)
+    monkeypatch.setattr(serverinfo, "_dist_version", lambda *names: "5.25.0" if "transformers" in names else "")
     info = json.loads(path.read_text())["environment"]["device"]
-    facts = runner.served_device(Server(command=suite_command("serving.toml")), info["target"])
+    facts = serverinfo.served_device(Server(command=suite_command("serving.toml")), info["target"])
     assert facts == {"server": "transformers", "transformers": "5.25.0"}
     assert str(baselines.device_key({**info, **facts})) == path.parent.parent.name
 
 
 def test_a_served_vllm_ascend_key_names_versions_chip_and_cann(monkeypatch):
     versions = {"vllm": "0.11.0", "vllm_ascend": "0.11.0rc1"}
-    monkeypatch.setattr(runner, "_dist_version", lambda *names: next((versions[n] for n in names if n in versions), ""))
+    monkeypatch.setattr(serverinfo, "_dist_version", lambda *names: next((versions[n] for n in names if n in versions), ""))
     smi, text = devices.npu_smi_chip, (FIX / "npu-smi-info-910B3.txt").read_text()
     monkeypatch.setattr(devices, "npu_smi_chip", lambda: smi(text))
     monkeypatch.delenv("ASCEND_HOME_PATH", raising=False)
     monkeypatch.delenv("ASCEND_TOOLKIT_HOME", raising=False)
-    facts = runner.served_device(
+    facts = serverinfo.served_device(
         Server(command=suite_command("serving-vllm.toml")), "npu", root=str(FIX / "cann-8.1.RC1")
     )
     assert facts == {
@@ -190,7 +190,7 @@ def test_a_served_vllm_ascend_key_names_versions_chip_and_cann(monkeypatch):
     assert key.hardware == "endpoint-npu-arm-0x48-0xd01-c192-ascend910b3"
     assert key.software == "vllm0.11-vllmascend0.11-cann8.1"
     # On a CPU target vllm_ascend is not what runs, and there is no chip or CANN to read.
-    cpu = runner.served_device(Server(command=suite_command("serving-vllm.toml")), "cpu")
+    cpu = serverinfo.served_device(Server(command=suite_command("serving-vllm.toml")), "cpu")
     assert cpu == {"server": "vllm", "server_version": "0.11.0"}
 
 
@@ -199,13 +199,13 @@ def test_vllm_from_another_interpreter_has_no_version(monkeypatch, tmp_path: Pat
     other.parent.mkdir()
     other.write_text("#!/opt/other-venv/bin/python3\n")
     other.chmod(0o755)
-    monkeypatch.setattr(runner, "_dist_version", lambda *names: "0.11.0")
-    assert not runner._this_interpreter([str(other), "serve"])
-    assert runner.served_device(Server(command=f"{other} serve {{model}}"), "cpu") == {"server": "vllm"}
+    monkeypatch.setattr(serverinfo, "_dist_version", lambda *names: "0.11.0")
+    assert not serverinfo._this_interpreter([str(other), "serve"])
+    assert serverinfo.served_device(Server(command=f"{other} serve {{model}}"), "cpu") == {"server": "vllm"}
     ours = tmp_path / "bin" / "ours"
     ours.write_text(f"#!{sys.executable}\n")
     ours.chmod(0o755)
-    assert runner._this_interpreter([str(ours)])
+    assert serverinfo._this_interpreter([str(ours)])
 
 
 def test_the_mindie_example_names_mindie_and_its_version(tmp_path: Path, monkeypatch):
@@ -216,7 +216,7 @@ def test_the_mindie_example_names_mindie_and_its_version(tmp_path: Path, monkeyp
     monkeypatch.delenv("ASCEND_HOME_PATH", raising=False)
     monkeypatch.delenv("ASCEND_TOOLKIT_HOME", raising=False)
     command = suite_command("examples/serving-mindie.toml").replace("/usr/local/Ascend", str(root))
-    facts = runner.served_device(Server(command=command), "npu", root=str(root))
+    facts = serverinfo.served_device(Server(command=command), "npu", root=str(root))
     assert facts["server"] == "mindie" and facts["server_version"] == "2.1.RC1.B152" and facts["cann"] == "8.1.RC1"
     key = baselines.device_key({"device": "endpoint", "target": "npu", "host": "h", **facts})
     assert key.software == "mindie2.1-cann8.1"

@@ -13,6 +13,7 @@ from harness import group, profiles
 from harness.analysis.determinism import tp_invariance
 from harness.errors import OK
 from harness.pipeline import DETERMINISM
+from harness.ports import free_port
 from harness.suite import SuiteError
 from harness.suite_parse import parse
 
@@ -265,9 +266,9 @@ def test_a_held_rendezvous_port_is_refused():
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        assert "is in use on this host" in group.port_taken(f"127.0.0.1:{port}")
-    assert group.port_taken(f"127.0.0.1:{group.free_port()}") == ""
-    assert group.port_taken("node0.example:29400") == ""  # another host: only it can tell
+        assert "is in use on this host" in group.rendezvous_problem(f"127.0.0.1:{port}")
+    assert group.rendezvous_problem(f"127.0.0.1:{free_port()}") == ""
+    assert group.rendezvous_problem("node0.example:29400") == ""  # another host: only it can tell
 
 
 def test_group_note_says_per_flag_what_the_backend_ignores():

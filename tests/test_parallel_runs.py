@@ -224,7 +224,7 @@ def test_two_nodes_of_one_process_match_one_node_of_two(tmp_path: Path, tiny_mod
     suite = _tiny(tmp_path, tiny_model, '[profiles.d]\nenv = { OMP_NUM_THREADS = "1" }\n')
     one = run_cli("run", str(suite), "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
-    from harness.group import free_port
+    from harness.ports import free_port
 
     endpoint = f"127.0.0.1:{free_port()}"
 

@@ -12,7 +12,6 @@ from . import stats
 
 # Gated per-sequence metrics. ITL is pooled for percentiles only: its samples within one sequence are not
 # independent, so testing them would overstate significance.
-METRICS = ("ttft", "tpot", "e2e", "tok_s")
 HIGHER_IS_BETTER = {
     "tok_s",
 }

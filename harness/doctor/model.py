@@ -142,7 +142,7 @@ def model_tokenizer(ctx: Context) -> Iterator[Finding]:
             )
 
 
-def _mm(v: str) -> tuple[int, ...]:
+def _version_tuple(v: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", v)[:2])
 
 
@@ -160,7 +160,7 @@ def transformers_version(ctx: Context) -> Iterator[Finding]:
             yield Finding(
                 "model.transformers-version", "info", f"config written by transformers {wrote}; none installed"
             )
-        elif _mm(wrote) > _mm(installed):
+        elif _version_tuple(wrote) > _version_tuple(installed):
             yield Finding(
                 "model.transformers-version",
                 "warning",
