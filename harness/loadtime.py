@@ -46,6 +46,12 @@ def _settings(raw: list[object], t: Table) -> tuple[str, ...]:
     return tuple(out)
 
 
+# Each repeat is a cold and a warm load per setting (seconds to minutes each): a bound that no real sweep nears,
+# so that a mistyped count is one line before anything starts instead of a sweep that never ends.
+MAX_REPEATS = 1000
+REPEATS = f"a positive integer up to {MAX_REPEATS} (each repeat is a cold and a warm load per setting)"
+
+
 def load_suite(
     path: Path,
     data: dict[str, Any],
@@ -81,9 +87,9 @@ def load_suite(
         dtype=spec.dtype,
         device=device or spec.device,
         settings=settings,
-        repeats=t.get("repeats", int, 4, check=lambda v: v >= 1, expect="a positive integer"),
+        repeats=t.get("repeats", int, 4, check=lambda v: 1 <= v <= MAX_REPEATS, expect=REPEATS),
         sizes=sizes,
-        size_repeats=t.get("size_repeats", int, 2, check=lambda v: v >= 1, expect="a positive integer"),
+        size_repeats=t.get("size_repeats", int, 2, check=lambda v: 1 <= v <= MAX_REPEATS, expect=REPEATS),
         drop_caches=t.get("drop_caches", bool, True) if drop_caches is None else drop_caches,
         threshold=float(
             t.get("threshold", (int, float), 0.10, check=lambda v: 0 < v < 10, expect="a relative change such as 0.1")

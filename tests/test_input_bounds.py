@@ -20,8 +20,8 @@ import pytest
 from harness import plan
 
 from . import fakes
+from .helpers import LOADTIME_SUITE, refused, run_cli, tiny_config, tiny_tokenizer, write_suite
 from .helpers import cli_in_process as harness
-from .helpers import refused, run_cli, tiny_config, tiny_tokenizer, write_suite
 
 SUITE = """
 [suite]
@@ -148,6 +148,16 @@ def test_a_large_plan_within_the_bound_is_accepted(tmp_path: Path, fake):
     f = suite(tmp_path, schedules='[[schedules]]\nkind = "permutation"\ncount = 40', perf="[perf]\nrepeats = 3")
     code, out, err = harness("run", f, "--out", tmp_path / "out", "--baselines", tmp_path / "bl")
     assert code in (0, 1), out + err
+
+
+@pytest.mark.parametrize("key", ["repeats", "size_repeats"])
+def test_a_load_time_sweep_too_long_to_finish_is_refused_before_the_run(tmp_path: Path, key: str):
+    """(Before: accepted, and a billion repeats were planned after the run folder existed.)"""
+    f = write_suite(tmp_path / "lt.toml", LOADTIME_SUITE.replace("repeats = 1\n", f"{key} = 1000000000\n"))
+    with within(60):
+        code, _, err = harness("run", f, "--out", tmp_path / "out")
+    refused(code, err, f"{f}: loadtime.{key}", "up to 1000")
+    assert not (tmp_path / "out").exists()
 
 
 # ---- 3. prompts against the model's context ------------------------------------------------------------------------
