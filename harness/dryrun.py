@@ -40,6 +40,12 @@ STATUS = {
 def execute(kind: Kind, suite: Any, opts: Options) -> Outcome:
     """The plan as an Outcome: every check the run would report, skipped; the plan on the console. Raises
     HarnessError(USAGE) with the real run's line wherever the real run would stop before its first worker."""
+    if isinstance(suite, Suite) and (why := suite.skipped_here()):
+        head = f"dry run of {suite.path} ({kind.name}): {why}"
+        checks = [Check(g, n, "skipped", why) for g, n in kind.items(suite)]
+        return Outcome(
+            0, f"{head}\nresult: the run would skip this suite (exit 0); nothing ran", Path(opts.out), checks
+        )
     if isinstance(suite, Suite):
         lines = suite_plan(suite)
     elif hasattr(suite, "settings") and hasattr(suite, "model_ref"):

@@ -64,7 +64,7 @@ def load_suite(
 
     p = str(path)
     root = Table(p, "", data)
-    name, seed, _ = parse_head(root)
+    name, seed, _, _ = parse_head(root)
     spec = parse_model(root)
     t = root.sub("loadtime")
     settings = _settings(t.get("omp", list, [1, "cores", "unset"]), t)

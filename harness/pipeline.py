@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import adapters, degrees, gate, hostnoise, perfgate, plan, profiles, report, runner, tables
+from . import adapters, atomic, degrees, gate, hostnoise, perfgate, plan, profiles, report, runner, tables
 from .analysis import determinism, latency
-from .errors import USAGE, HarnessError
+from .errors import OK, USAGE, HarnessError
 from .jobs import JobOutcome
 from .profiles import flags_note
 from .records import Record, read_jsonl
@@ -380,6 +380,11 @@ class SuiteKind:
     def execute(self, suite: Suite, opts: Options) -> Outcome:
         from .headline import from_run
 
+        if why := suite.skipped_here():  # no worker starts; the run folder says why, so a link to it holds
+            rd = RunDir.create(opts.out, suite.name)
+            atomic.write_text(rd.path / "summary.md", f"# {suite.name}: skipped\n\n{why}\n")
+            skipped = [Check(group, name, "skipped", why) for group, name in self.items(suite)]
+            return Outcome(OK, f"{why}\nresult: SKIPPED (exit 0); report: {rd.path / 'summary.md'}", rd.path, skipped)
         res = execute(suite, opts)
         return Outcome(
             res.exit_code,

@@ -205,6 +205,13 @@ class Suite:
     endpoint: Endpoint | None = None  # outputs come from an OpenAI-compatible server, not an in-process model
     server: Server | None = None  # ... which the harness starts per profile
     parallel: Parallel = Parallel()
+    devices: tuple[str, ...] = DEVICES  # [suite] devices: where the suite means something; elsewhere it is skipped
+
+    def skipped_here(self) -> str:
+        """Why this suite does not run on the chosen device ("" when it does): one line for every check."""
+        if self.model.device in self.devices:
+            return ""
+        return f"suite {self.name} runs on {', '.join(self.devices)}; skipped on {self.model.device}"
 
     def profile(self, name: str) -> Profile:
         for p in self.profiles:

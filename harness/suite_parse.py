@@ -43,8 +43,8 @@ def load(path: str | Path) -> Suite:
     return parse(read_toml(path), str(path), base=Path(path).parent)
 
 
-def parse_head(root: Table) -> tuple[str, int, str]:
-    """The [suite] table every suite kind starts with: (name, seed, description)."""
+def parse_head(root: Table) -> tuple[str, int, str, tuple[str, ...]]:
+    """The [suite] table every suite kind starts with: (name, seed, description, the devices it runs on)."""
     head = root.sub("suite")
     name = head.get("name", str, expect='a name such as "determinism"')
     if not safe_name(name):  # it names the run directory and the baseline folder
@@ -54,8 +54,15 @@ def parse_head(root: Table) -> tuple[str, int, str]:
         raise head.fail("version", f"unsupported suite format {version}; this harness reads version {SUITE_FORMAT}")
     seed = head.get("seed", int, 0)
     description = head.get("description", str, "")
+    devices = head.get(
+        "devices",
+        list,
+        list(DEVICES),
+        check=lambda v: bool(v) and all(d in DEVICES for d in v),
+        expect=f"a non-empty list of {', '.join(DEVICES)}: the devices this suite means something on",
+    )
     head.done()
-    return name, seed, description
+    return name, seed, description, tuple(devices)
 
 
 def parse_model(root: Table) -> ModelSpec:
@@ -76,7 +83,7 @@ def parse(data: dict[str, Any], p: str, base: Path | None = None) -> Suite:
     """A suite from parsed TOML; relative prompt and attachment paths are read beside `base` (default: here)."""
     base = base or Path(".")
     root = Table(p, "", data)
-    name, seed, description = parse_head(root)
+    name, seed, description, devices = parse_head(root)
     model = parse_model(root)
 
     g = root.sub("generation", {})
@@ -193,6 +200,7 @@ def parse(data: dict[str, Any], p: str, base: Path | None = None) -> Suite:
         endpoint=endpoint,
         server=server,
         parallel=parallel,
+        devices=devices,
     )
     if problem := size_problem(suite):  # from the counts alone: a billion permutations are never drawn
         raise root.fail(*problem)

@@ -169,7 +169,9 @@ def test_committed_served_baselines_keep_their_key(path: Path, monkeypatch):
 
 def test_a_served_vllm_ascend_key_names_versions_chip_and_cann(monkeypatch):
     versions = {"vllm": "0.11.0", "vllm_ascend": "0.11.0rc1"}
-    monkeypatch.setattr(serverinfo, "_dist_version", lambda *names: next((versions[n] for n in names if n in versions), ""))
+    monkeypatch.setattr(
+        serverinfo, "_dist_version", lambda *names: next((versions[n] for n in names if n in versions), "")
+    )
     smi, text = devices.npu_smi_chip, (FIX / "npu-smi-info-910B3.txt").read_text()
     monkeypatch.setattr(devices, "npu_smi_chip", lambda: smi(text))
     monkeypatch.delenv("ASCEND_HOME_PATH", raising=False)

@@ -83,3 +83,18 @@ def test_a_report_html_that_cannot_be_written_is_a_failed_check(tmp_path: Path, 
     assert "x report.html not written: ValueError: a chart that cannot be drawn" in stdout
     kind, s = run.load(path, run.Options(out=tmp_path / "out2", baselines=tmp_path / "b"))
     assert run.REPORT_CHECK in run.items(kind, s)  # a pytest item of its own
+
+
+def test_a_suite_for_other_devices_is_skipped_with_one_line(tmp_path: Path):
+    """determinism-fp16.toml means something on npu and cuda: on the CPU default every check is skipped with one
+    line, no worker starts, and the run folder says why."""
+    fp16 = Path(__file__).resolve().parent.parent / "suites" / "determinism-fp16.toml"
+    code, out, err = harness("run", fp16, "--out", tmp_path / "out", "--no-history")
+    why = "suite determinism-fp16 runs on npu, cuda; skipped on cpu"
+    assert code == OK and why in out, out + err
+    [run_dir] = [d for d in (tmp_path / "out").iterdir()]
+    assert why in (run_dir / "summary.md").read_text() and not list((run_dir / "records").iterdir())
+    kind, s = run.load(fp16, run.Options(device="npu", out=tmp_path / "o2"))
+    assert s.skipped_here() == "" and s.model.dtype == "float16"
+    code, out, err = harness("run", fp16, "--dry-run", "--out", tmp_path / "o3")
+    assert code == OK and why in out and "would skip" in out and not (tmp_path / "o3").exists()
