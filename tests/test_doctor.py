@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import shutil
 import struct
 import sys
@@ -82,6 +83,7 @@ def test_every_check_is_registered_with_an_id_in_the_report_order():
         "determinism.transformers",
         "serving.tls",
         "serving.body",
+        "serving.mindie",
     ]
     assert list(doctor.registry())[: len(want)] == want
 
@@ -557,3 +559,38 @@ def test_a_transformers_between_the_floors(tmp_path: Path):
     assert f.severity == "error" and "from_pretrained(dtype=...)" in f.found and "logits_to_keep" not in f.found
     (f,) = findings(doctor.Context(environ=dict(os.environ)), "determinism.transformers")
     assert f.severity == "info" and "has what the adapters call" in f.found
+
+
+def mindie_suite(tmp: Path, **changes: object) -> Path:
+    """The shipped MindIE example with its config.json, changed as given (section.key = value)."""
+    import json
+    import shutil
+
+    examples = ROOT / "suites" / "examples"
+    shutil.copy(examples / "serving-mindie.toml", tmp / "serving-mindie.toml")
+    (tmp / "prompts").mkdir()
+    shutil.copy(ROOT / "suites" / "prompts" / "general.jsonl", tmp / "prompts" / "general.jsonl")
+    text = (examples / "mindie-config.json").read_text()
+    for key, value in changes.items():
+        text = re.sub(rf'("{key}": )[^,\n]+', lambda m, v=value: m[1] + json.dumps(v), text)
+    (tmp / "mindie-config.json").write_text(text)
+    return tmp / "serving-mindie.toml"
+
+
+def test_mindie_config_with_https_names_the_missing_server_tls_files(tmp_path: Path):
+    s = mindie_suite(tmp_path, httpsEnabled=True)
+    home = tmp_path / "mindie-service"
+    (f,) = findings(suite_ctx(s, environ={"MIES_INSTALL_PATH": str(home)}), "serving.mindie")
+    assert f.severity == "error" and "httpsEnabled" in f.found and "security/certs/server.pem" in f.found
+    for rel in ("security/certs/server.pem", "security/keys/server.key.pem", "security/pass/key_pwd.txt",
+                "security/ca/ca.pem", "security/certs/server_crl.pem"):  # fmt: skip
+        (home / rel).parent.mkdir(parents=True, exist_ok=True)
+        (home / rel).write_text("pem")
+    (ok,) = findings(suite_ctx(s, environ={"MIES_INSTALL_PATH": str(home)}), "serving.mindie")
+    assert ok.severity == "info" and "passes" in ok.found
+
+
+def test_mindie_prefill_below_the_input_limit_is_an_error(tmp_path: Path):
+    (f,) = findings(suite_ctx(mindie_suite(tmp_path, maxPrefillTokens=1024)), "serving.mindie")
+    assert f.severity == "error" and "maxPrefillTokens 1024 < ModelDeployConfig.maxInputTokenLen 2048" in f.found
+    assert f.fix == "raise maxPrefillTokens to at least 2048"

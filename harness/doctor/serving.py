@@ -1,5 +1,6 @@
 """The doctor's checks of served suites: their TLS files (present, readable, not expired, key matching the
-certificate) and every request body as the server will see it (media formats, the body limit)."""
+certificate), every request body as the server will see it (media formats, the body limit), and a MindIE
+config.json as the harness renders it (the server's own TLS files, the prefill limits the FAQ names)."""
 
 from __future__ import annotations
 
@@ -155,3 +156,67 @@ def serving_body(ctx: Context) -> Iterator[Finding]:
             yield Finding(
                 "serving.body", "info", f"{s.path}: {len(suite.prompts)} prompt(s) under {ep.max_body_bytes} bytes"
             )
+
+
+# MindIE resolves the relative TLS paths of config.json against its install folder (MIES_INSTALL_PATH).
+MINDIE_HOME = "/usr/local/Ascend/mindie/latest/mindie-service"
+
+
+def mindie_findings(where: str, cfg: dict[str, Any], home: Path) -> Iterator[Finding]:
+    """A rendered MindIE config.json against the MindIE FAQ's start-up failures that can be seen before it starts:
+    httpsEnabled with TLS files that are not there, and maxPrefillTokens below maxInputTokenLen."""
+    server = cfg.get("ServerConfig") or {}
+    backend = cfg.get("BackendConfig") or {}
+    deploy = backend.get("ModelDeployConfig") or {}
+    schedule = backend.get("ScheduleConfig") or {}
+    if server.get("httpsEnabled"):
+        files = [server.get(k) for k in ("tlsCert", "tlsPk", "tlsPkPwd")]
+        files += [str(Path(server.get("tlsCaPath") or "") / f) for f in server.get("tlsCaFile") or []]
+        files += [str(Path(server.get("tlsCrlPath") or "") / f) for f in server.get("tlsCrlFiles") or []]
+        missing = [f for f in files if isinstance(f, str) and f and not (home / f).is_file()]
+        if missing:
+            yield Finding(
+                "serving.mindie",
+                "error",
+                f"{where}: httpsEnabled, but {len(missing)} TLS file(s) are not under {home}: {', '.join(missing)}",
+                "put the server's certificates there (MindIE's security/ folders), or set httpsEnabled false and "
+                "base_url http:// for a test host",
+            )
+    inp, prefill = deploy.get("maxInputTokenLen"), schedule.get("maxPrefillTokens")
+    if isinstance(inp, int) and isinstance(prefill, int) and prefill < inp:
+        yield Finding(
+            "serving.mindie",
+            "error",
+            f"{where}: ScheduleConfig.maxPrefillTokens {prefill} < ModelDeployConfig.maxInputTokenLen {inp}: "
+            "MindIE refuses to start",
+            f"raise maxPrefillTokens to at least {inp}",
+        )
+
+
+@check("serving.mindie")
+def serving_mindie(ctx: Context) -> Iterator[Finding]:
+    import json
+
+    rendered = 0
+    for s in ctx.suites:
+        srv = s.data.get("server")
+        if not isinstance(srv, dict) or not isinstance(srv.get("config"), str) or not srv["config"]:
+            continue
+        template = s.path.parent / srv["config"]
+        vals = {"model": "model", "port": "0", "host": str(srv.get("host", "127.0.0.1")), "device": ctx.device}
+        vals |= {"dtype": "bfloat16", "python": "python", "config": str(template)}
+        try:
+            cfg = json.loads(served.render(template.read_text(encoding="utf-8"), vals))
+        except (OSError, ValueError) as e:
+            yield Finding("serving.mindie", "info", f"{s.path}: server.config {template} not checked ({e})")
+            continue
+        if not isinstance(cfg, dict) or "ServerConfig" not in cfg:
+            continue  # not a MindIE config
+        rendered += 1
+        home = Path(ctx.environ.get("MIES_INSTALL_PATH") or MINDIE_HOME)
+        found = list(mindie_findings(f"{s.path}: {template.name}", cfg, home))
+        yield from found
+        if not found:
+            yield Finding("serving.mindie", "info", f"{s.path}: {template.name} passes the MindIE start-up checks")
+    if not rendered:
+        yield Finding("serving.mindie", "info", "no MindIE config in scope")
