@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import baselines, perfgate, report_loadtime, runner
+from . import baselines, report_loadtime, runner, timing
 from .analysis import loadtime as lt
 from .analysis import stats
 from .errors import INFRA, USAGE, HarnessError
@@ -316,7 +316,7 @@ def analyse(run: LoadRun, baseline_root: Path, update: bool, reason: str) -> Non
         if found.same_hardware:
             against.gated = changes
         else:
-            against.shown = perfgate.ungated(changes)
+            against.shown = timing.ungated(changes)
             run.ungated_note = (
                 f"load times shown, not gated: the baselines were measured on other hardware "
                 f"({found.key.hardware}; this run {key.hardware}); {hint}"

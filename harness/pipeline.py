@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import adapters, atomic, degrees, gate, hostnoise, perfgate, plan, profiles, report, runner, tables
+from . import adapters, against, atomic, degrees, hostnoise, plan, profiles, report, runner, tables, timing
 from .analysis import determinism, latency
 from .errors import OK, USAGE, HarnessError
 from .jobs import JobOutcome
@@ -148,7 +148,7 @@ def noise_notes(suite: Suite, jobs: list[JobOutcome]) -> list[str]:
     return [
         f"profile {j.profile} pass {k} ran beside other work: {hostnoise.describe(p)}"
         for j in jobs
-        for k, p in sorted(perfgate.noisy_passes(j.meta, suite.perf.noise_share).items())
+        for k, p in sorted(timing.noisy_passes(j.meta, suite.perf.noise_share).items())
     ]
 
 
@@ -246,7 +246,7 @@ def execute(suite: Suite, opts: Options) -> report.RunResult:
     failures = failed_requests(every)
     verdicts = analyse(suite, jobs, records) + input_limit(jobs)
     samples = {name: latency.samples(recs) for name, recs in records.items()}
-    base = gate.against_baselines(suite, jobs, records, samples, opts)
+    base = against.against_baselines(suite, jobs, records, samples, opts)
     paths = [profiles.run_path(suite, tp) for tp in suite.parallel.tp]
     notes = [f"profile {p.name}: {n}" for p in suite.profiles if (n := profiles.note(p, suite.model.device, paths))]
     notes += [suite.parallel.why] if suite.parallel.why else []
@@ -270,7 +270,7 @@ def execute(suite: Suite, opts: Options) -> report.RunResult:
         started=started,
         baseline=base,
         latency=samples,
-        cost=perfgate.cost(suite.perf, {j.profile: j for j in jobs}, records, suite.seed) if suite.perf else [],
+        cost=timing.cost(suite.perf, {j.profile: j for j in jobs}, records, suite.seed) if suite.perf else [],
         failures=failures,
         records=records,
         model_dir=str(model_dir),

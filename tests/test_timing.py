@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from harness import baselines, perfgate
+from harness import baselines, timing
 from harness.analysis import stats
 
 DRIFT = 0.016  # A/A run medians on the 2-core VM drift by about 1.6% (sd) from run to run
@@ -84,13 +84,13 @@ def test_noisy_passes_and_a_row_that_only_they_decide():
             {"repeat": 1, "warmup": False, "others_share": 0.6, "steal_share": 0.0, "top": [["cpu-hog", 4242, 0.55]]},
         ]
     }
-    noisy = perfgate.noisy_passes(meta, 0.25)
+    noisy = timing.noisy_passes(meta, 0.25)
     assert list(noisy) == [1]  # warm-up passes are never judged
     row = stats.Change("solo tpot", "regressed", 24, 24, 0.05, 0.06, 1.2, p=1e-6, threshold=0.05)
     clean = stats.Change("solo tpot", "~", 24, 12, 0.05, 0.0501, 1.002, p=0.6, threshold=0.05)
-    out = perfgate.recheck([row], [clean], noisy, 0.001)
+    out = timing.recheck([row], [clean], noisy, 0.001)
     assert out[0].status == "noisy" and out[0].mark == "?" and "cpu-hog[4242] 55%" in out[0].note
-    held = perfgate.recheck([row], [row], noisy, 0.001)
+    held = timing.recheck([row], [row], noisy, 0.001)
     assert held[0].status == "regressed" and "holds without" in held[0].note
 
 

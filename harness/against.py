@@ -1,11 +1,11 @@
-"""The determinism kind's baseline gate: outputs against the stored baselines at the level the baseline's tier
-asks for, latency against the baseline's run history under one false-alarm budget, or new baselines when asked."""
+"""A determinism or served run against the stored baselines: outputs at the level the baseline's tier asks for,
+latency against the baseline's run history under one false-alarm budget, or new baselines when asked."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from . import baselines, envinfo, perfgate, report
+from . import baselines, envinfo, report, timing
 from .analysis import baseline as baseline_check
 from .analysis import determinism
 from .jobs import JobOutcome
@@ -94,8 +94,8 @@ def _one(
             f"({found.key.hardware}; this run {key.hardware}), and timings compare only on one "
             f"hardware; {baselines.record_hint(suite.path)}"
         )
-    rows = perfgate.against(suite.perf, b, records[j.name], j.meta, suite.seed)
-    out.changes[j.name] = rows if found.same_hardware else perfgate.ungated(rows)
+    rows = timing.against(suite.perf, b, records[j.name], j.meta, suite.seed)
+    out.changes[j.name] = rows if found.same_hardware else timing.ungated(rows)
     out.gated[j.name] = found.same_hardware
     out.found[j.name] = b
 
@@ -104,13 +104,13 @@ def _decide(suite: Suite, jobs: list[JobOutcome], records: dict[str, list[Record
     """One false-alarm budget for every gated row of the run; a row that only noisy passes decide is `noisy`."""
     assert suite.perf is not None
     gated = {p: cs for p, cs in out.changes.items() if out.gated.get(p)}
-    decided, out.alpha_row = perfgate.decide(gated, suite.perf.budget)
+    decided, out.alpha_row = timing.decide(gated, suite.perf.budget)
     for j in jobs:
         if j.name not in decided:
             continue
-        noisy = perfgate.noisy_passes(j.meta, suite.perf.noise_share)
+        noisy = timing.noisy_passes(j.meta, suite.perf.noise_share)
         without = (
-            perfgate.against(
+            timing.against(
                 suite.perf,
                 out.found[j.name],
                 [r for r in records[j.name] if r.repeat not in noisy],
@@ -120,7 +120,7 @@ def _decide(suite: Suite, jobs: list[JobOutcome], records: dict[str, list[Record
             if noisy
             else []
         )
-        out.changes[j.name] = perfgate.recheck(decided[j.name], without, noisy, out.alpha_row)
+        out.changes[j.name] = timing.recheck(decided[j.name], without, noisy, out.alpha_row)
     if gated:
         rows = sum(len(cs) for cs in gated.values())
         out.notes.append(
