@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -34,26 +33,6 @@ def embedded_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(embedded_dir: Path, tmp_path_factory) -> Path:
     """A 2-layer random Llama with the real tokenizer: fast, and a real HF directory to load."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from .helpers import tiny_llama
 
-    out = tmp_path_factory.mktemp("tiny-llama")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    for f in embedded_dir.iterdir():
-        if f.name.startswith("tokenizer") or f.name in ("special_tokens_map.json", "chat_template.jinja"):
-            shutil.copy(f, out / f.name)
-    return out
+    return tiny_llama(tmp_path_factory.mktemp("tiny-llama"), embedded_dir)

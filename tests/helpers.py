@@ -285,3 +285,32 @@ def dry_run_jobs(out: str) -> dict[str, list[tuple[str, int]]]:
         elif m := re.match(r"\| (\S+)\s+\| \S+\s+\|\s+(\d+) \|\s+\d+ \|", line):
             found[suite].append((m[1], int(m[2])))
     return found
+
+
+def tiny_llama(out: Path, tokenizer_dir: Path, *, heads: int = 4, kv_heads: int = 2, hidden: int = 32) -> Path:
+    """A 2-layer random Llama (seed 0) saved in `out`, with the tokenizer files of `tokenizer_dir`: fast, and a real
+    HF directory to load. Heads and KV heads choose which tensor parallel degrees it splits into."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    for f in tokenizer_dir.iterdir():
+        if f.name.startswith("tokenizer") or f.name in ("special_tokens_map.json", "chat_template.jinja"):
+            shutil.copy(f, out / f.name)
+    return out

@@ -8,7 +8,6 @@ Each test prints the time from the signal until no process of the run remained (
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import sys
 import threading
@@ -19,7 +18,7 @@ import pytest
 
 from harness import cancel, procgroup
 
-from .helpers import ROOT, lines, load_report, start_until_mid_run, write_suite
+from .helpers import ROOT, lines, load_report, start_until_mid_run, tiny_llama, write_suite
 
 process = pytest.mark.process  # the CLI, its workers, torchrun and a server, signalled for real
 
@@ -95,29 +94,7 @@ def signals_reach_the_cli():
 @pytest.fixture(scope="module")
 def tiny_model_tp3(embedded_dir: Path, tmp_path_factory) -> Path:
     """A 2-layer random Llama whose 6 attention and 3 KV heads split 3 ways, with the real tokenizer."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("tiny-llama-tp3")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=48,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=6,
-        num_key_value_heads=3,
-        max_position_embeddings=512,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    for f in embedded_dir.iterdir():
-        if f.name.startswith("tokenizer") or f.name in ("special_tokens_map.json", "chat_template.jinja"):
-            shutil.copy(f, out / f.name)
-    return out
+    return tiny_llama(tmp_path_factory.mktemp("tiny-llama-tp3"), embedded_dir, heads=6, kv_heads=3, hidden=48)
 
 
 def run_processes(harness_pid: int, known: set[int]) -> list[int]:
