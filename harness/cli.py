@@ -18,7 +18,7 @@ from typing import NoReturn
 
 from . import __version__, cancel, run
 from .errors import INFRA, HarnessError
-from .options import add_run_options, from_namespace
+from .options import add_run_options, from_namespace, seconds
 
 
 class _Parser(argparse.ArgumentParser):
@@ -74,7 +74,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="how much worse a gated metric may shift, by kind or full name, e.g. tpot=0.03 (repeatable)",
     )
     tr.add_argument("--last", type=int, default=0, metavar="N", help="only the last N runs of each history")
+    loc = sub.add_parser(
+        "localize", help="the first module and operator whose output bits differ, for a run's non-bitwise cases"
+    )
+    loc.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run folder, reports/<run-id>/")
+    loc.add_argument("--profile", default=None, help="only this profile's cases")
+    loc.add_argument("--prompt", default=None, metavar="ID", help="only this prompt's cases")
+    loc.add_argument("--batch", default=None, metavar="B", help="only the cases compared in this batch (a batch id)")
+    loc.add_argument(
+        "--max-cases", type=positive, default=3, metavar="N", help="at most N cases, worst first (default 3)"
+    )
+    loc.add_argument("--dump", type=Path, default=None, metavar="DIR", help="write the tensors as .npy + manifest")
+    loc.add_argument("--adapter", default=None, help="replay with this adapter instead of the job's")
+    loc.add_argument("--timeout", type=seconds, default=1800.0, help="seconds for each replay worker (default 1800)")
     return p
+
+
+def positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return v
 
 
 def probability(text: str) -> float:
@@ -135,7 +158,19 @@ def trend_main(args: argparse.Namespace) -> int:
     return trend.main(args.history, args.pvalue, dict(args.threshold), max(0, args.last))
 
 
-COMMANDS = {"calibrate": calibrate_main, "doctor": doctor_main, "signoff": signoff_main, "trend": trend_main}
+def localize_main(args: argparse.Namespace) -> int:
+    from .localize import command
+
+    return command.main(args)
+
+
+COMMANDS = {
+    "calibrate": calibrate_main,
+    "doctor": doctor_main,
+    "localize": localize_main,
+    "signoff": signoff_main,
+    "trend": trend_main,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

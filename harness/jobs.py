@@ -7,6 +7,7 @@ import dataclasses
 import json
 import signal
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from .plan import Batch
@@ -56,6 +57,38 @@ class Job:
         d["batches"] = tuple(Batch(**{**b, "prompt_ids": tuple(b["prompt_ids"])}) for b in d["batches"])
         d["endpoint"] = Endpoint(**d["endpoint"]) if d["endpoint"] else None
         return cls(**d)
+
+
+def env_path(job_path: Path) -> Path:
+    """Where the variables a job's worker got on top of os.environ are kept: beside its job file, so a later replay of
+    the job (harness.localize) starts its worker with the same environment."""
+    return job_path.with_name(job_path.name.removesuffix(".json") + ".env.json")
+
+
+def save_env(path: Path, env: dict[str, str | None]) -> None:
+    """The worker's added variables (None: unset), with secret-named values redacted: a replay inherits those from
+    its own environment instead."""
+    from .envinfo import redact
+
+    shown = redact({k: v for k, v in env.items() if v is not None})
+    path.write_text(
+        json.dumps({k: (shown[k] if v is not None else None) for k, v in sorted(env.items())}, indent=1),
+        encoding="utf-8",
+    )
+
+
+def load_env(path: Path) -> dict[str, str | None] | None:
+    """What save_env kept, redacted values left out (inherited); None when the job has no such file (a run folder
+    written before it)."""
+    from .envinfo import REDACTED
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    return {str(k): (None if v is None else str(v)) for k, v in data.items() if v != REDACTED}
 
 
 @dataclass

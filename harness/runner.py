@@ -25,7 +25,7 @@ import harness
 
 from . import cancel, group, procgroup
 from .errors import INFRA, USAGE, HarnessError
-from .jobs import Job, JobOutcome
+from .jobs import Job, JobOutcome, env_path, save_env
 from .plan import Batch
 from .serverinfo import served_device, server_program
 from .status import WorkerStatus
@@ -71,11 +71,14 @@ def prepare_model(ref: str, timeout_s: float = 1800) -> Path:
     return Path(p.stdout.strip().splitlines()[-1])
 
 
-def run_child(argv: list[str], timeout_s: float | None = None) -> subprocess.CompletedProcess[str]:
-    """A helper child before the workers (model conversion, a synthetic checkpoint), registered like them so that a
-    cancelled run stops it too; none starts once the run is cancelled (Cancelled)."""
+def run_child(
+    argv: list[str], timeout_s: float | None = None, env: dict[str, str | None] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """A helper child before the workers (model conversion, a synthetic checkpoint) or after them (a replay,
+    harness.localize, with a job's `env`), registered like them so that a cancelled run stops it too; none starts
+    once the run is cancelled (Cancelled)."""
     cancel.check()
-    return procgroup.run(argv, timeout=timeout_s, env=child_env({}))
+    return procgroup.run(argv, timeout=timeout_s, env=child_env(env or {}))
 
 
 def make_job(suite: Suite, profile: Profile, batches: list[Batch], model_dir: Path, run_dir: Path, tp: int = 1) -> Job:
@@ -141,6 +144,7 @@ class _Worker:
         argv = [sys.executable, "-m", "harness.worker", str(job_path)]
         if launch is not None:  # a worker group: torchrun's ranks, each with its share of the cores and the marker
             argv, env = launch.argv, worker_env(env, launch=launch)
+        save_env(env_path(job_path), env)
         with open(self.log, "wb") as logf:
             self.proc = procgroup.start(
                 argv,

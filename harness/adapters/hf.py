@@ -78,15 +78,37 @@ class HFAdapter:
         text: str = prompt["text"]
         return text
 
+    def encode(self, prompts: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch as the model sees it: (input ids, attention mask, position ids), left-padded, on the device."""
+        enc = self.tok([self.render(p) for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False)
+        ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        # Left padding: positions count real tokens only, so a row's positions do not depend on its neighbours.
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        return ids, mask, pos
+
+    @staticmethod
+    def advance(mask: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mask and positions for the next decode step (one new token per row)."""
+        return torch.cat((mask, mask.new_ones((mask.shape[0], 1))), dim=-1), pos[:, -1:] + 1
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any) -> Any:
+        """One forward pass, prefill or decode: the only way generate() (and harness.localize's replay) calls the
+        model, so a replay runs the same kernels."""
+        return self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self.cache_kw: cache},
+        )
+
     @torch.inference_mode()
     def generate(self, prompts: list[dict[str, Any]]) -> list[Generated]:
         from transformers import DynamicCache
 
         dev, k, steps = self.device, self.job.top_logprobs, self.job.max_new_tokens
-        enc = self.tok([self.render(p) for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False)
-        ids, mask = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
-        # Left padding: positions count real tokens only, so a row's positions do not depend on its neighbours.
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, pos = self.encode(prompts)
         cache = DynamicCache()
         rows = len(prompts)
         toks: list[list[int]] = [[] for _ in range(rows)]
@@ -97,14 +119,7 @@ class HFAdapter:
         done = [False] * rows
         devices.synchronize(dev)
         t0 = time.perf_counter()
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=pos,
-            use_cache=True,
-            logits_to_keep=1,
-            **{self.cache_kw: cache},
-        )
+        out = self.forward(ids, mask, pos, cache)
         for step in range(steps):
             logits = out.logits[:, -1, :]
             nxt = logits.argmax(-1)
@@ -128,16 +143,8 @@ class HFAdapter:
                 done[r] = nxt_h[r] in self.eos
             if all(done) or step == steps - 1:
                 break
-            mask = torch.cat((mask, mask.new_ones((rows, 1))), dim=-1)
-            pos = pos[:, -1:] + 1
-            out = self.model(
-                input_ids=nxt[:, None],
-                attention_mask=mask,
-                position_ids=pos,
-                use_cache=True,
-                logits_to_keep=1,
-                **{self.cache_kw: cache},
-            )
+            mask, pos = self.advance(mask, pos)
+            out = self.forward(nxt[:, None], mask, pos, cache)
         return [
             Generated(
                 tokens=toks[r],

@@ -301,7 +301,7 @@ class Verdict:
         return max(self.unique_outputs.values(), default=0)
 
 
-def _references(records: list[Record], prop: str) -> tuple[dict[str, Record], list[Record]]:
+def references(records: list[Record], prop: str) -> tuple[dict[str, Record], list[Record]]:
     """(reference per prompt, records compared against it)."""
     if prop == "repeatability":
         refs: dict[str, Record] = {}
@@ -423,7 +423,7 @@ def evaluate(records: list[Record], profile: str, prop: str, expect: Expectation
     failed = sum(r.failed for r in records if r.kind in PROPERTY_KINDS[prop] or r.kind == "solo")
     records = [r for r in records if not r.failed]
     level = lowest_level(records)
-    refs, others = _references(records, prop)
+    refs, others = references(records, prop)
     comps = [compare(refs[r.prompt_id], r, k) for r in others if r.prompt_id in refs]
     tok_sets: dict[str, set[tuple[int | str, ...]]] = defaultdict(set)
     bit_sets: dict[str, set[tuple[str, ...]]] = defaultdict(set)

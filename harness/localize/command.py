@@ -1,0 +1,136 @@
+"""`harness localize RUN_DIR`: pick the cases, replay them in a worker with each job's environment, write
+localize.json, print one line per case.
+
+Exit 0 when every case was replayed (whether or not a module differs), 2 for bad input (no records, a profile,
+prompt or batch not in the run, a case that is bitwise, an engine the harness cannot hook), 3 when the replay
+worker fails (the model or device will not come up, a crash, a timeout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from .. import atomic, runner
+from ..errors import INFRA, USAGE, HarnessError
+from ..jobs import Job, env_path, load_env
+from ..registry import ADAPTERS, RegistryError
+from . import UNHOOKABLE, cases, summary
+
+SCHEMA_VERSION = 1
+FOLDER = "localize"  # in the run folder: each replay's spec, result and log
+REMOTE = {"endpoint": "a server", "vllm": "vLLM's engine"}  # built-in adapters whose model the harness does not hold
+
+
+def engine(job: Job, adapter: str) -> str:
+    """The engine the model runs in when the harness cannot hold it (a server, vLLM), else "". A custom adapter
+    without the hf adapter's forward path is found out by the worker, which says the same line."""
+    if job.endpoint is not None:
+        return "the server"
+    try:
+        target = ADAPTERS.resolve(adapter)
+    except RegistryError as e:  # the run's adapter is not installed here, or --adapter names none
+        raise HarnessError(f"profile {job.profile!r}: {e}", USAGE) from None
+    return next((eng for name, eng in REMOTE.items() if target == ADAPTERS.builtin[name]), "")
+
+
+def refusal(job: Job, adapter: str, where: str) -> str:
+    return UNHOOKABLE.format(what=f"profile {job.profile!r} (adapter {adapter!r})", engine=where or "its engine")
+
+
+def job_env(run_dir: Path, run: cases.JobRun) -> dict[str, str | None]:
+    """What the job's worker got on top of os.environ (jobs/<job>.env.json); a run folder written before that file
+    falls back on the variables the worker recorded in its meta (records/<job>.meta.json: the ones that shape
+    determinism, ATB_* OMP_* MKL_* ...)."""
+    env = load_env(env_path(run.path))
+    if env is not None:
+        return env
+    try:
+        meta = json.loads((run_dir / "records" / f"{run.job.name}.meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    from ..envinfo import REDACTED
+
+    recorded = meta.get("env", {}) if isinstance(meta, dict) else {}
+    return {k: str(v) for k, v in recorded.items() if v != REDACTED and not k.startswith("HARNESS_")}
+
+
+def replay(
+    run_dir: Path, run: cases.JobRun, todo: list[cases.Case], args: argparse.Namespace, first: int
+) -> dict[str, Any]:
+    """One worker for one job's cases: its result file's content."""
+    folder = run_dir / FOLDER
+    folder.mkdir(exist_ok=True)
+    name = run.job.name
+    spec_path, out, log = folder / f"{name}.spec.json", folder / f"{name}.result.json", folder / f"{name}.log"
+    out.unlink(missing_ok=True)
+    adapter = args.adapter or run.job.adapter
+    spec = {
+        "job": str(run.path),
+        "adapter": args.adapter or "",
+        "cases": [c.to_dict() for c in todo],
+        "dump": str(args.dump) if args.dump else "",
+        "first": first,
+        "out": str(out),
+        "unhookable": refusal(run.job, adapter, engine(run.job, adapter)),
+    }
+    atomic.write_json(spec_path, spec)
+    argv = [sys.executable, "-m", "harness.localize.replay", str(spec_path)]
+    try:
+        p = runner.run_child(argv, args.timeout, job_env(run_dir, run))
+    except subprocess.TimeoutExpired:
+        raise HarnessError(
+            f"the replay of job {name!r} timed out after {args.timeout:.0f}s; see {log}", INFRA
+        ) from None
+    log.write_text(p.stdout + p.stderr, encoding="utf-8")
+    said = next((ln.removeprefix("error: ") for ln in reversed(p.stderr.splitlines()) if ln.startswith("error: ")), "")
+    if p.returncode == USAGE:
+        raise HarnessError(said or f"the replay of job {name!r} refused its cases; see {log}", USAGE)
+    if p.returncode != 0 or not out.is_file():
+        tail = said or next((ln for ln in reversed(p.stderr.splitlines()) if ln.strip()), "no output")
+        raise HarnessError(f"the replay of job {name!r} failed (exit {p.returncode}): {tail}; see {log}", INFRA)
+    result: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
+    return result
+
+
+def main(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    runs = cases.read_run(run_dir)
+    for r in runs:  # an engine that cannot be hooked: one line before any case is looked for or worker started
+        adapter = args.adapter or r.job.adapter
+        if (args.profile in (None, r.job.profile)) and (where := engine(r.job, adapter)):
+            raise HarnessError(refusal(r.job, adapter, where), USAGE)
+    chosen = cases.select(runs, profile=args.profile, prompt=args.prompt, batch=args.batch, max_cases=args.max_cases)
+    by_job = {r.job.name: r for r in runs}
+    entries: list[dict[str, Any]] = []
+    t0 = time.monotonic()
+    grouped: dict[str, list[cases.Case]] = defaultdict(list)
+    for c in chosen:
+        grouped[c.job].append(c)
+    done = 0
+    for job_name, todo in grouped.items():
+        got = replay(run_dir, by_job[job_name], todo, args, done)
+        for c, res in zip(todo, got["results"]):
+            entry = {"case": c.shown(), **res}
+            entry = {"summary": summary.line(entry), **entry, "load_s": got["load_s"]}
+            entries.append(entry)
+        done += len(todo)
+    doc = {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_dir.resolve().name,
+        "seconds": time.monotonic() - t0,
+        "localization": entries,
+    }
+    atomic.write_json(run_dir / "localize.json", doc)
+    if not chosen:
+        print(f"nothing to localise: every compared sequence in {run_dir} is bitwise identical to its reference")
+    for e in entries:
+        print(e["summary"])
+    print(f"localize.json: {run_dir / 'localize.json'} ({len(entries)} case(s), {doc['seconds']:.1f} s)")
+    return 0
