@@ -299,6 +299,11 @@ def divergence_maps(result: Any) -> tuple[list[dict[str, Any]], dict[str, dict[s
             {
                 "profile": v.profile,
                 "property": v.property,
+                "where": [
+                    where_panel(e)
+                    for e in getattr(result, "localization", [])
+                    if (e["case"]["profile"], e["case"]["property"]) == (v.profile, v.property)
+                ],
                 "status": v.status,
                 "columns": [f"{s} {k + 1}" if sum(1 for x, _ in columns if x == s) > 1 else s for s, k in columns],
                 "rows": [{"prompt": p, "cells": [cells[p].get(col) for col in columns]} for p in sorted(cells)],
@@ -307,6 +312,43 @@ def divergence_maps(result: Any) -> tuple[list[dict[str, Any]], dict[str, dict[s
             }
         )
     return maps, details
+
+
+def where_panel(entry: dict[str, Any]) -> dict[str, Any]:
+    """Under a divergence map: where its worst case's variance enters (harness localize), with the first operator
+    and the per-layer growth of the difference."""
+    op = entry.get("operator") or {}
+    shapes = " · ".join(
+        f"{side} {' x '.join(str(list(s)) for s in op.get(k) or [])}"
+        for side, k in (("reference", "ref_inputs"), ("compared", "other_inputs"))
+        if op.get(k)
+    )
+    return {
+        "summary": entry["summary"],
+        "operator": op.get("name", ""),
+        "shapes": shapes,
+        "svg": layer_figure(entry) if entry.get("layers") else "",
+    }
+
+
+def layer_figure(entry: dict[str, Any]) -> str:
+    """max |Δ| and max relative difference of each decoder layer's output, log scale; a bit-identical layer sits on
+    the axis floor (a log axis has no zero)."""
+    plt = _plt()
+    layers = entry["layers"]
+    xs = [e["layer"] for e in layers]
+    fig, ax = plt.subplots(figsize=(6.4, 2.4))
+    values = [e.get(m, 0.0) or 0.0 for e in layers for m in ("max_abs", "max_rel")]
+    floor = min((x for x in values if x > 0), default=1e-12) / 10
+    for metric, label in (("max_abs", "max |Δ|"), ("max_rel", "max |Δ| / max |ref|")):
+        ys = [max(e.get(metric, 0.0) or 0.0, floor) for e in layers]
+        ax.plot(xs, ys, marker=".", label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("decoder layer (output)")
+    ax.set_title(f"step {entry.get('step', '?')}: the difference layer by layer", fontsize=9)
+    ax.legend(fontsize=8, frameon=False)
+    ax.grid(True, which="major", alpha=0.3)
+    return svg(fig)
 
 
 # ---- charts ------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ load → plan → prepare → run → analyse → report.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from . import adapters, against, atomic, degrees, hostnoise, plan, profiles, rep
 from .analysis import determinism, latency
 from .errors import OK, USAGE, HarnessError
 from .jobs import JobOutcome
+from .localize import auto
 from .profiles import flags_note
 from .records import Record, read_jsonl
 from .run import Check, Options, Outcome, Progress, RunDir, exit_code
@@ -252,6 +254,7 @@ def execute(suite: Suite, opts: Options) -> report.RunResult:
     notes += [suite.parallel.why] if suite.parallel.why else []
     notes += [n for j in jobs if (n := profiles.group_note(j.profile, j.tp, j.meta))]
     flags = flags_note(suite)
+    where = localize_at_end(suite, rd.path, verdicts)
     every_verdict = verdicts + base.verdicts
     code = exit_code(
         infra=any(not j.ok for j in jobs) or bool(failures) or base.unwritable,
@@ -266,7 +269,12 @@ def execute(suite: Suite, opts: Options) -> report.RunResult:
         jobs=jobs,
         verdicts=verdicts,
         exit_code=code,
-        notes=notes + ([flags] if flags else []) + served_notes(suite, jobs) + base.notes + noise_notes(suite, jobs),
+        notes=notes
+        + ([flags] if flags else [])
+        + served_notes(suite, jobs)
+        + base.notes
+        + noise_notes(suite, jobs)
+        + where.notes,
         started=started,
         baseline=base,
         latency=samples,
@@ -275,9 +283,20 @@ def execute(suite: Suite, opts: Options) -> report.RunResult:
         records=records,
         model_dir=str(model_dir),
         cost_label=profiles.cost_label(suite),
+        localization=where.entries,
     )
     report.write(res)
     return res
+
+
+def localize_at_end(suite: Suite, run_dir: Path, verdicts: list[determinism.Verdict]) -> auto.Localization:
+    """[localize] auto: where the variance enters, for the worst case of each property that failed or was only
+    close; said on stderr first, since a replay takes tens of seconds per case."""
+    if not suite.localize.auto or not (pairs := auto.wanted(verdicts)):
+        return auto.Localization()
+    shown = ", ".join(f"{p} {prop}" for p, prop in sorted(pairs))
+    print(f"localize: where the variance enters, at most {suite.localize.max_cases} case(s): {shown}", file=sys.stderr)
+    return auto.run(run_dir, verdicts, suite.localize.max_cases, suite.timeout_s)
 
 
 def follower(suite: Suite, rd: RunDir, jobs: list[JobOutcome], started: float) -> report.RunResult:

@@ -69,6 +69,7 @@ class RunResult:
     cost_label: str = ""  # why the cost means less than it seems
     records: dict[str, list[Record]] = field(default_factory=dict)  # profile -> analysed records, for report.html
     model_dir: str = ""  # the prepared model folder: its tokenizer names top-k alternatives in report.html
+    localization: list[dict[str, Any]] = field(default_factory=list)  # localize.json's entries (the end of the run)
 
     def all_verdicts(self) -> list[Verdict]:
         return self.verdicts + self.baseline.verdicts
@@ -129,6 +130,8 @@ def console(res: RunResult) -> str:
         ]
     if res.suite.endpoint is not None and any(res.latency.values()):
         out += ["latency through the server", latency_table(res.latency), ""]
+    if res.localization:
+        out += ["where the variance enters (localize.json):", *[f"  {e['summary']}" for e in res.localization], ""]
     out += [f"! {j.describe()}" for j in res.jobs if not j.ok]
     out += [
         f"! request failed: {r.profile} prompt {r.prompt_id!r} in {r.batch_id}: {r.error}" for r in res.failures[:10]
@@ -231,9 +234,28 @@ def summary_md(res: RunResult) -> str:
             unique_table(res.verdicts),
             "",
         ]
+    if res.localization:
+        md += [
+            "## Where it breaks",
+            "",
+            "The worst case of each property that failed or was only close, replayed with the recorded tokens and "
+            "hooked module by module, then operator by operator (`harness localize`; every module's and operator's "
+            "metrics in `localize.json`):",
+            "",
+            *[f"- {e['summary']}" for e in res.localization],
+            "",
+        ]
     if res.notes:
         md += ["## Notes", "", *[f"- {n}" for n in res.notes], ""]
     return "\n".join(md)
+
+
+BULKY = ("modules", "operators")  # every module's and operator's metrics: localize.json keeps them
+
+
+def localization_json(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """report.json's localization: each case without the per-module and per-operator lists."""
+    return [{k: v for k, v in e.items() if k not in BULKY} for e in entries]
 
 
 def to_json(res: RunResult) -> dict[str, Any]:
@@ -289,6 +311,7 @@ def to_json(res: RunResult) -> dict[str, Any]:
         "failed_requests": [
             {k: getattr(r, k) for k in ("profile", "prompt_id", "batch_id", "error", "extra")} for r in res.failures
         ],
+        "localization": localization_json(res.localization),
         "notes": res.notes,
     }
 

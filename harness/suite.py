@@ -151,6 +151,15 @@ LATENCY_METRICS = ("ttft", "tpot", "e2e", "tok_s")
 
 
 @dataclass(frozen=True)
+class Localize:
+    """[localize]: at the end of a run, the worst case of each property that failed or was only close is localised
+    (harness.localize.auto), at most `max_cases` of them."""
+
+    auto: bool = True
+    max_cases: int = 3
+
+
+@dataclass(frozen=True)
 class Perf:
     """How latency is sampled and gated: warm-up passes, measured passes, per-metric thresholds."""
 
@@ -206,6 +215,7 @@ class Suite:
     server: Server | None = None  # ... which the harness starts per profile
     parallel: Parallel = Parallel()
     devices: tuple[str, ...] = DEVICES  # [suite] devices: where the suite means something; elsewhere it is skipped
+    localize: Localize = Localize()
 
     def skipped_here(self) -> str:
         """Why this suite does not run on the chosen device ("" when it does): one line for every check."""

@@ -24,6 +24,7 @@ from .suite import (
     SUITE_FORMAT,
     BaselinePolicy,
     Generation,
+    Localize,
     ModelSpec,
     Parallel,
     Perf,
@@ -126,6 +127,7 @@ def parse(data: dict[str, Any], p: str, base: Path | None = None) -> Suite:
             "a [perf] suite times one process per profile; run tensor parallel degrees in a suite without [perf]",
         )
     policy = _baseline_policy(root.sub("baselines", {}))
+    localize = _localize(root.sub("localize", {}))
     raw = root.get("schedules", list, expect="a list of [[schedules]] tables")
     if not raw:
         raise root.fail("schedules", 'empty; add at least a [[schedules]] kind = "solo"')
@@ -199,6 +201,7 @@ def parse(data: dict[str, Any], p: str, base: Path | None = None) -> Suite:
         server=server,
         parallel=parallel,
         devices=devices,
+        localize=localize,
     )
     if problem := size_problem(suite):  # from the counts alone: a billion permutations are never drawn
         raise root.fail(*problem)
@@ -272,6 +275,16 @@ def _baseline_policy(t: Table) -> BaselinePolicy:
     )
     t.done()
     return policy
+
+
+def _localize(t: Table) -> Localize:
+    d = Localize()
+    loc = Localize(
+        auto=t.get("auto", bool, d.auto),
+        max_cases=t.get("max_cases", int, d.max_cases, check=lambda v: 1 <= v <= 100, expect="an integer in [1, 100]"),
+    )
+    t.done()
+    return loc
 
 
 def _perf(t: Table) -> Perf:

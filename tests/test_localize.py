@@ -366,7 +366,7 @@ def runs(tiny_model: Path, tmp_path_factory) -> dict:
         **install_adapter(tmp, "variant", "variant_adapter", ADAPTERS, "VariantAdapter"),
     }
     suite = write_suite(tmp / "loc.toml", SUITE.format(model=tiny_model))
-    out = {"env": env, "tmp": tmp}
+    out = {"env": env, "tmp": tmp, "model": tiny_model}
     for adapter in ("rowwise", "variant"):
         p = run_cli("run", str(suite), "--adapter", adapter, "--out", str(tmp / adapter), env=env)
         assert p.returncode == 0, p.stderr
@@ -466,3 +466,65 @@ def test_engines_it_cannot_hook_and_worker_failures(runs, tmp_path: Path):
     p = run_cli("localize", str(broken), env=runs["env"])
     assert p.returncode == 3 and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert "would not load" in p.stderr and "Traceback" not in p.stderr
+
+
+# ---- at the end of a run ------------------------------------------------------------------------------------
+
+
+def _verdict_like(profile: str, prop: str, expect: str, passed: bool, level: str | None):
+    from types import SimpleNamespace
+
+    worst = None if level is None else SimpleNamespace(level=level)
+    return SimpleNamespace(profile=profile, property=prop, expect=expect, passed=passed, worst=worst)
+
+
+def test_the_end_of_a_run_localises_what_failed_or_was_only_close():
+    from harness.localize.auto import wanted
+
+    verdicts = [
+        _verdict_like("default", "batch-invariance", "vary", True, "diverged"),  # a negative control that saw it
+        _verdict_like("det", "batch-invariance", "report", True, "close"),  # only close
+        _verdict_like("det", "repeatability", "bitwise", False, "tokens"),  # failed
+        _verdict_like("det", "baseline", "bitwise", False, "diverged"),  # a baseline: not replayable
+        _verdict_like("strict", "tp-invariance", "tokens", True, "tokens"),  # met, tokens
+        _verdict_like("strict", "batch-invariance", "bitwise", True, None),  # bitwise
+    ]
+    assert wanted(verdicts) == {("det", "batch-invariance"), ("det", "repeatability")}
+
+
+def test_localize_section_is_parsed_and_checked(tmp_path: Path):
+    from harness.suite_parse import load
+
+    base = SUITE.format(model=tmp_path)
+    assert load(write_suite(tmp_path / "a.toml", base)).localize.auto is True
+    off = load(write_suite(tmp_path / "b.toml", base + "[localize]\nauto = false\nmax_cases = 1\n")).localize
+    assert (off.auto, off.max_cases) == (False, 1)
+    with pytest.raises(Exception, match="max_cases"):
+        load(write_suite(tmp_path / "c.toml", base + "[localize]\nmax_cases = 0\n"))
+    with pytest.raises(Exception, match="autom"):
+        load(write_suite(tmp_path / "d.toml", base + "[localize]\nautomatic = true\n"))
+
+
+@pytest.mark.process
+def test_a_failed_verdict_is_localised_in_the_reports(runs):
+    """The variant model against a profile that expects bitwise: the run fails (exit 1, as before), and its
+    reports say where the variance enters, without a separate command."""
+    suite = write_suite(
+        runs["tmp"] / "strict.toml", SUITE.format(model=runs["model"]).replace('"report"', '"bitwise"')
+    )
+    out = runs["tmp"] / "auto"
+    p = run_cli("run", str(suite), "--adapter", "variant", "--out", str(out), env=runs["env"])
+    assert p.returncode == 1, p.stderr
+    assert "localize: where the variance enters" in p.stderr
+    run_dir = only_run_dir(out)
+    report = load_report(out)
+    (entry,) = report["localization"]
+    assert entry["module"]["name"] == "model.layers.0.mlp.down_proj" and entry["operator"]["name"] == "aten::mul"
+    assert "modules" not in entry and "operators" not in entry  # kept in localize.json only
+    (full,) = json.loads((run_dir / "localize.json").read_text())["localization"]
+    assert full["modules"] and full["summary"] == entry["summary"]
+    assert "layer 0 mlp.down_proj (aten::mul" in p.stdout  # the console
+    md = (run_dir / "summary.md").read_text()
+    assert "## Where it breaks" in md and entry["summary"] in md
+    html = (run_dir / "report.html").read_text()
+    assert "Where it breaks" in html and "aten::mul" in html and "decoder layer" in html  # the per-layer chart

@@ -183,11 +183,18 @@ def _severity(c: Case) -> tuple[int, int, int]:
 
 
 def select(
-    runs: list[JobRun], *, profile: str | None, prompt: str | None, batch: str | None, max_cases: int
+    runs: list[JobRun],
+    *,
+    profile: str | None,
+    prompt: str | None,
+    batch: str | None,
+    max_cases: int,
+    wanted: frozenset[tuple[str, str]] | None = None,
 ) -> list[Case]:
     """The cases to localise: with --prompt and --batch that one comparison; otherwise the worst non-bitwise case of
     each profile and property (filtered by --profile, --prompt, --batch), worst first, at most `max_cases`. Only
-    single-device jobs: a tensor parallel group's records are compared with TP 1 elsewhere. An empty list: every
+    single-device jobs: a tensor parallel group's records are compared with TP 1 elsewhere. `wanted`: only these
+    (profile, property) pairs (the end of a run: the properties that failed or were only close). An empty list: every
     comparison is bitwise (nothing to localise). A name not in the run, or a named case that is bitwise: exit 2."""
     single = [r for r in runs if r.job.tp == 1]
     if profile is not None:
@@ -211,6 +218,8 @@ def select(
     matched = 0
     for run in single:
         for prop in PROPERTIES:
+            if wanted is not None and (run.job.profile, prop) not in wanted:
+                continue
             found, n = _cases(run, prop, prompt, batch)
             matched += n
             if found:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,24 @@ from . import UNHOOKABLE, cases, summary
 SCHEMA_VERSION = 1
 FOLDER = "localize"  # in the run folder: each replay's spec, result and log
 REMOTE = {"endpoint": "a server", "vllm": "vLLM's engine"}  # built-in adapters whose model the harness does not hold
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to localise in a run folder: the command line's choices, or the end of a run's (auto)."""
+
+    profile: str | None = None
+    prompt: str | None = None
+    batch: str | None = None
+    max_cases: int = 3
+    adapter: str | None = None  # replay with this adapter instead of the job's
+    dump: Path | None = None
+    timeout: float = 1800.0
+    wanted: frozenset[tuple[str, str]] | None = None  # (profile, property) pairs to look in; None: every pair
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Request:
+        return cls(args.profile, args.prompt, args.batch, args.max_cases, args.adapter, args.dump, args.timeout)
 
 
 def engine(job: Job, adapter: str) -> str:
@@ -61,9 +80,7 @@ def job_env(run_dir: Path, run: cases.JobRun) -> dict[str, str | None]:
     return {k: str(v) for k, v in recorded.items() if v != REDACTED and not k.startswith("HARNESS_")}
 
 
-def replay(
-    run_dir: Path, run: cases.JobRun, todo: list[cases.Case], args: argparse.Namespace, first: int
-) -> dict[str, Any]:
+def replay(run_dir: Path, run: cases.JobRun, todo: list[cases.Case], args: Request, first: int) -> dict[str, Any]:
     """One worker for one job's cases: its result file's content."""
     folder = run_dir / FOLDER
     folder.mkdir(exist_ok=True)
@@ -99,14 +116,17 @@ def replay(
     return result
 
 
-def main(args: argparse.Namespace) -> int:
-    run_dir = Path(args.run_dir)
+def localize_run(run_dir: Path, req: Request) -> dict[str, Any]:
+    """Pick the cases, replay them job by job, write localize.json: its content. HarnessError: bad input (USAGE) or a
+    replay worker that failed (INFRA)."""
     runs = cases.read_run(run_dir)
     for r in runs:  # an engine that cannot be hooked: one line before any case is looked for or worker started
-        adapter = args.adapter or r.job.adapter
-        if (args.profile in (None, r.job.profile)) and (where := engine(r.job, adapter)):
+        adapter = req.adapter or r.job.adapter
+        if (req.profile in (None, r.job.profile)) and (where := engine(r.job, adapter)):
             raise HarnessError(refusal(r.job, adapter, where), USAGE)
-    chosen = cases.select(runs, profile=args.profile, prompt=args.prompt, batch=args.batch, max_cases=args.max_cases)
+    chosen = cases.select(
+        runs, profile=req.profile, prompt=req.prompt, batch=req.batch, max_cases=req.max_cases, wanted=req.wanted
+    )
     by_job = {r.job.name: r for r in runs}
     entries: list[dict[str, Any]] = []
     t0 = time.monotonic()
@@ -115,7 +135,7 @@ def main(args: argparse.Namespace) -> int:
         grouped[c.job].append(c)
     done = 0
     for job_name, todo in grouped.items():
-        got = replay(run_dir, by_job[job_name], todo, args, done)
+        got = replay(run_dir, by_job[job_name], todo, req, done)
         for c, res in zip(todo, got["results"]):
             entry = {"case": c.shown(), **res}
             entry = {"summary": summary.line(entry), **entry, "load_s": got["load_s"]}
@@ -128,7 +148,14 @@ def main(args: argparse.Namespace) -> int:
         "localization": entries,
     }
     atomic.write_json(run_dir / "localize.json", doc)
-    if not chosen:
+    return doc
+
+
+def main(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    doc = localize_run(run_dir, Request.from_args(args))
+    entries = doc["localization"]
+    if not entries:
         print(f"nothing to localise: every compared sequence in {run_dir} is bitwise identical to its reference")
     for e in entries:
         print(e["summary"])
