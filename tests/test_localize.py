@@ -509,9 +509,7 @@ def test_localize_section_is_parsed_and_checked(tmp_path: Path):
 def test_a_failed_verdict_is_localised_in_the_reports(runs):
     """The variant model against a profile that expects bitwise: the run fails (exit 1, as before), and its
     reports say where the variance enters, without a separate command."""
-    suite = write_suite(
-        runs["tmp"] / "strict.toml", SUITE.format(model=runs["model"]).replace('"report"', '"bitwise"')
-    )
+    suite = write_suite(runs["tmp"] / "strict.toml", SUITE.format(model=runs["model"]).replace('"report"', '"bitwise"'))
     out = runs["tmp"] / "auto"
     p = run_cli("run", str(suite), "--adapter", "variant", "--out", str(out), env=runs["env"])
     assert p.returncode == 1, p.stderr
