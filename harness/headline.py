@@ -14,7 +14,7 @@ import math
 from .analysis import latency
 from .baselines import device_key
 from .history import Headline, environment, model_hash
-from .loadrun import LoadRun
+from .loadtime.data import LoadRun
 from .report import RunResult
 
 

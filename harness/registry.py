@@ -77,7 +77,7 @@ KINDS = Registry(
     {
         "determinism": "harness.pipeline:DETERMINISM",
         "served": "harness.pipeline:SERVED",
-        "loadtime": "harness.loadtime:KIND",
+        "loadtime": "harness.loadtime.kind:KIND",
     },
     kind_problem,
 )

@@ -86,7 +86,7 @@ def run_interleaved(jobs: list, timeout_s: float, run_dir: Path) -> list[JobOutc
 
 def install(monkeypatch, model_dir: Path) -> list[str]:
     """Fake the model, workers, servers and synthetic checkpoints; returns the list of models 'prepared'."""
-    from harness import loadtime
+    from harness.loadtime import kind as loadtime
 
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "model.safetensors").write_bytes(b"\0" * 64)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from harness.analysis import loadtime as lt
+from harness.loadtime import analysis as lt
 
 
 def _samples(

@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..loadrun import weight_files
+from ..loadtime.data import weight_files
 from .core import Context, Finding, check
 
 MEMORY_FRACTION = 0.8  # NPU_MEMORY_FRACTION's default: the share of device memory MindIE takes

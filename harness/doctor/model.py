@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..baselines import Store
-from ..loadrun import weight_files
+from ..loadtime.data import weight_files
 from ..models import sha256
 from .core import Context, Finding, check
 

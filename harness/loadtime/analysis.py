@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..analysis import stats
 from ..status import WorkerStatus
-from . import stats
 
 PHASES = ("import", "read", "to_device", "first_forward")
 

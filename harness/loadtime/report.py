@@ -9,10 +9,10 @@ from typing import Any
 
 from tabulate import tabulate
 
-from . import __version__, atomic
-from .analysis import loadtime as lt
-from .loadrun import LoadRun
-from .tables import change_table
+from .. import __version__, atomic
+from ..tables import change_table
+from . import analysis as lt
+from .data import LoadRun
 
 
 def _s(x: float, fmt: str = ".2f") -> str:

@@ -17,16 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import baselines, report_loadtime, runner, timing
-from .analysis import loadtime as lt
-from .analysis import stats
-from .errors import INFRA, USAGE, HarnessError
-from .jobs import Job
-from .loadrun import AgainstBaseline, LoadRun, LoadSuite, Target
-from .options import Options
-from .run import Check, Outcome, Progress, RunDir, exit_code
-from .suite import SuiteError, Table
-from .suite_parse import parse_head, parse_model
+from .. import baselines, runner, timing
+from ..analysis import stats
+from ..errors import INFRA, USAGE, HarnessError
+from ..jobs import Job
+from ..options import Options
+from ..run import Check, Outcome, Progress, RunDir, exit_code
+from ..suite import SuiteError, Table
+from ..suite_parse import parse_head, parse_model
+from . import analysis as lt
+from . import report
+from .data import AgainstBaseline, LoadRun, LoadSuite, Target
 
 ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTORCH_NPU_ALLOC_CONF", "NPU_MEMORY_FRACTION")
 
@@ -60,7 +61,7 @@ def load_suite(
     device: str | None = None,
     drop_caches: bool | None = None,
 ) -> LoadSuite:
-    from . import synthetic
+    from .. import synthetic
 
     p = str(path)
     root = Table(p, "", data)
@@ -327,9 +328,7 @@ def checks(run: LoadRun) -> list[Check]:
     out = []
     for st in run.suite.settings:
         failed = [x for x in run.samples if x.setting == st and x.status != "ok"]
-        out.append(
-            Check(f"omp-{st}", "loads", "failed" if failed else "passed", "\n".join(report_loadtime.failures(run, st)))
-        )
+        out.append(Check(f"omp-{st}", "loads", "failed" if failed else "passed", "\n".join(report.failures(run, st))))
         against = run.against.get(st, AgainstBaseline())
         regressed = [c for c in against.gated if c.status == "regressed"]
         if regressed or against.failed:
@@ -362,12 +361,12 @@ class LoadtimeKind:
             unusable=run.not_comparable,
             failed=any(c.status == "regressed" for c in run.changes),
         )
-        report_loadtime.write(run)
-        from .headline import from_loadrun
+        report.write(run)
+        from ..headline import from_loadrun
 
         return Outcome(
             run.exit_code,
-            report_loadtime.console(run),
+            report.console(run),
             run.run_dir,
             checks(run),
             from_loadrun(run),

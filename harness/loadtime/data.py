@@ -1,5 +1,5 @@
 """The data of a load-time run: the suite, what is loaded, and what was measured. Plain data, shared by the
-sweep (loadtime.py) and its reports (report_loadtime.py)."""
+sweep (kind.py) and its reports (report.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import baselines
-from .analysis import loadtime as lt
-from .analysis import stats
+from .. import baselines
+from ..analysis import stats
+from . import analysis as lt
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class LoadSuite:
 
     @property
     def case_hash(self) -> str:
-        from . import synthetic
+        from .. import synthetic
 
         body = [self.model_ref, self.dtype, [synthetic.config_dict(s) for s in self.sizes]]
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
