@@ -75,7 +75,11 @@ class Launch:
     endpoint: str
 
 
-def launch(job_name: str, tp: int, par: Parallel, job_path: Path, log_dir: Path, marker: str) -> Launch:
+def launch(
+    job_name: str, tp: int, par: Parallel, job_path: Path, log_dir: Path, marker: str, module: str = "harness.worker"
+) -> Launch:
+    """torchrun's command line for `python -m MODULE JOB_PATH` on every rank (the run's worker, or harness.localize's
+    group capture with its spec), and what each rank gets in its environment."""
     nproc = tp // par.nnodes
     endpoint = par.rdzv_endpoint or f"127.0.0.1:{free_port()}"
     args = [
@@ -99,7 +103,7 @@ def launch(job_name: str, tp: int, par: Parallel, job_path: Path, log_dir: Path,
         "--redirects",
         "3",
         "-m",
-        "harness.worker",
+        module,
         str(job_path),
     ]
     if par.launcher:

@@ -72,13 +72,14 @@ def prepare_model(ref: str, timeout_s: float = 1800) -> Path:
 
 
 def run_child(
-    argv: list[str], timeout_s: float | None = None, env: dict[str, str | None] | None = None
+    argv: list[str], timeout_s: float | None = None, env: dict[str, str | None] | None = None, marker: str = ""
 ) -> subprocess.CompletedProcess[str]:
     """A helper child before the workers (model conversion, a synthetic checkpoint) or after them (a replay,
-    harness.localize, with a job's `env`), registered like them so that a cancelled run stops it too; none starts
-    once the run is cancelled (Cancelled)."""
+    harness.localize, with a job's `env`; a replay's torchrun group with its `marker`, so that its ranks go with
+    it), registered like them so that a cancelled run stops it too; none starts once the run is cancelled
+    (Cancelled)."""
     cancel.check()
-    return procgroup.run(argv, timeout=timeout_s, env=child_env(env or {}))
+    return procgroup.run(argv, timeout=timeout_s, env=child_env(env or {}), marker=marker)
 
 
 def make_job(suite: Suite, profile: Profile, batches: list[Batch], model_dir: Path, run_dir: Path, tp: int = 1) -> Job:

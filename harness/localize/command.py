@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -18,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import atomic, runner
+from .. import atomic, group, runner
 from ..errors import INFRA, USAGE, HarnessError
 from ..jobs import Job, env_path, load_env
 from ..registry import ADAPTERS, RegistryError
+from ..suite import Parallel
 from . import UNHOOKABLE, cases, summary
 
 SCHEMA_VERSION = 1
@@ -81,10 +84,26 @@ def job_env(run_dir: Path, run: cases.JobRun) -> dict[str, str | None]:
 
 
 def replay(run_dir: Path, run: cases.JobRun, todo: list[cases.Case], args: Request, first: int) -> dict[str, Any]:
-    """One worker for one job's cases: its result file's content."""
+    """One worker for one job's cases: its result file's content. A TP N job's cases (tp-invariance): its worker
+    group first, then its TP 1 twin's worker against what the group kept."""
+    if todo and todo[0].tp > 1:
+        return replay_tp(run_dir, run, todo, args, first)
+    return _replay(run_dir, run, todo, args, first, run.job.name, {})
+
+
+def _replay(
+    run_dir: Path,
+    run: cases.JobRun,
+    todo: list[cases.Case],
+    args: Request,
+    first: int,
+    name: str,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """`run`'s replay worker with its environment; `name` names its files in the localize folder, `extra` joins its
+    spec."""
     folder = run_dir / FOLDER
     folder.mkdir(exist_ok=True)
-    name = run.job.name
     spec_path, out, log = folder / f"{name}.spec.json", folder / f"{name}.result.json", folder / f"{name}.log"
     out.unlink(missing_ok=True)
     adapter = args.adapter or run.job.adapter
@@ -96,6 +115,7 @@ def replay(run_dir: Path, run: cases.JobRun, todo: list[cases.Case], args: Reque
         "first": first,
         "out": str(out),
         "unhookable": refusal(run.job, adapter, engine(run.job, adapter)),
+        **extra,
     }
     atomic.write_json(spec_path, spec)
     argv = [sys.executable, "-m", "harness.localize.replay", str(spec_path)]
@@ -114,6 +134,78 @@ def replay(run_dir: Path, run: cases.JobRun, todo: list[cases.Case], args: Reque
         raise HarnessError(f"the replay of job {name!r} failed (exit {p.returncode}): {tail}; see {log}", INFRA)
     result: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
     return result
+
+
+def replay_tp(run_dir: Path, run: cases.JobRun, todo: list[cases.Case], args: Request, first: int) -> dict[str, Any]:
+    """tp-invariance cases of the TP N job `run`: its worker group keeps rank 0's module outputs (localize/<job>.case
+    <N>.pt), then the TP 1 job's worker replays the reference and compares; the captures are removed once compared."""
+    ref_path = run_dir / "jobs" / f"{todo[0].reference_job}.json"
+    try:
+        ref = cases.JobRun(Job.from_json(ref_path.read_text(encoding="utf-8")), ref_path, [])
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise HarnessError(f"{ref_path}: not a job file the harness wrote ({type(e).__name__}: {e})", USAGE) from None
+    folder = run_dir / FOLDER
+    folder.mkdir(exist_ok=True)
+    captures = [folder / f"{run.job.name}.case{first + i + 1}.pt" for i in range(len(todo))]
+    for c in captures:
+        c.unlink(missing_ok=True)
+    t0 = time.monotonic()
+    got = _group(run_dir, run, todo, args, captures)
+    held = {"tp": run.job.tp, "load_s": got["load_s"], "seconds": time.monotonic() - t0}
+    result = _replay(run_dir, ref, todo, args, first, run.job.name, {"captures": [str(c) for c in captures]})
+    for c in captures:
+        c.unlink(missing_ok=True)
+    result["results"] = [{**r, "group": held} for r in result["results"]]
+    return result
+
+
+def _group(
+    run_dir: Path, run: cases.JobRun, todo: list[cases.Case], args: Request, captures: list[Path]
+) -> dict[str, Any]:
+    """The TP N job's worker group (`python -m harness.localize.tp` under torchrun, as the run launched its workers,
+    with the environment its ranks got): rank 0 writes one capture per case. Its result file's content."""
+    folder, name = run_dir / FOLDER, run.job.name
+    spec_path, out = folder / f"{name}.group.spec.json", folder / f"{name}.group.result.json"
+    log, ranks = folder / f"{name}.group.log", folder / f"{name}.ranks"
+    out.unlink(missing_ok=True)
+    shutil.rmtree(ranks, ignore_errors=True)  # an earlier replay's rank logs would be read as this one's
+    adapter = args.adapter or run.job.adapter
+    spec = {
+        "job": str(run.path),
+        "adapter": args.adapter or "",
+        "cases": [c.to_dict() for c in todo],
+        "captures": [str(c) for c in captures],
+        "out": str(out),
+        "unhookable": refusal(run.job, adapter, engine(run.job, adapter)),
+    }
+    atomic.write_json(spec_path, spec)
+    marker = f"{run_dir.resolve().name}/localize/{name}/{os.getpid()}"
+    par = Parallel(tp=(1, run.job.tp), collective_timeout_s=run.job.collective_timeout_s)
+    launch = group.launch(name, run.job.tp, par, spec_path, ranks, marker, module="harness.localize.tp")
+    # the ranks' recorded variables (the profile's flags, their thread count) over the launch's; a fresh marker
+    recorded = {k: v for k, v in job_env(run_dir, run).items() if not k.startswith("HARNESS_")}
+    try:
+        p = runner.run_child(launch.argv, args.timeout, {**launch.env, **recorded}, marker=marker)
+    except subprocess.TimeoutExpired:
+        raise HarnessError(
+            f"the worker group replaying job {name!r} timed out after {args.timeout:.0f}s; see {ranks}", INFRA
+        ) from None
+    log.write_text(p.stdout + p.stderr, encoding="utf-8")
+    if p.returncode == 0 and out.is_file():
+        result: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
+        return result
+    fail = group.first_failure(p.stdout + p.stderr)
+    tail = group.rank_tail(ranks, fail.local_rank) if fail else []
+    said = next((ln.removeprefix("error: ") for ln in reversed(tail) if ln.startswith("error: ")), "")
+    code = fail.exitcode if fail else p.returncode
+    if code == USAGE:
+        raise HarnessError(said or f"the worker group replaying job {name!r} refused its cases; see {ranks}", USAGE)
+    last = said or next((ln for ln in reversed(tail or (p.stdout + p.stderr).splitlines()) if ln.strip()), "no output")
+    who = f"rank {fail.rank}, " if fail else ""
+    raise HarnessError(
+        f"the worker group replaying job {name!r} failed ({who}exit {code}): {last}; see {ranks if fail else log}",
+        INFRA,
+    )
 
 
 def localize_run(run_dir: Path, req: Request) -> dict[str, Any]:

@@ -398,7 +398,12 @@ def run(spec: dict[str, Any]) -> int:
         for i, c in enumerate(spec["cases"]):
             case = Case.from_dict(c)
             where = Path(spec["dump"]) / f"case{spec.get('first', 0) + i + 1}" if spec.get("dump") else None
-            results.append(localize(adapter, prompts, case, where))
+            if spec.get("captures"):  # a TP case: this is its TP 1 side, against the worker group's captures
+                from .tp import localize_tp
+
+                results.append(localize_tp(adapter, prompts, case, Path(spec["captures"][i]), where))
+            else:
+                results.append(localize(adapter, prompts, case, where))
     adapter.close()
     atomic.write_json(Path(spec["out"]), {"load_s": load_s, "results": results})
     return 0

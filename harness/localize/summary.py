@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 VARIANCE = {"batch-invariance": "batch variance", "repeatability": "run-to-run variance"}
+TP = "tp-invariance"
 
 
 def _shape(s: list[int]) -> str:
@@ -64,8 +65,91 @@ def operator(op: dict[str, Any] | None, labels: tuple[str, str]) -> str:
     return said + (": outputs in layouts that do not line up row by row" if op.get("why") == "not aligned" else "")
 
 
+def _growth(entry: dict[str, Any], module: dict[str, Any]) -> str:
+    layers = entry.get("layers") or []
+    if layers and layers[-1]["index"] >= module["index"]:
+        return f", grows to {layers[-1].get('max_abs', 0.0):.2g} by layer {layers[-1]['layer']}"
+    return ""
+
+
+def _flips(entry: dict[str, Any], case: dict[str, Any]) -> str:
+    logits = entry.get("logits") or {}
+    if logits.get("argmax_flips"):
+        return f", flips the argmax at step {logits['step']}"
+    if case.get("first_token_step") is not None:
+        return f", flips no token here (the run's tokens diverge at step {case['first_token_step']})"
+    return ", flips no token"
+
+
+def _shares(ranks: list[int]) -> str:
+    """ "rank 0's share", "the shares of ranks 0 and 2"."""
+    if len(ranks) == 1:
+        return f"rank {ranks[0]}'s share"
+    names = ", ".join(map(str, ranks[:-1])) + f" and {ranks[-1]}" if ranks else "no rank"
+    return f"the shares of ranks {names}"
+
+
+def _entered(entry: dict[str, Any], layers: str) -> str:
+    """Where a TP difference enters, as far as whole tensors tell: "its input, gathered from the 3 ranks, is
+    bit-identical to TP 1's: ..." (the all-reduce), or which shares already differ."""
+    at, tp = entry.get("enters") or {}, entry.get("tp", "N")
+    if at.get("at") == "all-reduce":
+        return (
+            f"its input, gathered from the {tp} ranks, is bit-identical to TP 1's: the difference enters in the "
+            f"row-parallel product, {tp} partial matmuls summed by the all-reduce (another summation order)"
+        )
+    if at.get("at") == "sharded code":
+        text = (
+            f"its input, gathered from the {tp} ranks, already differs ({_shares(at.get('ranks_differing') or [])}): "
+            "the difference entered in the sharded code before it"
+        )
+        first = next((m for m in entry.get("modules", []) if m["name"] == at.get("first_sharded")), None)
+        if first is not None:
+            ulps = (first.get("rank0_slice") or {}).get("ulps", 0.0)
+            shard = first.get("shard", "").removeprefix("sharded: ")
+            text += f", first seen in rank 0's share at {where(first['name'], layers)} ({shard}, {ulps:.2g} ulp)"
+        return text
+    return str(at.get("detail", ""))
+
+
+def tp_line(entry: dict[str, Any]) -> str:
+    """A tp-invariance case: the first whole module output to differ, where the difference enters, and why the
+    operators are not compared."""
+    case = entry["case"]
+    cmp_ = case["compared"]
+    head = (
+        f"{case['profile']} {TP}: prompt {case['prompt_id']!r} in {cmp_['batch_id']} (row {cmp_['position']} of "
+        f"{len(cmp_['batch'])}), TP {case.get('tp', entry.get('tp', 'N'))} against TP 1"
+    )
+    sharded = entry.get("not_comparable", 0)
+    note = f"; {sharded} sharded outputs on rank 0 not compared" if sharded else ""
+    if entry["status"] != "localized":
+        redo = "" if all(entry.get("replay_matches_records", {}).values()) else ", and the replay did not reproduce"
+        return (
+            f"{head}: no whole module output differs through step {case['first_bit_step']}, where the records' "
+            f"logits bits differ{note}{redo}"
+        )
+    module, layers = entry["module"], entry.get("layers_path", "")
+    op = entry.get("operator") or {}
+    ops = (
+        "operators not compared: they run on rank 0's shard"
+        if op.get("why") == "sharded"
+        else "operators not captured across the group"
+    )
+    text = (
+        f"{head}: the difference first shows at step {entry['step']} in {where(module['name'], layers)}, the first whole "
+        f"output to differ ({_entered(entry, layers)}; {ops})"
+    )
+    text += _growth(entry, module)
+    if not all(entry.get("replay_matches_records", {}).values()):
+        text += " (the replay's logits are not bit for bit the run's: read it as this host's behaviour now)"
+    return text + _flips(entry, case)
+
+
 def line(entry: dict[str, Any]) -> str:
     case = entry["case"]
+    if case["property"] == TP:
+        return tp_line(entry)
     ref, cmp_ = case["reference"], case["compared"]
     head = (
         f"{case['profile']} {case['property']}: prompt {case['prompt_id']!r} in {cmp_['batch_id']} "
