@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from harness.jobs import Job
 from harness.records import Record
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -259,6 +260,21 @@ def record(
         "token_times": [0.1 * (i + 1) for i in range(len(tokens))],
     }
     return Record(**{**values, **fields})
+
+
+def job(name: str = "default", tp: int = 1, profile: str = "default") -> Job:
+    """A Job as a run folder's jobs/<job>.json holds it, for tests that read records without running a worker."""
+    return Job(
+        name=name,
+        profile=profile,
+        model_ref="m",
+        model_dir="m",
+        device="cpu",
+        dtype="float32",
+        records="",
+        meta="",
+        tp=tp,
+    )
 
 
 def only_run_dir(out: Path) -> Path:

@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
-from harness.jobs import Job
 from harness.localize import cases, summary
 from harness.localize.compare import (
     Ctx,
@@ -31,7 +30,17 @@ from harness.localize.compare import (
     take_row,
 )
 
-from .helpers import cli_in_process, install_adapter, load_report, only_run_dir, record, refused, run_cli, write_suite
+from .helpers import (
+    cli_in_process,
+    install_adapter,
+    job,
+    load_report,
+    only_run_dir,
+    record,
+    refused,
+    run_cli,
+    write_suite,
+)
 
 # ---- the comparison, on hand-made tensors ----------------------------------------------------------------------
 
@@ -136,17 +145,7 @@ def test_sides_that_run_different_code_are_matched_up_again():
 
 
 def _run(records) -> list[cases.JobRun]:
-    job = Job(
-        name="default",
-        profile="default",
-        model_ref="m",
-        model_dir="m",
-        device="cpu",
-        dtype="float32",
-        records="",
-        meta="",
-    )
-    return [cases.JobRun(job, Path("jobs/default.json"), list(records))]
+    return [cases.JobRun(job(), Path("jobs/default.json"), list(records))]
 
 
 def _records():

@@ -15,27 +15,12 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
-from harness.jobs import Job
 from harness.localize import cases, summary
 from harness.localize.compare import Captured, Ctx, compare_pairs
 
-from .helpers import only_run_dir, record, refused, run_cli, write_suite
+from .helpers import job, only_run_dir, record, refused, run_cli, write_suite
 
 # ---- case selection, on hand-made records ------------------------------------------------------------------------
-
-
-def _job(name: str, tp: int) -> Job:
-    return Job(
-        name=name,
-        profile="default",
-        model_ref="m",
-        model_dir="m",
-        device="cpu",
-        dtype="float32",
-        records="",
-        meta="",
-        tp=tp,
-    )
 
 
 def _tp_runs() -> list[cases.JobRun]:
@@ -51,8 +36,8 @@ def _tp_runs() -> list[cases.JobRun]:
         record("a", kind="batch-sizes", batch_id="bs/0", batch=["a", "b"], position=0, tokens=(1, 2, 3)),
     ]
     return [
-        cases.JobRun(_job("default-tp1", 1), Path("jobs/default-tp1.json"), one),
-        cases.JobRun(_job("default-tp2", 2), Path("jobs/default-tp2.json"), two),
+        cases.JobRun(job("default-tp1", 1), Path("jobs/default-tp1.json"), one),
+        cases.JobRun(job("default-tp2", 2), Path("jobs/default-tp2.json"), two),
     ]
 
 

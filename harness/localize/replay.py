@@ -367,7 +367,18 @@ def localize(adapter: Any, prompts: dict[str, dict[str, Any]], case: Case, dump:
     return result
 
 
-def run(spec: dict[str, Any]) -> int:
+class Refused(Exception):
+    """The worker cannot replay its job: `code` is its exit status (USAGE, INFRA), the message its one line."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+def load_adapter(spec: dict[str, Any], group: bool = False) -> tuple[Job, Any, float]:
+    """The spec's job (with --adapter's replacement), its adapter loaded on its device (in a torchrun group's process
+    group when `group`), and the load's seconds. Refused: an adapter the harness cannot hook (USAGE), or a device,
+    group or model that will not come up (INFRA)."""
     from .. import adapters, devices
 
     job = Job.from_json(Path(spec["job"]).read_text(encoding="utf-8"))
@@ -376,22 +387,30 @@ def run(spec: dict[str, Any]) -> int:
     try:
         cls = adapters.get(job.adapter)
     except adapters.AdapterError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return USAGE
+        raise Refused(str(e), USAGE) from None
     if cls.remote or not all(callable(getattr(cls, m, None)) for m in HOOKABLE):
-        print(f"error: {spec['unhookable']}", file=sys.stderr)
-        return USAGE
+        raise Refused(spec["unhookable"], USAGE)
     try:
         device = devices.prepare(job.device, deterministic=job.torch_deterministic)
+        if group:
+            device = devices.init_group(device, job.collective_timeout_s)
         adapter = cls(job, device)
         t0 = time.perf_counter()
         adapter.load()
-        load_s = time.perf_counter() - t0
-    except Exception as e:  # a device or model that will not come up: infrastructure
-        print(
-            f"error: model {job.model_ref!r} would not load on {job.device}: {type(e).__name__}: {e}", file=sys.stderr
-        )
-        return INFRA
+        return job, adapter, time.perf_counter() - t0
+    except Exception as e:  # a device, group or model that will not come up: infrastructure
+        at = f" at TP {job.tp}" if group else ""
+        raise Refused(
+            f"model {job.model_ref!r} would not load on {job.device}{at}: {type(e).__name__}: {e}", INFRA
+        ) from None
+
+
+def run(spec: dict[str, Any]) -> int:
+    try:
+        job, adapter, load_s = load_adapter(spec)
+    except Refused as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.code
     prompts = {p["id"]: p for p in job.prompts}
     results = []
     with torch.inference_mode():

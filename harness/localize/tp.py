@@ -35,8 +35,7 @@ import torch
 from torch.utils._pytree import tree_leaves
 
 from .. import atomic, procgroup
-from ..errors import INFRA, USAGE
-from ..jobs import Job
+from ..errors import USAGE
 from . import dump as dumps
 from .cases import Case
 from .compare import (
@@ -51,7 +50,7 @@ from .compare import (
     metrics,
     take_row,
 )
-from .replay import HOOKABLE, Replay, _layers, _module, module_outputs
+from .replay import Refused, Replay, _layers, _module, load_adapter, module_outputs
 
 SHARDED_OUTPUT = ("colwise",)  # rank 0's output holds its share of the features
 SHARDED_INPUT = ("rowwise",)  # rank 0's input holds its share of the features; its output is whole (all-reduce)
@@ -409,32 +408,11 @@ def localize_tp(
 def run(spec: dict[str, Any]) -> int:
     import torch.distributed as dist
 
-    from .. import adapters, devices
-
-    job = Job.from_json(Path(spec["job"]).read_text(encoding="utf-8"))
-    if spec.get("adapter"):
-        job = Job.from_json(json.dumps({**json.loads(job.to_json()), "adapter": spec["adapter"]}))
     try:
-        cls = adapters.get(job.adapter)
-    except adapters.AdapterError as e:
+        job, adapter, load_s = load_adapter(spec, group=True)
+    except Refused as e:
         print(f"error: {e}", file=sys.stderr)
-        return USAGE
-    if cls.remote or not all(callable(getattr(cls, m, None)) for m in HOOKABLE):
-        print(f"error: {spec['unhookable']}", file=sys.stderr)
-        return USAGE
-    try:
-        device = devices.prepare(job.device, deterministic=job.torch_deterministic)
-        device = devices.init_group(device, job.collective_timeout_s)
-        adapter = cls(job, device)
-        t0 = time.perf_counter()
-        adapter.load()
-        load_s = time.perf_counter() - t0
-    except Exception as e:  # a device, group or model that will not come up: infrastructure
-        print(
-            f"error: model {job.model_ref!r} would not load on {job.device} at TP {job.tp}: {type(e).__name__}: {e}",
-            file=sys.stderr,
-        )
-        return INFRA
+        return e.code
     prompts = {p["id"]: p for p in job.prompts}
     try:
         with torch.inference_mode():
