@@ -1,14 +1,16 @@
 """Helpers shared by the tests: the real CLI in a real process or in this one, suite files, model-folder files,
 records built by hand, reports. Test modules share through here, never by importing one another."""
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from harness.jobs import Job
@@ -275,6 +277,48 @@ def job(name: str = "default", tp: int = 1, profile: str = "default") -> Job:
         meta="",
         tp=tp,
     )
+
+
+@contextlib.contextmanager
+def within(seconds: int) -> Iterator[None]:
+    """Fail, instead of sitting silent, when the block takes longer than `seconds` (a plan expanding forever, a
+    parser in a loop): an AssertionError, so that a hypothesis example fails like any other."""
+
+    def hung(*_: object) -> None:
+        raise TimeoutError(f"still running after {seconds} s: a hang")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    except TimeoutError as e:
+        raise AssertionError(str(e)) from None
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+# A tensor parallel suite on the fake model; TP is replaced by the degrees ([1, 3], "auto").
+TP_TOML = """
+[suite]
+name = "tp"
+version = 1
+[prompts]
+items = [{id = "a", text = "x"}, {id = "b", text = "y"}]
+[parallel]
+tp = TP
+[[schedules]]
+kind = "solo"
+[[schedules]]
+kind = "repeat"
+[[schedules]]
+kind = "permutation"
+count = 1
+[profiles.default]
+[profiles.deterministic]
+env = { HCCL_DETERMINISTIC = "true" }
+expect = { cpu = "bitwise" }
+"""
 
 
 def only_run_dir(out: Path) -> Path:

@@ -18,7 +18,7 @@ from harness.suite_parse import parse
 
 from . import fakes
 from .helpers import MODEL_FIXTURES as FIXTURES
-from .helpers import ROOT, cli_in_process, run_cli, write_suite
+from .helpers import ROOT, TP_TOML, cli_in_process, run_cli, write_suite
 from .helpers import dry_run_jobs as jobs
 
 QWEN7 = FIXTURES / "Qwen2.5-7B-Instruct"
@@ -161,7 +161,7 @@ def test_a_run_on_one_card_skips_tp_invariance_with_the_reason(tmp_path: Path, m
     shutil.copytree(QWEN7, model)
     fakes.install(monkeypatch, model)
     monkeypatch.setenv("ASCEND_RT_VISIBLE_DEVICES", "0")
-    path = write_suite(tmp_path / "tp.toml", _TP_TOML)
+    path = write_suite(tmp_path / "tp.toml", TP_TOML.replace("TP", '"auto"'))
     code, out, err = cli_in_process(
         "run", path, "--device", "npu", "--model", model, "--out", tmp_path / "o", "--baselines", tmp_path / "b"
     )
@@ -222,21 +222,3 @@ def _tp_suite() -> dict:
         "parallel": {"tp": "auto"},
         "profiles": {"default": {}},
     }
-
-
-_TP_TOML = """
-[suite]
-name = "tp"
-version = 1
-[prompts]
-items = [{id = "a", text = "x"}, {id = "b", text = "y"}]
-[parallel]
-tp = "auto"
-[[schedules]]
-kind = "solo"
-[[schedules]]
-kind = "repeat"
-[profiles.default]
-[profiles.deterministic]
-env = { HCCL_DETERMINISTIC = "true" }
-"""

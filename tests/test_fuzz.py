@@ -34,7 +34,7 @@ from harness.errors import USAGE, HarnessError
 from harness.records import Record
 
 from . import fakes
-from .helpers import ROOT, record, tiny_config, tiny_tokenizer
+from .helpers import ROOT, record, tiny_config, tiny_tokenizer, within
 
 tomli_w = pytest.importorskip("tomli_w")
 
@@ -553,25 +553,6 @@ def strict_runners(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(runner, "run_served_all", run_served_all)
 
 
-@contextlib.contextmanager
-def no_hang(seconds: int = 120):
-    """A run that outlives `seconds` fails the example (a plan expanding forever sits silent otherwise)."""
-    import signal
-
-    def hung(*_):
-        raise TimeoutError(f"still running after {seconds} s: a hang")
-
-    old = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(seconds)
-    try:
-        yield
-    except TimeoutError as e:
-        raise AssertionError(str(e)) from None
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def model_files(folder: Path, context: int) -> None:
     """The fake model's folder gets a real tokenizer.json (a token per word) and a config.json: the parent's context
     and tensor-parallel checks read them."""
@@ -640,7 +621,7 @@ def test_cli_environments_parallel_perf_and_counts(data):
         model_files(top / "model", 4096)
         (root / "s.toml").write_bytes(raw)
         before = snapshot(top)
-        with no_hang():
+        with within(120):
             code, out, err = cli_main(["run", "s.toml", "--out", "reports", "--baselines", "baselines"])
         check_run(top, root, "reports", before, code, out, err, update=False)
 
@@ -663,7 +644,7 @@ def test_cli_prompt_lengths_against_the_context(words: list[int], max_new: int, 
         model_files(top / "model", context)
         (root / "s.toml").write_bytes(toml_bytes(doc))
         before = snapshot(top)
-        with no_hang():
+        with within(120):
             code, out, err = cli_main(["run", "s.toml", "--out", "reports", "--baselines", "baselines"])
         check_run(top, root, "reports", before, code, out, err, update=False)
         valid = all(words) and 1 <= max_new <= 32768

@@ -10,9 +10,7 @@ anything is written: one line naming the file, key or value and what to do, exit
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ import pytest
 from harness import plan
 
 from . import fakes
-from .helpers import LOADTIME_SUITE, refused, run_cli, tiny_config, tiny_tokenizer, write_suite
+from .helpers import LOADTIME_SUITE, refused, run_cli, tiny_config, tiny_tokenizer, within, write_suite
 from .helpers import cli_in_process as harness
 
 SUITE = """
@@ -53,24 +51,6 @@ def suite(tmp_path: Path, *, items=ITEMS, schedules="", perf="", profile="", max
 @pytest.fixture
 def fake(monkeypatch, tmp_path: Path) -> list[str]:
     return fakes.install(monkeypatch, tmp_path / "model")
-
-
-@contextlib.contextmanager
-def within(seconds: int):
-    """Fail, instead of sitting silent, when the block takes longer than `seconds`."""
-
-    def hung(*_):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(seconds)
-    try:
-        yield
-    except TimeoutError as e:
-        pytest.fail(f"a hang: {e}", pytrace=False)
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 # ---- 1. profile environments ----------------------------------------------------------------------------------------

@@ -18,8 +18,8 @@ from harness.suite import SuiteError
 from harness.suite_parse import parse
 
 from . import fakes
+from .helpers import TP_TOML, record, refused, write_suite
 from .helpers import cli_in_process as harness
-from .helpers import record, refused, write_suite
 
 BASE = {
     "suite": {"name": "t", "version": 1},
@@ -91,28 +91,6 @@ def test_parallel_refused_with_perf_and_with_a_server():
         parse({**BASE, "parallel": {"tp": [1, 3]}, "endpoint": {"base_url": "http://127.0.0.1:1"}}, "t.toml")
 
 
-HEAD = """
-[suite]
-name = "tp"
-version = 1
-[prompts]
-items = [{id = "a", text = "x"}, {id = "b", text = "y"}]
-[parallel]
-tp = TP
-[[schedules]]
-kind = "solo"
-[[schedules]]
-kind = "repeat"
-[[schedules]]
-kind = "permutation"
-count = 1
-[profiles.default]
-[profiles.deterministic]
-env = { HCCL_DETERMINISTIC = "true" }
-expect = { cpu = "bitwise" }
-"""
-
-
 def _fake_model(monkeypatch, tmp_path: Path, heads: int = 9, kv: int = 3) -> list[str]:
     prepared = fakes.install(monkeypatch, tmp_path / "model")
     (tmp_path / "model" / "config.json").write_text(
@@ -123,7 +101,7 @@ def _fake_model(monkeypatch, tmp_path: Path, heads: int = 9, kv: int = 3) -> lis
 
 def test_degree_that_does_not_divide_the_heads_is_refused_before_any_worker(tmp_path: Path, monkeypatch):
     _fake_model(monkeypatch, tmp_path)
-    path = write_suite(tmp_path / "tp.toml", HEAD.replace("TP", "[1, 2]"))
+    path = write_suite(tmp_path / "tp.toml", TP_TOML.replace("TP", "[1, 2]"))
     code, out, err = harness("run", path, "--out", tmp_path / "out")
     refused(
         code,
@@ -136,7 +114,7 @@ def test_degree_that_does_not_divide_the_heads_is_refused_before_any_worker(tmp_
 
 def test_fake_groups_give_per_degree_verdicts_and_tp_invariance(tmp_path: Path, monkeypatch):
     _fake_model(monkeypatch, tmp_path)
-    path = write_suite(tmp_path / "tp.toml", HEAD.replace("TP", "[1, 3]"))
+    path = write_suite(tmp_path / "tp.toml", TP_TOML.replace("TP", "[1, 3]"))
     out = tmp_path / "out"
     code, stdout, err = harness("run", path, "--out", out, "--baselines", tmp_path / "b")
     assert code == OK, (stdout, err)
@@ -287,7 +265,7 @@ def test_group_note_says_per_flag_what_the_backend_ignores():
 def test_command_line_degrees_override_the_suite(tmp_path: Path, monkeypatch):
     # --model to a bigger checkpoint needs other degrees: --tp gives them without editing the suite
     _fake_model(monkeypatch, tmp_path, heads=28, kv=4)
-    path = write_suite(tmp_path / "tp.toml", HEAD.replace("TP", "[1, 3]"))
+    path = write_suite(tmp_path / "tp.toml", TP_TOML.replace("TP", "[1, 3]"))
     code, _, err = harness("run", path, "--out", tmp_path / "o1")
     refused(code, err, "degree 3 does not divide the model's 28 attention heads and 4 KV heads", "both: 1, 2, 4")
     code, stdout, err = harness("run", path, "--out", tmp_path / "o2", "--tp", "1,4", "--profile", "default")
