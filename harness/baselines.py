@@ -126,7 +126,7 @@ class DeviceKey:
 def device_key(info: dict[str, Any]) -> DeviceKey:
     """On CPU the ISA, the CPU model and the thread count decide how reductions split; on a server, what serves it
     and on which host (and chip, on an NPU host), with the server's version and what it runs on (vllm_ascend, CANN)
-    where the harness could read them (serverinfo.served_device). A served CPU run of `transformers serve` keeps the
+    where the harness could read them (serving.info.served_device). A served CPU run of `transformers serve` keeps the
     key it had before those were read (endpoint-cpu-<host>-transformers), so the committed baselines stay found."""
     dev = info.get("device", "cpu")
     if dev == "endpoint":

@@ -12,7 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .plan import Batch
 from .records import Generated
-from .served import Endpoint
+from .serving.spec import Endpoint
 from .status import WorkerStatus
 
 

@@ -53,7 +53,7 @@ def preflight(suite: Suite) -> None:
     ep = suite.endpoint
     assert ep is not None  # only a served suite is preflighted (load_suite asks)
     try:
-        from . import wire
+        from .serving import wire
 
         kwargs = wire.client_kwargs(ep)
     except ImportError as e:

@@ -27,7 +27,7 @@ from . import cancel, group, procgroup
 from .errors import INFRA, USAGE, HarnessError
 from .jobs import Job, JobOutcome, env_path, save_env
 from .plan import Batch
-from .serverinfo import served_device, server_program
+from .serving.info import served_device, server_program
 from .status import WorkerStatus
 from .suite import Parallel, Profile, Suite
 
@@ -372,7 +372,7 @@ def run_served_all(
     with its own environment), then the workers take turns pass by pass as in-process profiles do, so a neighbour
     or drift on the runner lands on both sides of the determinism cost; otherwise one server at a time (models too
     big for two)."""
-    from .wire import api_key
+    from .serving.wire import api_key
 
     assert suite.endpoint is not None
     cancel.check()
@@ -409,7 +409,7 @@ def _against_servers(
     device description, and so the baseline key."""
     from contextlib import ExitStack
 
-    from . import server
+    from .serving import server
 
     assert suite.endpoint is not None and suite.server is not None
     results: dict[str, JobOutcome] = {}

@@ -1,7 +1,7 @@
 """Suite files: the data model, frozen dataclasses with a case hash.
 
 The parser is suite_parse.py (`load`, `parse`), which depends on this module and never the other way; the TOML
-reader is tomltable.py, the served parts ([server], [endpoint]) are served.py.
+reader is tomltable.py, the served parts ([server], [endpoint]) are harness/serving/spec.py.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 # Re-exported (`X as X`): a suite's served parts and the TOML reader's errors are read from here too.
-from .served import MIB as MIB
-from .served import Endpoint as Endpoint
-from .served import Server as Server
-from .served import base_url as base_url
+from .serving.spec import MIB as MIB
+from .serving.spec import Endpoint as Endpoint
+from .serving.spec import Server as Server
+from .serving.spec import base_url as base_url
 from .status import Expectation, Tier
 from .tomltable import Rule as Rule
 from .tomltable import SuiteError as SuiteError

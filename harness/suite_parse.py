@@ -13,7 +13,7 @@ from typing import Any
 from .analysis.determinism import EXPECTATIONS
 from .paths import SAFE_RULE, safe_name, shown
 from .plan import size_problem
-from .served import parse_endpoint, parse_server
+from .serving.spec import parse_endpoint, parse_server
 from .suite import (
     BASELINE_LEVELS,
     DEVICES,

@@ -1,4 +1,4 @@
-"""Device facts read from the Ascend install's own files (devices.py), and a served run's device key (serverinfo.py).
+"""Device facts read from the Ascend install's own files (devices.py), and a served run's device key (harness/serving/info.py).
 
 The trees under tests/fixtures/ascend/<layout>/ stand for /usr/local/Ascend. Their files are copied verbatim from
 public reports of real hosts (vllm-ascend issue templates, MindIE and MindSpore setup notes, the Ascend fault
@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import baselines, devices, serverinfo
+from harness import baselines, devices
+from harness.serving import info as serverinfo
 from harness.suite import Server
 from harness.tomltable import tomllib
 

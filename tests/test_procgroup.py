@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import procgroup, server
-from harness.served import Endpoint, Server
+from harness import procgroup
+from harness.serving import server
+from harness.serving.spec import Endpoint, Server
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.served import redact_config, render
+from harness.serving.spec import redact_config, render
 from harness.suite import SuiteError
 from harness.suite_parse import load
 
@@ -160,7 +160,7 @@ def test_shipped_vllm_and_example_suites_load(path: str):
 
 
 def test_a_start_up_failure_is_explained_in_one_line():
-    from harness.server import start_up_cause
+    from harness.serving.server import start_up_cause
 
     tail = [
         "INFO loading weights",

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 from .. import envinfo
 from ..jobs import Job
 from ..records import CHARS, MODEL_IDS, NO_IDS, Generated
-from ..served import Endpoint
-from ..wire import client_kwargs, connection_error, encode, request_body, size_error
+from ..serving.spec import Endpoint
+from ..serving.wire import client_kwargs, connection_error, encode, request_body, size_error
 
 if TYPE_CHECKING:
     import torch
@@ -203,7 +203,7 @@ class EndpointAdapter:
     def describe(self) -> dict[str, Any]:
         # A server the harness started runs on this host: its CPU model and cores belong in the baseline key. What
         # this side of the socket cannot see (the server's version, vllm_ascend, the NPU chip, CANN) the runner adds
-        # to this description when the job ends (serverinfo.served_device); an external server gets neither.
+        # to this description when the job ends (serving.info.served_device); an external server gets neither.
         host = f"{envinfo.cpu_model()}-c{os.cpu_count()}" if self.server != "external" else ""
         return {
             "device": "endpoint",

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .. import served
+from ..serving import spec as served
 from .core import Context, Finding, check
 
 # What OpenAI-compatible servers take inline (image_url / input_audio / video_url).
@@ -117,7 +117,7 @@ def serving_tls(ctx: Context) -> Iterator[Finding]:
 def serving_body(ctx: Context) -> Iterator[Finding]:
     """Prompts as the server will see them: attachments in formats it takes, each body under its limit (MindIE:
     4 MiB) after base64, which makes media 4/3 of their size."""
-    from .. import wire
+    from ..serving import wire
     from ..suite_parse import parse
 
     served_suites = [s for s in ctx.suites if isinstance(s.data.get("endpoint"), dict)]

@@ -10,8 +10,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import devices
-from .served import Server
+from .. import devices
+from .spec import Server
 
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _ENV_TAKES_VALUE = {"-u", "--unset", "-C", "--chdir"}  # env's options whose value is the next word

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import procgroup
-from .ports import free_port, port_taken
-from .served import Endpoint, Server, redact_config, render
+from .. import procgroup
+from ..ports import free_port, port_taken
+from .spec import Endpoint, Server, redact_config, render
 
 if TYPE_CHECKING:
     import httpx

@@ -11,7 +11,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from .served import MIB, Endpoint
+from .spec import MIB, Endpoint
 
 
 def api_key(ep: Endpoint) -> str:

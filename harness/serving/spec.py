@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .tomltable import Rule, SuiteError, Table
+from ..tomltable import Rule, SuiteError, Table
 
 APIS = ("completions", "chat")
 PLACEHOLDERS = ("model", "port", "host", "device", "dtype", "python", "config")
