@@ -86,3 +86,30 @@ def test_gate_uses_per_metric_thresholds_and_skips_itl():
     rows = {c.metric: c for c in latency.gate(before, after, {"ttft": 0.10}, 0.05)}
     assert set(rows) == {"solo ttft", "solo tpot"}
     assert rows["solo ttft"].status == "~" and rows["solo tpot"].status == "regressed"
+
+
+def test_paired_processes_see_a_small_shift_that_drift_hides():
+    """Drift moves both sides of each pair alike: the paired test sees a 3% shift the pooled samples cannot."""
+    rng = np.random.default_rng(7)
+    drift = 1 + 0.05 * rng.standard_normal(8)  # each pair's minute on the runner: +-5%
+    ref = 100 * drift * (1 + 0.004 * rng.standard_normal(8))
+    new = 103 * drift * (1 + 0.004 * rng.standard_normal(8))
+    c = stats.paired("solo tpot", list(zip(ref, new)), threshold=0.02, alpha=0.01)
+    assert c.status == "regressed" and c.p < 0.001 and c.runs == 8
+    assert c.ci_low < 1.03 < c.ci_high and 1.02 < c.ratio < 1.04
+    pooled = stats.compare("solo tpot", list(ref), list(new), threshold=0.02, alpha=0.01)
+    assert pooled.status == "~"  # the same figures unpaired: the drift drowns it
+    same = stats.paired(
+        "solo tpot", list(zip(ref, ref * (1 + 0.004 * rng.standard_normal(8)))), threshold=0.02, alpha=0.01
+    )
+    assert same.status == "~" and abs(same.ratio - 1) < 0.01
+    faster = stats.paired("solo tok_s", list(zip(ref, new)), threshold=0.02, alpha=0.01, higher_is_better=True)
+    assert faster.status == "improved"
+
+
+def test_paired_needs_two_pairs_and_skips_broken_ones():
+    assert stats.paired("m", [(1.0, 1.1)], threshold=0.02, alpha=0.05).status == "insufficient"
+    c = stats.paired(
+        "m", [(1.0, 1.1), (float("nan"), 1.0), (0.0, 1.0), (1.0, 1.1), (1.0, 1.1)], threshold=0.02, alpha=0.05
+    )
+    assert c.runs == 3 and c.p == 0.0 and c.status == "regressed"  # no spread at all: certain

@@ -231,3 +231,47 @@ def compare(
         **meds,
     )
     return c.decided(alpha)
+
+
+def paired(
+    metric: str,
+    pairs: Sequence[tuple[float, float]],
+    *,
+    threshold: float,
+    alpha: float,
+    higher_is_better: bool = False,
+) -> Change:
+    """A candidate against a reference measured in the same run, processes as the unit: each pair is one reference
+    process's median and one candidate process's, started side by side (A B, then B A) and measured interleaved,
+    so drift over the run falls on both. The test is a paired t-test of the log ratios (Student, P - 1 degrees of
+    freedom): what varies between processes (address-space layout, thread placement, a neighbour's minute) is inside
+    its spread, instead of thousands of correlated tokens faking significance."""
+    good = [(a, b) for a, b in pairs if a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b)]
+    n = len(good)
+    before = [a for a, _ in good]
+    after = [b for _, b in good]
+    base = _Sizes(metric=metric, n_before=n, n_after=n, threshold=threshold, higher_is_better=higher_is_better)
+    if n < 2:
+        return Change(status="insufficient", note=f"{n} process pair(s): a paired test needs at least 2", **base)
+    d = np.log(np.asarray(after)) - np.log(np.asarray(before))
+    mean, sd = float(np.mean(d)), float(np.std(d, ddof=1))
+    se = sd / math.sqrt(n)
+    q = float(stats.t.ppf(1 - alpha / 2, n - 1))
+    if se == 0:
+        p = 1.0 if mean == 0 else 0.0
+    else:
+        p = float(2 * stats.t.sf(abs(mean / se), n - 1))
+    c = Change(
+        status="~",
+        before=float(np.median(before)),
+        after=float(np.median(after)),
+        ratio=math.exp(mean),
+        ci_low=math.exp(mean - q * se),
+        ci_high=math.exp(mean + q * se),
+        p=p,
+        detectable=math.expm1((q + _POWER_Z) * se),
+        note=f"{n} process pairs, paired",
+        runs=n,
+        **base,
+    )
+    return c.decided(alpha)
