@@ -106,10 +106,11 @@ def make_job(suite: Suite, profile: Profile, batches: list[Batch], model_dir: Pa
 
 
 class _LineCounter:
-    """Counts complete lines appended to a file since the last call, reading only the new bytes."""
+    """Counts complete lines appended to a file since it was made (a later process of a profile appends to what the
+    earlier ones wrote: harness.processes), reading only the new bytes."""
 
     def __init__(self, path: Path):
-        self.path, self.offset, self.lines = path, 0, 0
+        self.path, self.offset, self.lines = path, path.stat().st_size if path.is_file() else 0, 0
 
     def poll(self) -> int:
         try:
