@@ -232,7 +232,9 @@ def calibrate(session: nox.Session) -> None:
 @nox.session
 def gaterates(session: nox.Session) -> None:
     """How often the latency gate cries wolf (A/A, leave one out) and catches a 5% / 10% slowdown, with the shipped
-    perf suite on this runner. About 40 perf runs: give it the machine to itself."""
+    perf suite on this runner. About 40 perf runs: give it the machine to itself. Side by side with a reference
+    stack in the same run (processes as the units): `nox -s gaterates -- --side-by-side 0:20 --side-by-side 0.05:20
+    --side-by-side 0.03:20` (docs/latency.md)."""
     _install(session, "dev")
     session.run(
         "python",

@@ -13,6 +13,8 @@ from .options import Options
 from .records import Record
 from .suite import Suite
 
+REF = "\0reference:"  # keys the in-run reference rows apart from the job names in one family
+
 
 def against_baselines(
     suite: Suite,
@@ -81,32 +83,46 @@ def _one(
         note,
         k=suite.generation.k,
     )
-    if not v.passed and (changed := envinfo.changes(b.environment.get("device", {}), j.meta["device"])):
-        v = dataclasses.replace(v, reason=f"{v.reason}; since the baseline: {', '.join(changed)}")
+    then = b.environment.get("device", {})
+    if not v.passed and (changed := envinfo.changes(then, j.meta["device"])):
+        pin = str(j.meta["device"].get("pin", ""))
+        # a pin both hosts honoured and bits that still moved: the pin does not cover what differs between them
+        under = f"; {pin} was honoured by both hosts, yet the outputs differ" if pin and pin == then.get("pin") else ""
+        v = dataclasses.replace(v, reason=f"{v.reason}{under}; since the baseline: {', '.join(changed)}")
     out.verdicts.append(v)
     out.sources[j.name] = found.describe()
     out.used[j.name] = baselines.BaselineUse.of(found)
     if suite.perf is None:
         return
-    if not found.same_hardware:
+    # under a CPU pin one key spans machines: timings still compare only on one machine type
+    same = found.same_hardware and baselines.same_machine(then, j.meta["device"])
+    if not same:
+        theirs, ours = (baselines.device_key(d, pinned=False).hardware for d in (then, j.meta["device"]))
         out.ungated_note = (
             f"latency shown, not gated: the baselines were measured on other hardware "
-            f"({found.key.hardware}; this run {key.hardware}), and timings compare only on one "
+            f"({theirs}; this run {ours}), and timings compare only on one "
             f"hardware; {baselines.record_hint(suite.path)}"
         )
     rows = timing.against(suite.perf, b, records[j.name], j.meta, suite.seed)
-    out.changes[j.name] = rows if found.same_hardware else timing.ungated(rows)
-    out.gated[j.name] = found.same_hardware
+    out.changes[j.name] = rows if same else timing.ungated(rows)
+    out.gated[j.name] = same
     out.found[j.name] = b
 
 
 def _decide(suite: Suite, jobs: list[JobOutcome], records: dict[str, list[Record]], out: report.BaselineResult) -> None:
-    """One false-alarm budget for every gated row of the run; a row that only noisy passes decide is `noisy`."""
+    """One false-alarm budget for every gated row of the run, against the stored baselines and against the reference
+    measured in the run alike; a baseline row that only noisy passes decide is `noisy`."""
     assert suite.perf is not None
     gated = {p: cs for p, cs in out.changes.items() if out.gated.get(p)}
-    decided, out.alpha_row = timing.decide(gated, suite.perf.budget)
+    against_ref = {
+        f"{REF}{p}": cs
+        for p, cs in timing.reference(suite.perf, {j.profile: j for j in jobs}, records, suite.seed).items()
+    }
+    decided, out.alpha_row = timing.decide({**gated, **against_ref}, suite.perf.budget)
+    out.reference = {k.removeprefix(REF): decided[k] for k in against_ref}
+    gated = {**gated, **against_ref}
     for j in jobs:
-        if j.name not in decided:
+        if j.name not in decided or j.name not in out.found:
             continue
         noisy = timing.noisy_passes(j.meta, suite.perf.noise_share)
         without = (
@@ -164,7 +180,12 @@ def _update(
     if suite.perf is not None:
         # Timings accumulate run by run under one key, so the gate can see how far runs drift on this runner.
         prev = store.check(key, sdir, j.name, suite.case_hash)
-        keep = isinstance(prev, baselines.Found) and prev.tier == "same key" and not opts.fresh_runs
+        keep = (
+            isinstance(prev, baselines.Found)
+            and prev.tier == "same key"
+            and baselines.same_machine(prev.baseline.environment.get("device", {}), j.meta["device"])
+            and not opts.fresh_runs
+        )
         old = prev.baseline if keep and isinstance(prev, baselines.Found) else None
         b.runs = ((old.runs or [old.run_medians_now()]) if old else []) + [
             baselines.medians({**samples, **({"load": [load_s]} if load_s else {})})

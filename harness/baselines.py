@@ -123,11 +123,14 @@ class DeviceKey:
         return "same key" if other.software == self.software else "other software"
 
 
-def device_key(info: dict[str, Any]) -> DeviceKey:
-    """On CPU the ISA, the CPU model and the thread count decide how reductions split; on a server, what serves it
-    and on which host (and chip, on an NPU host), with the server's version and what it runs on (vllm_ascend, CANN)
-    where the harness could read them (serving.info.served_device). A served CPU run of `transformers serve` keeps the
-    key it had before those were read (endpoint-cpu-<host>-transformers), so the committed baselines stay found."""
+def device_key(info: dict[str, Any], *, pinned: bool = True) -> DeviceKey:
+    """On CPU the ISA, the CPU model and the thread count decide how reductions split, unless the worker ran under a
+    verified instruction-set pin (cpupin: ATen, oneDNN and MKL each read back as asked): then the pin and the thread
+    count are the hardware, the same on every x86 host that honours it (`pinned=False`: the machine's own key, which
+    timings need). On a server, what serves it and on which host (and chip, on an NPU host), with the server's
+    version and what it runs on (vllm_ascend, CANN) where the harness could read them (serving.info.served_device).
+    A served CPU run of `transformers serve` keeps the key it had before those were read
+    (endpoint-cpu-<host>-transformers), so the committed baselines stay found."""
     dev = info.get("device", "cpu")
     if dev == "endpoint":
         hw = ["endpoint", info.get("target", ""), info.get("host", ""), info.get("chip", "")]
@@ -139,7 +142,9 @@ def device_key(info: dict[str, Any]) -> DeviceKey:
             sw.append(f"cann{_mm(info['cann'])}")
     else:
         hw = [dev]
-        if dev == "cpu":
+        if dev == "cpu" and pinned and info.get("pin"):
+            hw += [info["pin"], f"t{info.get('threads', '?')}"]
+        elif dev == "cpu":
             hw += [info.get("cpu_capability", "unknown"), info.get("cpu_model", ""), f"t{info.get('threads', '?')}"]
         else:
             hw.append(info.get("chip", "unknown"))
@@ -155,6 +160,11 @@ def device_key(info: dict[str, Any]) -> DeviceKey:
         if info.get("vllm_ascend"):
             sw.append(f"vllmascend{_mm(info['vllm_ascend'])}")
     return DeviceKey(dev, "-".join(slug(p) for p in hw if p), "-".join(slug(p) for p in sw if p))
+
+
+def same_machine(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two device descriptions of one machine type: under a pin the key no longer says, and timings need it."""
+    return device_key(a, pinned=False).hardware == device_key(b, pinned=False).hardware
 
 
 def suite_dir(suite_name: str, model_ref: str, model_overridden: bool) -> str:
@@ -397,6 +407,7 @@ _KEY_FIELDS = (
     "server",
     "cpu_capability",
     "cpu_model",
+    "pin",
     "threads",
     "chip",
     "torch",

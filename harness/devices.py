@@ -50,7 +50,11 @@ def prepare(kind: str, *, deterministic: bool) -> torch.device:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         if not torch.cuda.is_available():
             raise DeviceError("--device cuda: torch sees no CUDA device (is this a CPU build of torch?)")
-    elif kind != "cpu":
+    elif kind == "cpu":
+        from . import cpupin
+
+        cpupin.readback()  # before the model: oneDNN says its ISA only at its first primitive
+    else:
         raise DeviceError(f"unknown device {kind!r}; expected cpu, cuda or npu")
     if deterministic:
         torch.use_deterministic_algorithms(True)
@@ -75,8 +79,14 @@ def describe(device: torch.device) -> dict[str, str]:
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_model": envinfo.cpu_model(),
+        "cpu_name": envinfo.cpu_name(),
         "threads": str(torch.get_num_threads()),
     }
+    if device.type == "cpu":
+        from . import cpupin
+
+        # what ATen, oneDNN and MKL run with, their versions, and the pin they earn (verified, not assumed)
+        info.update(cpupin.facts(os.environ))
     for lib in LIBRARIES:
         try:
             info[lib] = metadata.version(lib)

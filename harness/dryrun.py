@@ -136,6 +136,7 @@ def suite_plan(suite: Suite) -> list[str]:
         f"profile {p.name}: {n}" for p in suite.profiles if (n := profiles.note(p, suite.model.device, paths(suite)))
     ]
     notes += [n] if (n := profiles.flags_note(suite)) else []
+    notes += [f"profiles left out on {suite.model.device}: {', '.join(suite.left_out)}"] if suite.left_out else []
     if any(tp > 1 for tp in par.tp):
         notes.append(
             f"OMP_NUM_THREADS above is this host's {group.cores()} core(s) shared by the largest group; on the runner "

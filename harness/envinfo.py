@@ -9,7 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 _RELEVANT = re.compile(
-    r"^(ATB_|HCCL_|LCCL_|OMP_|MKL_|NPU_|PYTORCH_NPU_|ASCEND_|CUBLAS_|VLLM_|CLOSE_MATMUL_K_SHIFT$|HARNESS_)"
+    r"^(ATB_|HCCL_|LCCL_|OMP_|MKL_|ONEDNN_|DNNL_|ATEN_CPU_CAPABILITY$|NPU_|PYTORCH_NPU_|ASCEND_|CUBLAS_|VLLM_"
+    r"|CLOSE_MATMUL_K_SHIFT$|HARNESS_)"
 )
 _SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
 REDACTED = "<redacted>"
@@ -37,17 +38,30 @@ def host() -> dict[str, str]:
     return {"python": platform.python_version(), "platform": platform.platform(), "machine": platform.machine()}
 
 
-def cpu_model(cpuinfo: str | None = None) -> str:
-    """Vendor, family and model as the kernel reports them. MKL and oneDNN pick kernels, and so the order of a
-    reduction, per microarchitecture (AMX, cache sizes), not only per ISA: two "AVX512" hosts can differ in bits."""
+def _first_cpu(cpuinfo: str | None) -> dict[str, str] | None:
+    """The first processor's fields of /proc/cpuinfo (or of `cpuinfo`); None when it cannot be read."""
     if cpuinfo is None:
         try:
             with open("/proc/cpuinfo", encoding="utf-8") as fh:
                 cpuinfo = fh.read()
         except OSError:
-            return platform.processor() or platform.machine()
+            return None
     first = cpuinfo.split("\n\n", 1)[0]
-    f = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in first.splitlines())}
+    return {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in first.splitlines())}
+
+
+def cpu_name(cpuinfo: str | None = None) -> str:
+    """The CPU's marketing name ("AMD EPYC", "Intel(R) Xeon(R) ..."): recorded so a report can name the host."""
+    f = _first_cpu(cpuinfo) or {}
+    return f.get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """Vendor, family and model as the kernel reports them. MKL and oneDNN pick kernels, and so the order of a
+    reduction, per microarchitecture (AMX, cache sizes), not only per ISA: two "AVX512" hosts can differ in bits."""
+    f = _first_cpu(cpuinfo)
+    if f is None:
+        return platform.processor() or platform.machine()
     if "vendor_id" in f:
         vendor = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}.get(f["vendor_id"], f["vendor_id"])
         return f"{vendor}-{f.get('cpu family', '?')}-{f.get('model', '?')}"

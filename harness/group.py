@@ -76,7 +76,14 @@ class Launch:
 
 
 def launch(
-    job_name: str, tp: int, par: Parallel, job_path: Path, log_dir: Path, marker: str, module: str = "harness.worker"
+    job_name: str,
+    tp: int,
+    par: Parallel,
+    job_path: Path,
+    log_dir: Path,
+    marker: str,
+    module: str = "harness.worker",
+    python: str = "",
 ) -> Launch:
     """torchrun's command line for `python -m MODULE JOB_PATH` on every rank (the run's worker, or harness.localize's
     group capture with its spec), and what each rank gets in its environment."""
@@ -109,7 +116,7 @@ def launch(
     if par.launcher:
         argv = shlex.split(par.launcher.replace("{args}", shlex.join(args)))
     else:
-        argv = [sys.executable, "-m", "torch.distributed.run", *args]
+        argv = [python or sys.executable, "-m", "torch.distributed.run", *args]
     env = {MARK: marker, "OMP_NUM_THREADS": str(suite_threads(par)), "HARNESS_NODE_RANK": str(par.node_rank)}
     return Launch(argv=argv, env=env, ranks_dir=log_dir, endpoint=endpoint)
 

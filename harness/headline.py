@@ -3,7 +3,7 @@
 Metric names (CSV columns), values in milliseconds for times within a run, seconds for loads:
 `<property>.share_bitwise`, `<property>.share_tokens`, `<property>.max_unique` (determinism),
 `<schedule>.<ttft|tpot|e2e|tok_s>.<p50|p99>` (latency), `tok_s` (the worker's generated tokens per second),
-`load.<phase>` (seconds), `cost.<schedule>.<metric>` (deterministic over default, same run),
+`load.<phase>` (seconds), `cost.<schedule>.<metric>` (the cost profile over default, same run: profiles.cost_profile),
 `<model>.<warm|cold>.p50`, `<model>.<phase>.p50`, `<model>.peak_rss_mb` (load time).
 """
 
@@ -21,7 +21,7 @@ from .report import RunResult
 def from_run(res: RunResult) -> list[Headline]:
     out = []
     cost = {f"cost.{c.metric.replace(' ', '.')}": c.ratio for c in res.cost if math.isfinite(c.ratio) and c.n_before}
-    cost_profile = "deterministic"
+    cost_profile = res.cost_profile
     for j in res.jobs:
         info = j.meta.get("device") or {}
         if not info:
@@ -52,7 +52,7 @@ def from_run(res: RunResult) -> list[Headline]:
             Headline(
                 suite=suite.name,
                 profile=j.name,  # the profile, or profile-tpN when a suite runs several degrees
-                hardware=device_key(info).hardware,
+                hardware=device_key(info, pinned=False).hardware,  # a history is one machine's, pinned or not
                 env=environment(info),
                 metrics=m,
                 model=suite.model.ref,

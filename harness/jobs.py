@@ -42,6 +42,7 @@ class Job:
     paced: bool = False  # wait for a line on stdin before each pass (interleaved profiles)
     tp: int = 1  # tensor parallel degree: > 1 runs under torchrun, one process per device, rank 0 writes
     collective_timeout_s: float = 300.0  # a collective that waits longer fails the group
+    python: str = ""  # the interpreter its worker runs with (another stack: harness.stacks); "" the harness's own
 
     @property
     def expected(self) -> int:

@@ -32,6 +32,9 @@ class Options:
     parallel: dict[str, Any] = field(default_factory=dict)  # --nnodes, --node-rank, --rdzv-endpoint over [parallel]
     history: Path | None = None  # where each run appends its headline metrics (CLI default: <out>/history); None: off
     dry_run: bool = False  # plan and stop before the first worker (harness.dryrun)
+    reference: str | None = None  # gate every other profile against this one, measured in the run ([perf] reference)
+    reference_python: str | None = None  # the reference stack's interpreter (a `reference` profile if none is named)
+    reference_setup: str | None = None  # ... and the shell file sourced before its workers start
 
 
 def seconds(text: str) -> float:
@@ -127,6 +130,25 @@ def add_run_options(add: Callable[..., Any]) -> None:
     )
     add("--no-history", action="store_true", default=False, help="do not append to the run history")
     add(
+        "--reference",
+        default=None,
+        metavar="PROFILE",
+        help="gate every other profile against this one, measured side by side in this run (overrides [perf] reference)",
+    )
+    add(
+        "--reference-python",
+        default=None,
+        metavar="PYTHON",
+        help="the reference stack's interpreter: the reference profile's workers run with it (without a reference "
+        "profile, a `reference` copy of the first profile is added)",
+    )
+    add(
+        "--reference-setup",
+        default=None,
+        metavar="FILE",
+        help="a shell file sourced before the reference profile's workers start (e.g. last release's set_env.sh)",
+    )
+    add(
         "--dry-run",
         action="store_true",
         default=False,
@@ -170,6 +192,9 @@ def _build(get: Callable[[str], Any]) -> Options:
         },
         history=history_dir(get("history"), get("no_history"), get("out")),
         dry_run=bool(get("dry_run")),
+        reference=get("reference"),
+        reference_python=get("reference_python"),
+        reference_setup=get("reference_setup"),
     )
 
 

@@ -7,19 +7,34 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import adapters, against, atomic, degrees, hostnoise, plan, profiles, report, runner, tables, timing
+from . import (
+    adapters,
+    against,
+    atomic,
+    degrees,
+    hostnoise,
+    plan,
+    processes,
+    profiles,
+    report,
+    runner,
+    stacks,
+    tables,
+    timing,
+)
 from .analysis import determinism, latency
 from .errors import OK, USAGE, HarnessError
-from .jobs import JobOutcome
+from .jobs import Job, JobOutcome
 from .localize import auto
 from .profiles import flags_note
 from .records import Record, read_jsonl
 from .run import Check, Options, Outcome, Progress, RunDir, exit_code
-from .suite import PROPERTIES, Suite, SuiteError
+from .suite import PROPERTIES, Profile, Suite, SuiteError
 from .suite_parse import parse
 
 
@@ -31,6 +46,12 @@ def load_suite(path: str | Path, data: dict[str, Any], opts: Options) -> Suite:
     try:
         suite = parse(data, str(path), base=Path(path).parent).with_overrides(
             model=opts.model, device=opts.device, profiles=opts.profiles, adapter=opts.adapter, endpoint=opts.endpoint
+        )
+        suite = stacks.with_reference(
+            stacks.resolved(suite, Path(path).parent),
+            opts.reference,
+            stacks.resolve(opts.reference_python or "", Path.cwd()) or None,
+            stacks.resolve(opts.reference_setup or "", Path.cwd()) or None,
         )
     except SuiteError as e:
         raise HarnessError(str(e), USAGE) from None
@@ -72,9 +93,26 @@ def preflight(suite: Suite) -> None:
             raise HarnessError(f"{suite.path}: {err}", USAGE)
 
 
+def check_stacks(suite: Suite) -> dict[str, stacks.Stack]:
+    """Each profile's software stack (`python`, `setup`), checked before any worker starts: one line, exit 2."""
+    needs = stacks.needs(suite.model.adapter, suite.endpoint is not None)
+    try:
+        return {p.name: stacks.check(p.python, p.setup, f"profile {p.name!r}", needs) for p in suite.profiles}
+    except HarnessError as e:
+        raise HarnessError(f"{suite.path}: {e}", USAGE) from None
+
+
 def run_profiles(suite: Suite, model_dir: Path, run_dir: Path, opts: Options) -> list[JobOutcome]:
     batches = plan.expand(suite)
     timeout = opts.timeout_s or suite.timeout_s
+    checked = check_stacks(suite)
+
+    def env(p: Profile) -> dict[str, str | None]:
+        return {**dict(p.env), **checked[p.name].env}  # the setup file's exports go with the profile's workers
+
+    def job_of(p: Profile, tp: int = 1) -> Job:
+        return dataclasses.replace(runner.make_job(suite, p, batches, model_dir, run_dir, tp), python=p.python)
+
     # Interleaving is for timing profiles against each other on one device; worker groups run one after another.
     interleave = (
         suite.perf is not None and suite.perf.interleave and len(suite.profiles) > 1 and not suite.parallel.multi
@@ -85,22 +123,28 @@ def run_profiles(suite: Suite, model_dir: Path, run_dir: Path, opts: Options) ->
             for tp in suite.parallel.tp:  # a worker group per degree: a crash in one leaves the others to run
                 if tp == 1 and suite.parallel.node_rank > 0:
                     continue  # one process runs on node 0 alone
-                job = runner.make_job(suite, prof, batches, model_dir, run_dir, tp)
+                job = job_of(prof, tp)
                 with Progress(f"{suite.name}:{job.name}", plan.count_sequences(batches), "seq", opts.progress) as bar:
-                    outcomes.append(runner.run_job(job, dict(prof.env), timeout, run_dir, bar.to, suite.parallel))
+                    outcomes.append(runner.run_job(job, env(prof), timeout, run_dir, bar.to, suite.parallel))
         return outcomes
+    units = suite.perf.units if suite.perf is not None and suite.endpoint is None else 1
     bars = [
-        Progress(f"{suite.name}:{p.name}", plan.count_sequences(batches), "seq", opts.progress) for p in suite.profiles
+        Progress(f"{suite.name}:{p.name}", units * plan.count_sequences(batches), "seq", opts.progress)
+        for p in suite.profiles
     ]
-    jobs = [runner.make_job(suite, p, batches, model_dir, run_dir) for p in suite.profiles]
+    jobs = [job_of(p) for p in suite.profiles]
     try:
         if suite.endpoint is None:
-            return runner.run_interleaved(
-                [(job, dict(p.env), bar.to) for p, job, bar in zip(suite.profiles, jobs, bars)], timeout, run_dir
-            )
+            todo: list[tuple[Job, dict[str, str | None], Callable[[int], None]]] = [
+                (job, env(p), bar.to) for p, job, bar in zip(suite.profiles, jobs, bars)
+            ]
+            if units > 1:
+                return processes.run(todo, units, timeout, run_dir)
+            return runner.run_interleaved(todo, timeout, run_dir)
+        served = [dataclasses.replace(p, env=tuple(sorted(_setenv(env(p)).items()))) for p in suite.profiles]
         return runner.run_served_all(
             suite,
-            [(p, job, bar.to) for p, job, bar in zip(suite.profiles, jobs, bars)],
+            [(p, job, bar.to) for p, job, bar in zip(served, jobs, bars)],
             model_dir,
             timeout,
             run_dir,
@@ -109,6 +153,11 @@ def run_profiles(suite: Suite, model_dir: Path, run_dir: Path, opts: Options) ->
     finally:
         for bar in bars:
             bar.close()
+
+
+def _setenv(env: dict[str, str | None]) -> dict[str, str]:
+    """A server's variables: what a setup file unset cannot be carried in a profile's env, only what it set."""
+    return {k: v for k, v in env.items() if v is not None}
 
 
 def analyse(suite: Suite, jobs: list[JobOutcome], records: dict[str, list[Record]]) -> list[determinism.Verdict]:
@@ -253,6 +302,10 @@ def execute(suite: Suite, opts: Options) -> report.RunResult:
     notes = [f"profile {p.name}: {n}" for p in suite.profiles if (n := profiles.note(p, suite.model.device, paths))]
     notes += [suite.parallel.why] if suite.parallel.why else []
     notes += [n for j in jobs if (n := profiles.group_note(j.profile, j.tp, j.meta))]
+    notes += [
+        f"profile {j.name}: {pin}" for j in jobs if (pin := str((j.meta.get("device") or {}).get("pin_note", "")))
+    ]
+    notes += [f"profiles left out on {suite.model.device}: {', '.join(suite.left_out)}"] if suite.left_out else []
     flags = flags_note(suite)
     where = localize_at_end(suite, rd.path, verdicts)
     every_verdict = verdicts + base.verdicts
@@ -260,7 +313,8 @@ def execute(suite: Suite, opts: Options) -> report.RunResult:
         infra=any(not j.ok for j in jobs) or bool(failures) or base.unwritable,
         unusable=any(v.status == "not comparable" for v in every_verdict),
         failed=not all(v.passed for v in every_verdict)
-        or any(c.status == "regressed" for p, cs in base.changes.items() if base.gated.get(p) for c in cs),
+        or any(c.status == "regressed" for p, cs in base.changes.items() if base.gated.get(p) for c in cs)
+        or any(c.status == "regressed" for cs in base.reference.values() for c in cs),
     )
     res = report.RunResult(
         suite=suite,
@@ -278,7 +332,10 @@ def execute(suite: Suite, opts: Options) -> report.RunResult:
         started=started,
         baseline=base,
         latency=samples,
-        cost=timing.cost(suite.perf, {j.profile: j for j in jobs}, records, suite.seed) if suite.perf else [],
+        cost=timing.cost(suite.perf, {j.profile: j for j in jobs}, records, suite.seed, profiles.cost_profile(suite))
+        if suite.perf
+        else [],
+        cost_profile=profiles.cost_profile(suite),
         failures=failures,
         records=records,
         model_dir=str(model_dir),
@@ -345,12 +402,21 @@ def checks(res: report.RunResult) -> list[Check]:
             if prop == "latency":
                 changes = res.baseline.changes.get(p.name)
                 bad = [c for c in changes or [] if c.status == "regressed"]
-                if changes is None or not res.baseline.gated.get(p.name):
+                ref = res.baseline.reference.get(p.name, [])
+                slower = [c for c in ref if c.status == "regressed"]
+                if (changes is None or not res.baseline.gated.get(p.name)) and not ref:
                     skip = res.baseline.ungated_note if changes is not None else "no latency baseline to compare with"
                 elif bad:
                     lines += [
                         "latency regressed: " + "; ".join(f"{c.metric} x{c.ratio:.3f} (p={c.p:.3g})" for c in bad),
-                        tables.change_table(changes),
+                        tables.change_table(changes or []),
+                    ]
+                if slower:
+                    reference = res.suite.perf.reference if res.suite.perf else ""
+                    lines += [
+                        f"slower than the reference {reference!r} in this run: "
+                        + "; ".join(f"{c.metric} x{c.ratio:.3f} (p={c.p:.3g})" for c in slower),
+                        tables.change_table(ref, reference, p.name),
                     ]
             elif prop == "tp-invariance" and len(par.tp) < 2:
                 skip = par.why or "one degree: nothing to compare tp-invariance with"
@@ -412,7 +478,8 @@ class SuiteKind:
             checks(res),
             from_run(res),
             res,
-            timing=[c for cs in res.baseline.changes.values() for c in cs],
+            timing=[c for cs in res.baseline.changes.values() for c in cs]
+            + [c for cs in res.baseline.reference.values() for c in cs],
             baselines=list(res.baseline.used.values()),
             device=device_facts(res.jobs),
         )

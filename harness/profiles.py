@@ -4,8 +4,10 @@ that a report (and the dry run) can say, flag by flag, "set, not read on this pa
 A switch is an environment variable read by one library at its start-up: ATB (Ascend Transformer Boost: the fused
 ops of MindIE's atb_llm models and the ATB ops vLLM-Ascend calls), ATB_LLM (atb_llm itself), HCCL and LCCL
 (collectives), aclnn (the CANN operator API behind torch_npu's eager ops), cuBLAS, NCCL, vLLM, MKL, oneDNN, ATen,
-OpenMP. A path is the engine that runs the model (transformers in the worker, vLLM or vLLM-Ascend, MindIE, a server
-the harness does not know), its device and its tensor parallel degree; it loads some of those libraries. The `hf`
+OpenMP. On CPU, ATen, oneDNN and MKL read their instruction-set pins on every in-process path; harness.cpupin reads
+back what they ran with. A path is the engine that runs the model (transformers in the worker, vLLM or vLLM-Ascend,
+MindIE, a server the harness does not know), its device and its tensor parallel degree; it loads some of those
+libraries. The `hf`
 adapter on npu runs torch_npu's eager aclnn ops: no ATB, ATB_LLM or LCCL, and HCCL only in a process group on hccl.
 """
 
@@ -45,16 +47,19 @@ FLAGS: dict[str, Flag] = {
     "LCCL_DETERMINISTIC": Flag("LCCL", "1: deterministic (order-preserving) LCCL AllReduce"),
     # cuBLAS documentation, "Results reproducibility"; PyTorch "Reproducibility" notes
     "CUBLAS_WORKSPACE_CONFIG": Flag("cuBLAS", ":4096:8 lets cuBLAS run deterministically"),
+    # CUDA Toolkit documentation (cuBLAS and cuDNN, "TF32"): a global override of every TF32 setting
+    "NVIDIA_TF32_OVERRIDE": Flag("cuBLAS", "0: no TF32 in cuBLAS or cuDNN, whatever torch's allow_tf32 says"),
     # NCCL documentation, "Environment Variables": NCCL_ALGO
     "NCCL_ALGO": Flag("NCCL", "fixes the NCCL reduction algorithm"),
     # vLLM documentation, "Batch invariance" (VLLM_BATCH_INVARIANT); vLLM-Ascend's batch-invariance notes
     "VLLM_BATCH_INVARIANT": Flag("vLLM", "1: vLLM's batch-invariant kernels"),
-    # oneMKL Developer Guide, "Conditional Numerical Reproducibility" (MKL_CBWR)
-    "MKL_CBWR": Flag("MKL", "pins MKL's code path, so its results hold across CPUs that honour it"),
-    # oneDNN documentation, "CPU Dispatcher Control" (ONEDNN_MAX_CPU_ISA)
-    "ONEDNN_MAX_CPU_ISA": Flag("oneDNN", "caps the instruction set of oneDNN's kernels"),
-    # PyTorch documentation, environment variables (ATEN_CPU_CAPABILITY: default, avx2, avx512)
-    "ATEN_CPU_CAPABILITY": Flag("ATen", "caps the instruction set of ATen's vectorised CPU kernels"),
+    # oneMKL Developer Guide, "Conditional Numerical Reproducibility" (MKL_CBWR): AUTO, COMPATIBLE, SSE2 ... AVX512;
+    # on a non-Intel CPU only AUTO and COMPATIBLE are taken (others fall back to AUTO, read back by harness.cpupin)
+    "MKL_CBWR": Flag("MKL", "COMPATIBLE: one code path on every x86 CPU, Intel or AMD (float32 GEMMs: other bits)"),
+    # oneDNN documentation, "CPU Dispatcher Control" (ONEDNN_MAX_CPU_ISA: SSE41, AVX, AVX2, AVX512_CORE, ...)
+    "ONEDNN_MAX_CPU_ISA": Flag("oneDNN", "AVX2: oneDNN's kernels no wider than AVX2 (no bf16 matmul through oneDNN)"),
+    # PyTorch documentation, environment variables (ATEN_CPU_CAPABILITY: default, avx2, avx512; lower case)
+    "ATEN_CPU_CAPABILITY": Flag("ATen", "avx2: ATen's vectorised CPU kernels (softmax, norms, bf16 GEMM) at AVX2"),
 }
 # Any other variable by its prefix: the library whose namespace it is in (the longest prefix wins).
 PREFIXES = {
@@ -64,6 +69,7 @@ PREFIXES = {
     "LCCL_": "LCCL",
     "NCCL_": "NCCL",
     "CUBLAS_": "cuBLAS",
+    "NVIDIA_TF32_": "cuBLAS",
     "VLLM_": "vLLM",
     "MKL_": "MKL",
     "ONEDNN_": "oneDNN",
@@ -224,8 +230,26 @@ def flags_note(suite: Suite, paths: list[RunPath] | None = None) -> str:
     )
 
 
+PINNED = "portable"  # the shipped profile of CPU instruction-set pins (harness.cpupin)
+
+
+def cost_profile(suite: Suite) -> str:
+    """The profile whose latency against `default` is the determinism cost: `deterministic`, unless none of its
+    switches is read on this path and `portable`'s are (on CPU: the instruction-set pins act, the Ascend switches
+    do not), so that the cost a report shows is that of a switch that changes the arithmetic."""
+    paths = [run_path(suite, tp) for tp in suite.parallel.tp]
+    by = {p.name: p for p in suite.profiles}
+    pinned, det = by.get(PINNED), by.get("deterministic")
+    if pinned is not None and read_flags(pinned, paths) and (det is None or not read_flags(det, paths)):
+        return PINNED
+    return "deterministic"
+
+
 def cost_label(suite: Suite) -> str:
-    """Why the determinism cost means less than it seems: the switches are set, not read on this path."""
+    """What the determinism cost measures: the instruction-set pins where they act, or why it means less than it
+    seems (the switches are set, not read on this path)."""
+    if cost_profile(suite) == PINNED:
+        return f"instruction-set pins: act on {suite.model.device.upper()}"
     if not flags_note(suite):
         return ""
     return f"flags set, not read on this path: any difference is noise or {TORCH_DETERMINISTIC}, not the switches"

@@ -50,6 +50,7 @@ class BaselineResult:
     written: dict[str, Path] = field(default_factory=dict)  # job -> the baseline file --update-baselines wrote
     alpha_row: float = float("nan")  # the smallest per-row alpha the budget implied
     ungated_note: str = ""  # why timings were shown but not gated
+    reference: dict[str, list[Change]] = field(default_factory=dict)  # profile -> rows against [perf] reference
 
 
 @dataclass
@@ -64,7 +65,8 @@ class RunResult:
     started: float = field(default_factory=time.time)
     baseline: BaselineResult = field(default_factory=BaselineResult)
     latency: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # profile -> metric -> raw samples
-    cost: list[Change] = field(default_factory=list)  # deterministic vs default
+    cost: list[Change] = field(default_factory=list)  # cost_profile vs default
+    cost_profile: str = "deterministic"  # the profile whose switches act on this path (profiles.cost_profile)
     failures: list[Record] = field(default_factory=list)  # requests that failed after retries
     cost_label: str = ""  # why the cost means less than it seems
     records: dict[str, list[Record]] = field(default_factory=dict)  # profile -> analysed records, for report.html
@@ -113,10 +115,11 @@ def console(res: RunResult) -> str:
                 change_table(res.baseline.changes[p.name]),
                 "",
             ]
+    out += reference_lines(res)
     if res.cost:
         out += [
-            f"determinism cost (deterministic against default, same run){_cost_label(res)}",
-            change_table(res.cost, "default", "deterministic"),
+            f"determinism cost ({res.cost_profile} against default, same run){_cost_label(res)}",
+            change_table(res.cost, "default", res.cost_profile),
             "",
         ]
     # A server, or an engine that returns logprobs (vLLM in process): the headline figure per prompt.
@@ -212,13 +215,15 @@ def summary_md(res: RunResult) -> str:
                 change_table(res.baseline.changes[p.name]),
                 "",
             ]
+    if res.baseline.reference:
+        md += ["## Against the reference, side by side", "", *reference_lines(res, markdown=True)]
     if res.cost:
         md += [
             "## Determinism cost",
             "",
-            f"The `deterministic` profile's latency relative to `default`, in the same run{_cost_label(res)}:",
+            f"The `{res.cost_profile}` profile's latency relative to `default`, in the same run{_cost_label(res)}:",
             "",
-            change_table(res.cost, "default", "deterministic"),
+            change_table(res.cost, "default", res.cost_profile),
             "",
         ]
     if any(res.latency.values()):
@@ -248,6 +253,65 @@ def summary_md(res: RunResult) -> str:
     if res.notes:
         md += ["## Notes", "", *[f"- {n}" for n in res.notes], ""]
     return "\n".join(md)
+
+
+SOFTWARE = ("torch", "torch_npu", "cann", "transformers", "vllm", "vllm_ascend")
+
+
+def software(j: JobOutcome) -> str:
+    """What a profile's workers ran with, as they read it: "python 3.11.7, torch 2.13.0+cpu, transformers 5.25.0"."""
+    dev, host = j.meta.get("device") or {}, j.meta.get("host") or {}
+    parts = [f"python {host['python']}"] if host.get("python") else []
+    return ", ".join(parts + [f"{k} {dev[k]}" for k in SOFTWARE if dev.get(k)]) or "not read (the worker never loaded)"
+
+
+def reference_lines(res: RunResult, markdown: bool = False) -> list[str]:
+    """Each profile against the reference measured in this run: how it was measured, each side's software, the rows."""
+    perf, rows = res.suite.perf, res.baseline.reference
+    if perf is None or not rows:
+        return []
+    jobs = {j.profile: j for j in res.jobs}
+    units = perf.units
+    how = (
+        f"{units} processes per profile, started A B then B A and measured pass by pass in turn; each process's "
+        "median is one sample (paired t-test of the log ratios)"
+        if units > 1
+        else "one process per profile, passes in turn; the sequences are the samples (Mann-Whitney)"
+    )
+    out = [
+        f"against the reference {perf.reference!r}, side by side in this run ({how}; a change counts above "
+        f"{perf.reference_threshold:.0%}, one false-alarm budget {perf.budget:g} with the baseline rows)",
+    ]
+    if markdown:
+        out += [""]
+    for name in [perf.reference, *rows]:
+        if name in jobs:
+            line = f"{name}: {software(jobs[name])}"
+            out += [f"- {line}" if markdown else f"  {line}"]
+    for prof, cs in rows.items():
+        out += [
+            "",
+            f"{prof} against {perf.reference}:" if not markdown else f"`{prof}` against `{perf.reference}`:",
+            "",
+        ]
+        out += [change_table(cs, perf.reference, prof), ""]
+    return out
+
+
+def reference_json(res: RunResult) -> dict[str, Any]:
+    perf = res.suite.perf
+    if perf is None or not res.baseline.reference:
+        return {}
+    jobs = {j.profile: j for j in res.jobs}
+    return {
+        "profile": perf.reference,
+        "processes": perf.units,
+        "threshold": perf.reference_threshold,
+        "software": {p: software(jobs[p]) for p in [perf.reference, *res.baseline.reference] if p in jobs},
+        "rows": {
+            p: [{**dataclasses.asdict(c), "mark": c.mark} for c in cs] for p, cs in res.baseline.reference.items()
+        },
+    }
 
 
 BULKY = ("modules", "operators")  # every module's and operator's metrics: localize.json keeps them
@@ -308,9 +372,11 @@ def to_json(res: RunResult) -> dict[str, Any]:
         "perf_gated": res.baseline.gated,
         "determinism_cost": [{**dataclasses.asdict(c), "mark": c.mark} for c in res.cost],
         "determinism_cost_label": res.cost_label,
+        "determinism_cost_profile": res.cost_profile,
         "failed_requests": [
             {k: getattr(r, k) for k in ("profile", "prompt_id", "batch_id", "error", "extra")} for r in res.failures
         ],
+        "reference": reference_json(res),
         "localization": localization_json(res.localization),
         "notes": res.notes,
     }

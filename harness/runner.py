@@ -143,7 +143,7 @@ class _Worker:
         self.counter = _LineCounter(Path(job.records))
         self.start = time.monotonic()
         self.status: WorkerStatus = "ok"
-        argv = [sys.executable, "-m", "harness.worker", str(job_path)]
+        argv = [job.python or sys.executable, "-m", "harness.worker", str(job_path)]
         if launch is not None:  # a worker group: torchrun's ranks, each with its share of the cores and the marker
             argv, env = launch.argv, worker_env(env, launch=launch)
         save_env(env_path(job_path), env)
@@ -292,6 +292,7 @@ def _run_job(
             run_dir / "jobs" / f"{job.name}.json",
             run_dir / "logs" / f"{job.name}.ranks",
             marker,
+            python=job.python,
         )
         if parallel.node_rank == 0 and (why := group.rendezvous_problem(launch.endpoint)):
             return JobOutcome.unstarted(job, "load-failed", stderr_tail=[f"error: {why}"])

@@ -6,8 +6,10 @@ run this harness's worker, a setup file that is missing or fails, each one line 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -15,6 +17,8 @@ from pathlib import Path
 
 from . import __version__
 from .errors import USAGE, HarnessError
+from .suite import Suite
+from .tomltable import SuiteError
 
 PROBE_S = 120.0  # a cold interpreter on a busy runner, importing nothing heavy
 # What the probe reads in the other interpreter: its version, this harness's, and the stack's own packages (from
@@ -32,7 +36,7 @@ try:
     h = harness.__version__
 except Exception as e:
     h = "not importable: " + type(e).__name__ + ": " + str(e)
-names = ("torch", "torch_npu", "transformers", "vllm", "vllm_ascend")
+names = ("torch", "torch_npu", "transformers", "vllm", "vllm_ascend", "httpx")
 print(json.dumps({"python": sys.version.split()[0], "harness": h, **{n: v(n) for n in names}}))
 """
 SHELL_NOISE = frozenset({"_", "SHLVL", "PWD", "OLDPWD"})  # what bash itself sets, not the setup file
@@ -136,3 +140,58 @@ def check(python: str, setup: str, where: str, needs: tuple[str, ...] = ("torch"
     env = source(setup, where) if setup else {}
     exe = python or sys.executable
     return Stack(python=python, setup=setup, env=env, versions=probe(exe, env, where, needs))
+
+
+def with_reference(suite: Suite, name: str | None, python: str | None, setup: str | None) -> Suite:
+    """The suite with the command line's reference: `--reference PROFILE` names it; `--reference-python` and
+    `--reference-setup` make it another stack (with no reference named, a `reference` copy of the first profile is
+    added, so a nightly compares tonight's image with last release's without editing the suite)."""
+    if name is None and python is None and setup is None:
+        return suite
+    if suite.perf is None:
+        raise SuiteError(
+            f"{suite.path}: --reference, --reference-python and --reference-setup need a suite with [perf] "
+            "(a reference is a timed comparison)"
+        )
+    profiles = list(suite.profiles)
+    ref = name or suite.perf.reference
+    if not ref:
+        ref = "reference"
+        if not any(p.name == ref for p in profiles):
+            first = profiles[0]
+            what = ", ".join(x for x in (python, setup) if x)
+            profiles.insert(0, dataclasses.replace(first, name=ref, description=f"the reference stack ({what})"))
+    if not any(p.name == ref for p in profiles):
+        names = ", ".join(p.name for p in profiles)
+        raise SuiteError(f"{suite.path}: --reference {ref!r}: no such profile (it has {names})")
+    profiles = [
+        dataclasses.replace(p, python=python or p.python, setup=setup or p.setup) if p.name == ref else p
+        for p in profiles
+    ]
+    return dataclasses.replace(suite, profiles=tuple(profiles), perf=dataclasses.replace(suite.perf, reference=ref))
+
+
+def resolve(path: str, base: Path) -> str:
+    """A suite's `python` or `setup` relative to its file's folder; a bare name (python3.10) is looked up on PATH."""
+    if not path or os.path.isabs(path):
+        return path
+    if os.sep not in path:
+        return shutil.which(path) or path
+    return str((base / path).resolve())
+
+
+def resolved(suite: Suite, base: Path) -> Suite:
+    """Every profile's `python` and `setup` as paths (relative ones from the suite file's folder)."""
+    if not any(p.python or p.setup for p in suite.profiles):
+        return suite
+    profiles = tuple(
+        dataclasses.replace(p, python=resolve(p.python, base), setup=resolve(p.setup, base)) for p in suite.profiles
+    )
+    return dataclasses.replace(suite, profiles=profiles)
+
+
+def needs(adapter: str, served: bool) -> tuple[str, ...]:
+    """What a stack's interpreter must have for the worker the suite runs: the in-process engine, or the client."""
+    if served:
+        return ("httpx",)
+    return ("vllm",) if adapter == "vllm" else ("torch", "transformers")

@@ -95,6 +95,9 @@ class Profile:
     # device -> variables added to (or replacing) env on that device only, e.g. VLLM_BATCH_INVARIANT on npu
     device_env: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
     shared_env: tuple[tuple[str, str], ...] | None = None  # env before on_device() added a device's variables
+    devices: tuple[str, ...] = ()  # [profiles.X] devices: where it means something (CPU pins); () every device
+    python: str = ""  # another stack's interpreter for its workers (harness.stacks); "" this one
+    setup: str = ""  # a shell file sourced before its workers start (CANN's set_env.sh); its exports go with them
 
     def expectation(self, device: str, prop: str) -> Expectation:
         # suite_parse admits only EXPECTATIONS into `expect`
@@ -149,6 +152,8 @@ class BaselinePolicy:
 
 LATENCY_METRICS = ("ttft", "tpot", "e2e", "tok_s")
 
+REFERENCE_PROCESSES = 6  # per profile beside a reference, unless [perf] processes says (docs/latency.md)
+
 
 @dataclass(frozen=True)
 class Localize:
@@ -171,6 +176,15 @@ class Perf:
     budget: float = 0.01  # chance that an A/A run flags any gated row (family-wise)
     interleave: bool = True  # profiles take turns pass by pass (false: models too big for two)
     noise_share: float = 0.25  # a pass during which other processes used more CPU is noisy
+    reference: str = ""  # a profile measured in this run that every other profile is gated against
+    processes: int = 0  # fresh worker processes per profile (harness.processes); 0: `units` decides
+    reference_threshold: float = 0.02  # a change against the reference counts above this (side by side: less drift)
+
+    @property
+    def units(self) -> int:
+        """Worker processes per profile: as set, else REFERENCE_PROCESSES beside a reference (processes are the units
+        of its test), else one."""
+        return self.processes or (REFERENCE_PROCESSES if self.reference else 1)
 
 
 @dataclass(frozen=True)
@@ -216,6 +230,7 @@ class Suite:
     parallel: Parallel = Parallel()
     devices: tuple[str, ...] = DEVICES  # [suite] devices: where the suite means something; elsewhere it is skipped
     localize: Localize = Localize()
+    left_out: tuple[str, ...] = ()  # profiles the file has for other devices only: not run here, said in one line
 
     def skipped_here(self) -> str:
         """Why this suite does not run on the chosen device ("" when it does): one line for every check."""
@@ -249,7 +264,16 @@ class Suite:
             adapter=adapter or self.model.adapter,
         )
         chosen = self.profiles if not profiles else tuple(self.profile(n) for n in profiles)
-        chosen = tuple(p.on_device(spec.device) for p in chosen)
+        elsewhere = [p for p in chosen if p.devices and spec.device not in p.devices]
+        if profiles and elsewhere:
+            p = elsewhere[0]
+            raise SuiteError(
+                f"--profile {p.name}: it runs on {', '.join(p.devices)} only ([profiles.{p.name}] devices), "
+                f"not on {spec.device}"
+            )
+        chosen = tuple(p.on_device(spec.device) for p in chosen if p not in elsewhere)
+        if not chosen:
+            raise SuiteError(f"{self.path}: no profile runs on {spec.device} (each lists other devices)")
         ep, server = self.endpoint, self.server
         if endpoint is not None:
             if ep is None:
@@ -261,6 +285,7 @@ class Suite:
             self,
             model=spec,
             profiles=chosen,
+            left_out=self.left_out + tuple(f"{p.name} (runs on {', '.join(p.devices)})" for p in elsewhere),
             endpoint=ep,
             server=server,
             model_overridden=self.model_overridden or spec.ref != self.model.ref,

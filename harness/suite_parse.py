@@ -147,6 +147,13 @@ def parse(data: dict[str, Any], p: str, base: Path | None = None) -> Suite:
             raise root.fail("profiles", f"{shown(n)} {SAFE_RULE}")
     profiles = tuple(_profile(pt.sub(n), n).on_device(model.device) for n in list(pt.data))
     pt.done()
+    if perf is not None and perf.reference and perf.reference not in pt.data:
+        names = list(pt.data)
+        raise root.fail(
+            "perf.reference",
+            f"no profile {perf.reference!r}{did_you_mean(perf.reference, names)}; name the profile the others are "
+            f"gated against (one of {', '.join(names)})",
+        )
     server = parse_server(root.sub("server"), base) if "server" in data else None
     media = next((x for x in prompts if x.attachments), None)
     endpoint = None
@@ -316,7 +323,11 @@ def _perf(t: Table) -> Perf:
                 "noise_share", float, 0.25, check=lambda v: 0 < v <= 1, expect="a share of the host's CPU, such as 0.25"
             )
         ),
+        reference=t.get("reference", str, ""),
+        processes=t.get("processes", int, 0, check=lambda v: 1 <= v <= 100, expect="an integer in [1, 100]"),  # 0: auto
+        reference_threshold=float(t.get("reference_threshold", (int, float), 0.02, **frac)),
     )
+
     t.done()
     return perf
 
@@ -462,6 +473,17 @@ def _profile(t: Table, name: str) -> Profile:
         torch_deterministic=t.get("torch_deterministic", bool, False),
         expect=tuple(expect),
         description=t.get("description", str, ""),
+        python=t.get("python", str, "", check=lambda v: bool(v.strip()), expect="the path of a Python interpreter"),
+        setup=t.get("setup", str, "", check=lambda v: bool(v.strip()), expect="the path of a shell file to source"),
+        devices=tuple(
+            t.get(
+                "devices",
+                list,
+                [],
+                check=lambda v: bool(v) and all(d in DEVICES for d in v),
+                expect=f"a non-empty list of {', '.join(DEVICES)}: the devices this profile runs on",
+            )
+        ),
     )
     t.done()
     return prof

@@ -102,21 +102,27 @@ def _join(*parts: str) -> str:
     return "; ".join(p for p in parts if p)
 
 
-def cost(perf: Perf, jobs: dict[str, JobOutcome], records: dict[str, list[Record]], seed: int) -> list[stats.Change]:
-    """The deterministic profile against the default one in the same run (their passes interleaved): the
-    determinism cost. A pass that was noisy on either side is left out of both, since they ran side by side; when
-    every pass was noisy, a row that moved is `noisy`, not a cost."""
-    if "default" not in records or "deterministic" not in records:
+def cost(
+    perf: Perf,
+    jobs: dict[str, JobOutcome],
+    records: dict[str, list[Record]],
+    seed: int,
+    profile: str = "deterministic",
+) -> list[stats.Change]:
+    """`profile` (the one whose switches act on this path: profiles.cost_profile) against the default one in the same
+    run (their passes interleaved): the determinism cost. A pass that was noisy on either side is left out of both,
+    since they ran side by side; when every pass was noisy, a row that moved is `noisy`, not a cost."""
+    if "default" not in records or profile not in records:
         return []
     noisy = {
         **noisy_passes(jobs["default"].meta, perf.noise_share),
-        **noisy_passes(jobs["deterministic"].meta, perf.noise_share),
+        **noisy_passes(jobs[profile].meta, perf.noise_share),
     }
 
     def rows(skip: set[int]) -> list[stats.Change]:
         return latency.gate(
             latency.samples([r for r in records["default"] if r.repeat not in skip]),
-            latency.samples([r for r in records["deterministic"] if r.repeat not in skip]),
+            latency.samples([r for r in records[profile] if r.repeat not in skip]),
             dict(perf.thresholds),
             perf.threshold,
             perf.alpha,
@@ -129,3 +135,42 @@ def cost(perf: Perf, jobs: dict[str, JobOutcome], records: dict[str, list[Record
     if clean and all(c.n_before and c.n_after for c in clean):
         return [dataclasses.replace(c, note=_join(c.note, f"{len(noisy)} noisy passes left out")) for c in clean]
     return recheck(rows(set()), [], noisy, perf.alpha)
+
+
+def reference(
+    perf: Perf, jobs: dict[str, JobOutcome], records: dict[str, list[Record]], seed: int
+) -> dict[str, list[stats.Change]]:
+    """Every other profile against `perf.reference` measured in this run, interleaved: per metric, with P >= 2
+    processes per profile the paired test of their process medians (processes as the unit; the load time of each
+    process too), with one process per profile the Mann-Whitney test of the sequences, as the determinism cost.
+    Undecided: the run's one false-alarm budget decides them with the stored-baseline rows (against._decide)."""
+    from . import processes
+
+    ref = perf.reference
+    if not ref or ref not in records:
+        return {}
+    out: dict[str, list[stats.Change]] = {}
+    for prof, recs in records.items():
+        if prof == ref or prof not in jobs:
+            continue
+        if perf.units < 2:
+            out[prof] = latency.gate(
+                latency.samples(records[ref]), latency.samples(recs), {}, perf.reference_threshold, 1.0, seed=seed
+            )
+            continue
+        per = perf.repeats
+        a = processes.medians(records[ref], per, latency.sequence_metrics)
+        b = processes.medians(recs, per, latency.sequence_metrics)
+        a["load"], b["load"] = processes.load_times(jobs[ref].meta), processes.load_times(jobs[prof].meta)
+        out[prof] = [
+            stats.paired(
+                name,
+                list(zip(a[name], b[name])),
+                threshold=perf.reference_threshold,
+                alpha=1.0,  # undecided here: `decide` applies the run's budget
+                higher_is_better=latency.metric_kind(name) in latency.HIGHER_IS_BETTER,
+            )
+            for name in sorted(set(a) & set(b))
+            if latency.metric_kind(name) != "itl"
+        ]
+    return out

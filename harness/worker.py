@@ -206,6 +206,9 @@ def _run(
                     **hostnoise.between(before, hostnoise.snapshot(), own),
                 }
             )
+    if job.paced:  # the others may still be measuring: tearing the model down now would run beside their pass
+        while sys.stdin.readline():
+            pass
     meta = {
         **meta,
         "run_s": run_s,

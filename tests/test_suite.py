@@ -226,7 +226,7 @@ def test_shipped_suites_load(name):
     s = P.load(ROOT / "suites" / name)
     assert len(s.prompts) >= 16
     assert s.generation.max_new_tokens == 64
-    assert {p.name for p in s.profiles} == {"default", "deterministic"}
+    assert {p.name for p in s.profiles} == {"default", "deterministic", "portable"}  # portable: CPU pins, cpu only
     assert s.profile("deterministic").torch_deterministic
     assert dict(s.profile("deterministic").env)["ATB_MATMUL_SHUFFLE_K_ENABLE"] == "0"
 

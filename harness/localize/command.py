@@ -118,7 +118,7 @@ def _replay(
         **extra,
     }
     atomic.write_json(spec_path, spec)
-    argv = [sys.executable, "-m", "harness.localize.replay", str(spec_path)]
+    argv = [run.job.python or sys.executable, "-m", "harness.localize.replay", str(spec_path)]  # the job's stack
     try:
         p = runner.run_child(argv, args.timeout, job_env(run_dir, run))
     except subprocess.TimeoutExpired:
@@ -181,7 +181,9 @@ def _group(
     atomic.write_json(spec_path, spec)
     marker = f"{run_dir.resolve().name}/localize/{name}/{os.getpid()}"
     par = Parallel(tp=(1, run.job.tp), collective_timeout_s=run.job.collective_timeout_s)
-    launch = group.launch(name, run.job.tp, par, spec_path, ranks, marker, module="harness.localize.tp")
+    launch = group.launch(
+        name, run.job.tp, par, spec_path, ranks, marker, module="harness.localize.tp", python=run.job.python
+    )
     # the ranks' recorded variables (the profile's flags, their thread count) over the launch's; a fresh marker
     recorded = {k: v for k, v in job_env(run_dir, run).items() if not k.startswith("HARNESS_")}
     try:

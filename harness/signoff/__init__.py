@@ -19,11 +19,12 @@ from typing import Any
 from .. import atomic, baselines, doctor, envinfo, run
 from ..errors import OK, USAGE, HarnessError
 from ..options import Options
+from ..tomltable import read_toml
 from .environment import environment_diff, model_rows
 from .gates import Gate, decide, judge, judged_at, other_keys, unjudged_rows
 from .manifest import verify
 from .report import SignoffResult, console, write
-from .spec import Spec, available, default_suites, load_spec
+from .spec import GateSpec, Spec, available, default_suites, load_spec
 
 __all__ = [
     "Gate", "SignoffResult", "Spec", "decide", "default_suites", "environment_diff", "execute", "judge", "judged_at",
@@ -89,7 +90,7 @@ def execute(spec: Spec, opts: Options, python: str | None = None) -> SignoffResu
     runs.mkdir()
     loaded = []
     for i, g in todo:
-        o = dataclasses.replace(opts, out=runs, profiles=opts.profiles or list(g.profiles) or None)
+        o = dataclasses.replace(gate_options(opts, g), out=runs)
         loaded.append((i, g, o, *run.load(g.suite, o)))  # all validated before anything runs
     stopped = "the sign-off stopped before this gate ran (killed or interrupted): rerun it"
     res = report(stopped)
@@ -143,7 +144,7 @@ def dry_run(spec: Spec, opts: run.Options) -> tuple[int, list[str]]:
         if not available(g.requires):
             lines.append(f"gate {g.suite}: not in scope (needs {', '.join(g.requires)}, not installed)")
             continue
-        o = dataclasses.replace(opts, profiles=opts.profiles or list(g.profiles) or None)
+        o = gate_options(opts, g)
         try:
             kind, suite = run.load(g.suite, o)
             lines.append(dryrun.execute(kind, suite, o).console)
@@ -151,3 +152,16 @@ def dry_run(spec: Spec, opts: run.Options) -> tuple[int, list[str]]:
             lines.append(f"gate {g.suite}: error: {e}")
             code = max(code, e.code)
     return code, lines
+
+
+def gate_options(opts: Options, g: GateSpec) -> Options:
+    """A gate's run options: its profiles, and a reference (the gate's, or the command line's stack) for the timed
+    suites only: a reference is a timed comparison, and the determinism gates run as they are."""
+    timed = "perf" in read_toml(g.suite)
+    return dataclasses.replace(
+        opts,
+        profiles=opts.profiles or list(g.profiles) or None,
+        reference=(opts.reference or g.reference) if timed else None,
+        reference_python=opts.reference_python if timed else None,
+        reference_setup=opts.reference_setup if timed else None,
+    )

@@ -20,6 +20,7 @@ class GateSpec:
     suite: Path
     profiles: tuple[str, ...] = ()  # empty: the suite's own
     requires: tuple[str, ...] = ()  # Python modules of an extra: without them the gate is out of scope
+    reference: str | None = None  # a profile the others are gated against, measured side by side ([perf] reference)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ def load_spec(path: Path) -> Spec:
                     suite=suite,
                     profiles=tuple(t.get("profiles", list, [], **strings)),
                     requires=tuple(t.get("requires", list, [], **strings)),
+                    reference=t.get("reference", str, "") or None,
                 )
             )
             t.done()

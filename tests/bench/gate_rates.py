@@ -6,6 +6,10 @@ perf suite: `python -m tests.bench.gate_rates --calibrate 10 --slow 0.10:10 --sl
    profiles under the suite's one false-alarm budget, exactly as the gate judges a new run.
 3. Detection: runs with every forward pass slowed by a set fraction, through an adapter installed by entry point,
    against the calibrated baseline; a run is caught when it exits 1 with a regressed TPOT row.
+4. Reference mode (`--side-by-side FRACTION:RUNS`, repeatable; `--processes P`, `--repeats R`): the `default` profile
+   slowed by FRACTION against a reference stack measured in the same run (`--reference-setup` exporting a fraction
+   of 0: today's stack), processes as the units; FRACTION 0 is the A/A case. A run counts when it exits 1 with a
+   regressed TPOT row against the reference. Prints each run's wall time and the detectable change per row.
 Needs the machine to itself: run nothing else beside it.
 """
 
@@ -83,8 +87,13 @@ def main() -> int:
     ap.add_argument("--calibrate", type=int, default=10)
     ap.add_argument("--slow", action="append", default=[], metavar="FRACTION:RUNS")
     ap.add_argument("--budget", type=float, default=0.01)
+    ap.add_argument("--side-by-side", action="append", default=[], metavar="FRACTION:RUNS")
+    ap.add_argument("--processes", type=int, default=0, help="reference mode: processes per profile (0: the suite's)")
+    ap.add_argument("--repeats", type=int, default=0, help="reference mode: measured passes per process")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="gate-rates-"))
+    if args.side_by_side:
+        return side_by_side(args, tmp)
     store = tmp / "baselines"
     t0 = time.time()
     r = cli(
@@ -124,6 +133,50 @@ def main() -> int:
             )
         print(f"detection at +{float(frac):.0%} per forward pass: {caught}/{runs} runs", flush=True)
     print(f"total {time.time() - t0:.0f} s; files in {tmp}", flush=True)
+    return 0
+
+
+def side_by_side(args: argparse.Namespace, tmp: Path) -> int:
+    """Reference mode: each run measures the reference stack and the candidate in one run, interleaved."""
+    import re
+
+    text = (ROOT / args.suite).read_text()
+    if args.processes:
+        text = text.replace("[perf]", f"[perf]\nprocesses = {args.processes}", 1)
+    if args.repeats:
+        text = re.sub(r"(?m)^repeats = \d+", f"repeats = {args.repeats}", text)
+    suite = tmp / "perf.toml"
+    suite.write_text(text)
+    (tmp / "prompts").symlink_to(ROOT / "suites" / "prompts")
+    fast = tmp / "today.sh"
+    fast.write_text("export HARNESS_SLOW_FRACTION=0\n")
+    env = install_slow_adapter(tmp, 0.0)
+    for spec in args.side_by_side:
+        frac, runs = spec.split(":")
+        hits, walls = 0, []
+        for k in range(int(runs)):
+            out = tmp / f"side-{frac}-{k}"
+            t0 = time.time()
+            r = cli(
+                "run", str(suite), "--adapter", "slow", "--profile", "default", "--reference-setup", str(fast),
+                "--out", str(out), "--baselines", str(tmp / "no-baselines"), "--no-history",
+                env={**env, "HARNESS_SLOW_FRACTION": frac},
+            )  # fmt: skip
+            walls.append(time.time() - t0)
+            rep = json.loads(next(out.glob("*/report.json")).read_text())
+            rows = [c for cs in rep.get("reference", {}).get("rows", {}).values() for c in cs]
+            flagged = [c for c in rows if c["status"] in ("regressed", "improved")]
+            tpot = [c for c in rows if c["metric"].endswith("tpot")]
+            hit = r.returncode == 1 and any(c["status"] == "regressed" for c in tpot)
+            hits += hit if float(frac) > 0 else bool(flagged)
+            print(
+                f"side by side {frac} run {k}: exit {r.returncode}, {walls[-1]:.0f} s; "
+                + "; ".join(f"{c['metric']} x{c['ratio']:.3f} p={c['p']:.2g} {c['status']} "
+                            f"(detectable {c['detectable']:.1%})" for c in rows),
+                flush=True,
+            )  # fmt: skip
+        what = "A/A runs flagged anything" if float(frac) == 0 else f"caught +{float(frac):.0%} per forward pass"
+        print(f"side by side: {what}: {hits}/{runs} runs; median wall {float(np.median(walls)):.0f} s", flush=True)
     return 0
 
 
