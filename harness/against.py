@@ -178,21 +178,8 @@ def _update(
         load_s=[load_s] if load_s else [],
     )
     if suite.perf is not None:
-        # Timings accumulate run by run under one key, so the gate can see how far runs drift on this runner.
         prev = store.check(key, sdir, j.name, suite.case_hash)
-        keep = (
-            isinstance(prev, baselines.Found)
-            and prev.tier == "same key"
-            and baselines.same_machine(prev.baseline.environment.get("device", {}), j.meta["device"])
-            and not opts.fresh_runs
-        )
-        old = prev.baseline if keep and isinstance(prev, baselines.Found) else None
-        b.runs = ((old.runs or [old.run_medians_now()]) if old else []) + [
-            baselines.medians({**samples, **({"load": [load_s]} if load_s else {})})
-        ]
-        b.runs = b.runs[-baselines.MAX_RUNS :]
-        if old:
-            b.thresholds, b.calibration = old.thresholds, old.calibration
+        baselines.with_history(b, prev, j.meta["device"], opts.fresh_runs)
     target = store.save(key, sdir, j.name, b)
     if isinstance(target, baselines.NotWritten):
         out.unwritable = out.unwritable or target.disk

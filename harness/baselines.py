@@ -167,6 +167,22 @@ def same_machine(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return device_key(a, pinned=False).hardware == device_key(b, pinned=False).hardware
 
 
+def with_history(b: Baseline, prev: Found | Missing | Unusable, device: dict[str, Any], fresh: bool) -> None:
+    """Timings accumulate run by run under one key on one machine type, so a gate can judge a run against how far
+    runs drift on this runner; calibrated thresholds stay with them. `fresh`: start the history anew (calibrate)."""
+    old = (
+        prev.baseline
+        if isinstance(prev, Found)
+        and prev.tier == "same key"
+        and same_machine(prev.baseline.environment.get("device", {}), device)
+        and not fresh
+        else None
+    )
+    b.runs = (((old.runs or [old.run_medians_now()]) if old else []) + [b.run_medians_now()])[-MAX_RUNS:]
+    if old:
+        b.thresholds, b.calibration = old.thresholds, old.calibration
+
+
 def suite_dir(suite_name: str, model_ref: str, model_overridden: bool) -> str:
     """A suite run on another model (--model) keeps its own baselines beside the suite's own."""
     return suite_name if not model_overridden else f"{suite_name}@{slug(Path(model_ref.rstrip('/')).name)}"

@@ -38,6 +38,7 @@ class Outcome:
     result: Any = None  # the kind's full result, for report.html
     timing: list[Change] = field(default_factory=list)  # timing rows against the stored baselines
     baselines: list[BaselineUse] = field(default_factory=list)
+    written: dict[str, Path] = field(default_factory=dict)  # group -> the baseline this run wrote (when asked)
     device: dict[str, Any] = field(default_factory=dict)  # this run's device and software, as the worker read them
 
 

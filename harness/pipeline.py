@@ -481,6 +481,7 @@ class SuiteKind:
             timing=[c for cs in res.baseline.changes.values() for c in cs]
             + [c for cs in res.baseline.reference.values() for c in cs],
             baselines=list(res.baseline.used.values()),
+            written=dict(res.baseline.written),
             device=device_facts(res.jobs),
         )
 

@@ -71,6 +71,37 @@ def test_sweep_phases_recommendation_plot_and_baseline(tmp_path: Path, tiny_mode
     assert {c["status"] for c in rows} == {"insufficient"}  # two loads per side can never be significant
 
 
+def test_calibrate_keeps_load_time_run_histories_and_a_run_is_judged_against_their_spread(
+    tmp_path: Path, tiny_model: Path
+):
+    suite = write_suite(tmp_path / "tl.toml", SUITE.format(model=tiny_model, repeats=1))
+    store = tmp_path / "baselines"
+    p = run_cli("calibrate", str(suite), "--runs", "3", "--baselines", str(store), "--out", str(tmp_path / "cal"))
+    assert p.returncode == 0, p.stdout + p.stderr
+    files = {f.stem: json.loads(f.read_text()) for f in store.rglob("*.json")}
+    assert sorted(files) == ["omp-1", "omp-unset"]
+    metrics = {f"{tiny_model.name} warm", f"{tiny_model.name} cold"}  # the model is named by its folder
+    for b in files.values():
+        assert len(b["runs"]) == 3 and set(b["runs"][0]) == metrics
+        assert b["calibration"]["runs"] == 3 and b["calibration"]["budget"] == 0.01
+        assert set(b["thresholds"]) == metrics
+    assert "omp-1: 3 runs, per-row alpha 0.0025" in p.stdout  # budget 0.01 over 2 settings x (warm, cold)
+    # one more recording appends to the history instead of replacing it
+    r = run_cli("loadtime", str(suite), "--out", str(tmp_path / "more"), "--baselines", str(store),
+                "--update-baselines", "--reason", "fourth")  # fmt: skip
+    assert r.returncode == 0 and "(4 run(s) in its history)" in r.stdout, r.stdout + r.stderr
+    # a run with one load per side is judged against the four runs' spread, under the calibrated thresholds and the
+    # run's one budget
+    r = run_cli("loadtime", str(suite), "--out", str(tmp_path / "next"), "--baselines", str(store))
+    assert r.returncode in (0, 1), r.stdout + r.stderr
+    rows = {c["metric"]: c for c in _report(tmp_path / "next")["baseline"]}
+    assert len(rows) == 4 and all(c["runs"] == 4 for c in rows.values())
+    warm = f"{tiny_model.name} warm"
+    assert rows[f"OMP_NUM_THREADS=1 {warm}"]["threshold"] == files["omp-1"]["thresholds"][warm]
+    assert "false-alarm budget 0.01 per run over 4 gated load-time rows" in r.stdout
+    assert "judged against the spread of 4 baseline runs" in r.stdout
+
+
 def test_a_killed_loader_is_reported_and_the_sweep_goes_on(tmp_path: Path, tiny_model: Path):
     suite = write_suite(tmp_path / "tl.toml", SUITE.format(model=tiny_model, repeats=2))
     out = tmp_path / "out"

@@ -28,7 +28,8 @@ class LoadSuite:
     size_repeats: int
     drop_caches: bool
     threshold: float
-    alpha: float
+    alpha: float  # the OMP recommendation's per-comparison level
+    budget: float  # the family-wise false-alarm rate of the run's baseline rows
     timeout_s: float
     seed: int = 0
 
@@ -90,6 +91,8 @@ class LoadRun:
     unwritable: bool = False
     ungated_note: str = ""  # why load times were shown but not gated
     used: list[baselines.BaselineUse] = dataclasses.field(default_factory=list)  # the baselines judged against
+    written: dict[str, Path] = dataclasses.field(default_factory=dict)  # profile (omp-N) -> the baseline written
+    alpha_row: float = 0.0  # what the smallest p was compared with under the run's budget (Holm)
     plot: str = ""
     exit_code: int = 0
 
@@ -105,4 +108,11 @@ class LoadRun:
     @property
     def baseline_notes(self) -> list[str]:
         notes = [n for b in self.against.values() for n in b.notes]
+        if self.changes:
+            runs = max(c.runs for c in self.changes)
+            notes.append(
+                f"false-alarm budget {self.suite.budget:g} per run over {len(self.changes)} gated load-time rows "
+                f"(Holm-Bonferroni; the smallest p is compared with {self.alpha_row:.2g}); "
+                + (f"judged against the spread of {runs} baseline runs" if runs else "one baseline run: within-run p")
+            )
         return notes + ([self.ungated_note] if self.ungated_note else [])  # said once for the run

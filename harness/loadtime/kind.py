@@ -98,6 +98,15 @@ def load_suite(
         alpha=float(
             t.get("alpha", float, 0.05, check=lambda v: 0 < v < 0.5, expect="a significance level such as 0.05")
         ),
+        budget=float(
+            t.get(
+                "false_alarm_budget",
+                float,
+                0.01,
+                check=lambda v: 0 < v < 0.5,
+                expect="the family-wise false-alarm rate per run, such as 0.01",
+            )
+        ),
         timeout_s=float(t.get("timeout_s", (int, float), 600, check=lambda v: v > 0, expect="seconds")),
         seed=seed,
     )
@@ -242,7 +251,10 @@ def sweep(suite: LoadSuite, out: Path, progress: bool = True) -> LoadRun:
     )
 
 
-def analyse(run: LoadRun, baseline_root: Path, update: bool, reason: str) -> None:
+def analyse(run: LoadRun, baseline_root: Path, update: bool, reason: str, fresh: bool = False) -> None:
+    """Summaries and the recommendation; then each setting against its stored baseline (its run history where it
+    has one, every setting's rows under the run's one false-alarm budget), or new baselines when asked: each a run
+    appended to the history the baseline already holds on this machine (`fresh`: a history started anew)."""
     s = run.suite
     main = run.targets[0].label
     settings = list(s.settings)
@@ -284,6 +296,7 @@ def analyse(run: LoadRun, baseline_root: Path, update: bool, reason: str) -> Non
                 latency={k: v for k, v in current[st].items() if v},
                 load_s=[],
             )
+            baselines.with_history(b, store.check(key, s.name, profile, s.case_hash), run.device_info, fresh)
             target = store.save(key, s.name, profile, b)
             if isinstance(target, baselines.NotWritten):
                 run.unwritable = run.unwritable or target.disk
@@ -291,7 +304,8 @@ def analyse(run: LoadRun, baseline_root: Path, update: bool, reason: str) -> Non
                 against.failed = True
                 against.notes.append(f"x {profile}: {target.reason}")
             else:
-                against.notes.append(f"{profile}: baseline written to {target}")
+                run.written[profile] = target
+                against.notes.append(f"{profile}: baseline written to {target} ({len(b.runs)} run(s) in its history)")
             continue
         found = store.check(key, s.name, profile, s.case_hash)
         if isinstance(found, baselines.Missing):
@@ -301,17 +315,19 @@ def analyse(run: LoadRun, baseline_root: Path, update: bool, reason: str) -> Non
             against.failed = run.not_comparable = True
             against.notes.append(f"x {profile}: {found.reason}")
             continue
+        b, runs = found.baseline, found.baseline.run_medians()
         changes = [
             stats.compare(
                 f"OMP_NUM_THREADS={st} {metric}",
-                found.baseline.latency.get(metric, []),
+                b.latency.get(metric, []),
                 xs,
-                threshold=s.threshold,
-                alpha=s.alpha,
+                threshold=b.thresholds.get(metric, s.threshold),  # calibrated on this runner first
+                alpha=s.budget,
                 seed=s.seed,
+                runs=runs.get(metric, ()),
             )
             for metric, xs in current[st].items()
-            if xs or found.baseline.latency.get(metric)
+            if xs or b.latency.get(metric)
         ]
         run.used.append(baselines.BaselineUse.of(found))
         if found.same_hardware:
@@ -322,6 +338,11 @@ def analyse(run: LoadRun, baseline_root: Path, update: bool, reason: str) -> Non
                 f"load times shown, not gated: the baselines were measured on other hardware "
                 f"({found.key.hardware}; this run {key.hardware}); {hint}"
             )
+    gated = {st: a.gated for st, a in run.against.items() if a.gated}
+    if gated:
+        decided, run.alpha_row = timing.decide(gated, s.budget)
+        for st, rows in decided.items():
+            run.against[st].gated = rows
 
 
 def checks(run: LoadRun) -> list[Check]:
@@ -355,7 +376,7 @@ class LoadtimeKind:
 
     def execute(self, suite: LoadSuite, opts: Options) -> Outcome:
         run = sweep(suite, opts.out, opts.progress)
-        analyse(run, opts.baselines, opts.update_baselines, opts.reason)
+        analyse(run, opts.baselines, opts.update_baselines, opts.reason, opts.fresh_runs)
         run.exit_code = exit_code(
             infra=any(x.status != "ok" for x in run.samples) or run.unwritable,
             unusable=run.not_comparable,
@@ -373,6 +394,7 @@ class LoadtimeKind:
             run,
             timing=run.changes,  # the gated rows; those against other hardware are shown, not judged
             baselines=run.used,
+            written=run.written,
             device=run.device_info,
         )
 
