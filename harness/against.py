@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from . import baselines, envinfo, report, timing
+from . import baselines, devicekey, envinfo, report, timing
 from .analysis import baseline as baseline_check
 from .analysis import determinism
 from .jobs import JobOutcome
@@ -53,7 +53,7 @@ def _one(
     sdir: str,
     out: report.BaselineResult,
 ) -> None:
-    key = baselines.device_key(j.meta["device"])
+    key = devicekey.device_key(j.meta["device"])
     out.device_key = str(key)
     if opts.update_baselines:
         if v := _update(suite, store, key, sdir, j, records[j.name], samples[j.name], opts, out):
@@ -95,9 +95,9 @@ def _one(
     if suite.perf is None:
         return
     # under a CPU pin one key spans machines: timings still compare only on one machine type
-    same = found.same_hardware and baselines.same_machine(then, j.meta["device"])
+    same = found.same_hardware and devicekey.same_machine(then, j.meta["device"])
     if not same:
-        theirs, ours = (baselines.device_key(d, pinned=False).hardware for d in (then, j.meta["device"]))
+        theirs, ours = (devicekey.device_key(d, pinned=False).hardware for d in (then, j.meta["device"]))
         out.ungated_note = (
             f"latency shown, not gated: the baselines were measured on other hardware "
             f"({theirs}; this run {ours}), and timings compare only on one "
@@ -148,7 +148,7 @@ def _decide(suite: Suite, jobs: list[JobOutcome], records: dict[str, list[Record
 def _update(
     suite: Suite,
     store: baselines.Store,
-    key: baselines.DeviceKey,
+    key: devicekey.DeviceKey,
     sdir: str,
     j: JobOutcome,
     records: list[Record],

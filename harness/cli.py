@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     lt = sub.add_parser("loadtime", help="the same as `harness run` on a load-time suite")
     lt.add_argument("suites", nargs="+", type=Path, metavar="SUITE", help="load-time suite TOML file(s)")
     add_run_options(lt.add_argument)
-    cal = sub.add_parser("calibrate", help="N A/A runs of a perf or load-time suite: run history and thresholds for this runner")
+    cal = sub.add_parser(
+        "calibrate", help="N A/A runs of a perf or load-time suite: run history and thresholds for this runner"
+    )
     cal.add_argument("suites", nargs=1, type=Path, metavar="SUITE", help="a suite with a [perf] section")
     cal.add_argument("--runs", type=int, default=10, help="A/A runs (default 10; at least 3)")
     add_run_options(cal.add_argument)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from .analysis import latency
-from .baselines import device_key
+from .devicekey import device_key
 from .history import Headline, environment, model_hash
 from .loadtime.data import LoadRun
 from .report import RunResult

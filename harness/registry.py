@@ -75,8 +75,8 @@ KINDS = Registry(
     "run kind",
     "harness.kinds",
     {
-        "determinism": "harness.pipeline:DETERMINISM",
-        "served": "harness.pipeline:SERVED",
+        "determinism": "harness.suitekind:DETERMINISM",
+        "served": "harness.suitekind:SERVED",
         "loadtime": "harness.loadtime.kind:KIND",
     },
     kind_problem,

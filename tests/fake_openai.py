@@ -184,7 +184,11 @@ def main() -> None:
             ctx.verify_mode = ssl.CERT_REQUIRED
         httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
     flags = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith(("HCCL_", "ATB_", "LCCL_")))
-    print(f"fake server on {args.host}:{args.port}; determinism flags: {flags or 'none'}", file=sys.stderr, flush=True)
+    print(
+        f"fake server on {args.host}:{args.port}; determinism flags: {flags or 'none'}; python {sys.executable}",
+        file=sys.stderr,
+        flush=True,
+    )
     httpd.serve_forever()
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from harness import runner
 from harness.jobs import Job, JobOutcome
 from harness.records import Record
+from harness.serving import runs as served_runs
 
 DEVICE = {"device": "cpu", "cpu_capability": "fake", "cpu_model": "fake", "threads": 1, "torch": "0.0"}
 
@@ -98,7 +99,7 @@ def install(monkeypatch, model_dir: Path) -> list[str]:
 
     monkeypatch.setattr(runner, "prepare_model", prepare_model)
     monkeypatch.setattr(runner, "run_job", run_job)
-    monkeypatch.setattr(runner, "run_served_all", run_served_all)
+    monkeypatch.setattr(served_runs, "run_served_all", run_served_all)
     monkeypatch.setattr(runner, "run_interleaved", run_interleaved)
     monkeypatch.setattr(loadtime, "_prepare_synthetic", lambda size, tok: model_dir)
     return prepared

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import baselines, envinfo
+from harness import baselines, devicekey, envinfo
 from harness.records import Record
 
 from .helpers import ROOT, record
@@ -48,7 +48,7 @@ def _baseline(
         suite="s",
         profile="default",
         case_hash=case_hash,
-        device_key=baselines.device_key(info),
+        device_key=devicekey.device_key(info),
         environment={"device": info},
         reason="test",
         references=[_ref(f"p{i}") for i in range(n_prompts)],
@@ -62,12 +62,12 @@ def _baseline(
 
 def test_device_key_names_device_chip_and_major_versions():
     assert (
-        str(baselines.device_key({"device": "cpu", "cpu_capability": "AVX512", "threads": "2", "torch": "2.13.0+cpu"}))
+        str(devicekey.device_key({"device": "cpu", "cpu_capability": "AVX512", "threads": "2", "torch": "2.13.0+cpu"}))
         == "cpu-avx512-t2-torch2.13"
     )
     assert (
         str(
-            baselines.device_key(
+            devicekey.device_key(
                 {
                     "device": "npu",
                     "chip": "Ascend910B3",
@@ -80,40 +80,40 @@ def test_device_key_names_device_chip_and_major_versions():
         == "npu-ascend910b3-torch2.1-torchnpu2.1-cann8.0"
     )
     assert (
-        str(baselines.device_key({"device": "cuda", "chip": "NVIDIA H100 80GB HBM3", "torch": "2.5.1", "cuda": "12.4"}))
+        str(devicekey.device_key({"device": "cuda", "chip": "NVIDIA H100 80GB HBM3", "torch": "2.5.1", "cuda": "12.4"}))
         == "cuda-nvidia-h100-80gb-hbm3-torch2.5-cuda12.4"
     )
     # Two AVX512 hosts of other microarchitectures pick other MKL/oneDNN kernels: their bits are not comparable.
-    key = baselines.device_key(CPU)
+    key = devicekey.device_key(CPU)
     assert (key.hardware, key.software) == ("cpu-avx512-intel-6-167-t2", "torch2.13-tf5.24")
     assert str(key) == "cpu-avx512-intel-6-167-t2-torch2.13-tf5.24"
-    served = baselines.device_key({"device": "endpoint", "server": "vllm", "target": "npu", "host": "intel-6-167-c2"})
+    served = devicekey.device_key({"device": "endpoint", "server": "vllm", "target": "npu", "host": "intel-6-167-c2"})
     assert (served.hardware, served.software) == ("endpoint-npu-intel-6-167-c2", "vllm")
 
 
 def test_tiers_between_keys():
-    key = baselines.device_key(CPU)
-    assert key.tier(baselines.device_key(CPU)) == "same key"
-    assert key.tier(baselines.device_key({**CPU, "transformers": "5.30.1"})) == "other software"
-    assert key.tier(baselines.device_key({**CPU, "torch": "2.14.0"})) == "other software"
-    assert key.tier(baselines.device_key({**CPU, "cpu_model": "amd-26-2"})) == "other hardware"
-    assert key.tier(baselines.device_key({**CPU, "threads": "4"})) == "other hardware"
-    assert key.tier(baselines.device_key({"device": "npu", "chip": "Ascend910B3", "torch": "2.13.0"})) is None
+    key = devicekey.device_key(CPU)
+    assert key.tier(devicekey.device_key(CPU)) == "same key"
+    assert key.tier(devicekey.device_key({**CPU, "transformers": "5.30.1"})) == "other software"
+    assert key.tier(devicekey.device_key({**CPU, "torch": "2.14.0"})) == "other software"
+    assert key.tier(devicekey.device_key({**CPU, "cpu_model": "amd-26-2"})) == "other hardware"
+    assert key.tier(devicekey.device_key({**CPU, "threads": "4"})) == "other hardware"
+    assert key.tier(devicekey.device_key({"device": "npu", "chip": "Ascend910B3", "torch": "2.13.0"})) is None
 
 
 def test_store_prefers_this_key_then_this_hardware_then_this_device_type(tmp_path: Path):
     store = baselines.Store(tmp_path)
-    here = baselines.device_key(CPU)
+    here = devicekey.device_key(CPU)
     other_hw = {**CPU, "cpu_model": "amd-26-2"}
     other_sw = {**CPU, "transformers": "5.30.1"}
     assert isinstance(store.check(here, "s", "default", "c0ffee"), baselines.Missing)
-    baselines.write(store.path(baselines.device_key(other_hw), "s", "default"), _baseline(device=other_hw))
+    baselines.write(store.path(devicekey.device_key(other_hw), "s", "default"), _baseline(device=other_hw))
     found = store.check(here, "s", "default", "c0ffee")
     assert isinstance(found, baselines.Found) and found.tier == "other hardware" and not found.same_hardware
     assert found.key.hardware == "cpu-avx512-amd-26-2-t2"
     # Same hardware beats other hardware, even when older.
     baselines.write(
-        store.path(baselines.device_key(other_sw), "s", "default"),
+        store.path(devicekey.device_key(other_sw), "s", "default"),
         _baseline(device=other_sw, created="2000-01-01T00:00:00"),
     )
     found = store.check(here, "s", "default", "c0ffee")
@@ -124,14 +124,14 @@ def test_store_prefers_this_key_then_this_hardware_then_this_device_type(tmp_pat
     # Recording one host's baseline removes no other's.
     assert len(list(tmp_path.glob("*/s/default.json"))) == 3
     # Another device type is never a stand-in.
-    npu = baselines.device_key({"device": "npu", "chip": "Ascend910B3", "torch": "2.13.0"})
+    npu = devicekey.device_key({"device": "npu", "chip": "Ascend910B3", "torch": "2.13.0"})
     assert isinstance(store.check(npu, "s", "default", "c0ffee"), baselines.Missing)
 
 
 def test_a_broken_file_under_this_key_is_unusable_but_another_hosts_is_passed_over(tmp_path: Path):
     store = baselines.Store(tmp_path)
-    here = baselines.device_key(CPU)
-    other = baselines.device_key({**CPU, "cpu_model": "amd-26-2"})
+    here = devicekey.device_key(CPU)
+    other = devicekey.device_key({**CPU, "cpu_model": "amd-26-2"})
     store.path(other, "s", "default").parent.mkdir(parents=True)
     store.path(other, "s", "default").write_text("{not json")
     assert isinstance(store.check(here, "s", "default", "c0ffee"), baselines.Missing)

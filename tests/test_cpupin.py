@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import baselines, cpupin, profiles
+from harness import baselines, cpupin, devicekey, profiles
 from harness import suite_parse as P
 from harness.suite import SuiteError
 
@@ -38,12 +38,12 @@ needs_avx2 = pytest.mark.skipif(not _x86_avx2(), reason="the AVX2 pin needs an x
 def test_a_pin_every_library_honours_is_the_key_on_any_cpu_model():
     pin = cpupin.verify(PINS, GOT)
     assert pin == cpupin.Pin("pin-avx2-cbwr-compatible", "")
-    amd = baselines.device_key({**HOST, "cpu_model": "amd-25-17", "pin": pin.key})
-    intel = baselines.device_key({**HOST, "cpu_model": "intel-6-167", "pin": pin.key})
+    amd = devicekey.device_key({**HOST, "cpu_model": "amd-25-17", "pin": pin.key})
+    intel = devicekey.device_key({**HOST, "cpu_model": "intel-6-167", "pin": pin.key})
     assert str(amd) == "cpu-pin-avx2-cbwr-compatible-t2-torch2.13-tf5.24"
     assert amd.tier(intel) == "same key"  # so `same_key = "bitwise"` applies across the two hosts
     # ... while timings still tell the machines apart
-    assert not baselines.same_machine({**HOST, "cpu_model": "amd-25-17", "pin": pin.key}, {**HOST, "cpu_model": "x"})
+    assert not devicekey.same_machine({**HOST, "cpu_model": "amd-25-17", "pin": pin.key}, {**HOST, "cpu_model": "x"})
 
 
 @pytest.mark.parametrize(
@@ -70,7 +70,7 @@ def test_a_pin_not_honoured_is_one_line_and_the_cpu_models_key(env, got, words):
     for w in words:
         assert w in pin.note, (w, pin.note)
     info = {**HOST, "cpu_model": "amd-25-17", "pin": pin.key}
-    assert baselines.device_key(info).hardware == "cpu-avx2-amd-25-17-t2"  # never a pin it did not earn
+    assert devicekey.device_key(info).hardware == "cpu-avx2-amd-25-17-t2"  # never a pin it did not earn
 
 
 def test_no_pin_set_says_nothing():
@@ -100,7 +100,7 @@ def test_a_baseline_with_a_malformed_pin_is_not_comparable(tmp_path: Path):
         suite="s",
         profile="portable",
         case_hash="h",
-        device_key=baselines.device_key(HOST),
+        device_key=devicekey.device_key(HOST),
         environment={"device": {**HOST, "pin": ["avx2"]}},
         reason="r",
         references=[],
@@ -172,7 +172,7 @@ def test_a_worker_reads_back_what_each_library_runs_with():
     # a value the library rejects (ATen takes lower case only): read back, one line, the CPU model's key
     rejected = _describe({**PINS, "ATEN_CPU_CAPABILITY": "AVX2"})
     assert rejected["pin"] == "" and "ATEN_CPU_CAPABILITY=AVX2: ATen runs" in rejected["pin_note"]
-    assert baselines.device_key(rejected).hardware.endswith(f"{rejected['cpu_model']}-t{rejected['threads']}")
+    assert devicekey.device_key(rejected).hardware.endswith(f"{rejected['cpu_model']}-t{rejected['threads']}")
     bare = _describe({})
     assert bare["mkl_cbwr"] == "off" and bare["pin"] == "" and "pin_note" not in bare
 

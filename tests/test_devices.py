@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import baselines, devices
+from harness import devicekey, devices
 from harness.serving import info as serverinfo
 from harness.suite import Server
 from harness.tomltable import tomllib
@@ -165,7 +165,7 @@ def test_committed_served_baselines_keep_their_key(path: Path, monkeypatch):
     info = json.loads(path.read_text())["environment"]["device"]
     facts = serverinfo.served_device(Server(command=suite_command("serving.toml")), info["target"])
     assert facts == {"server": "transformers", "transformers": "5.25.0"}
-    assert str(baselines.device_key({**info, **facts})) == path.parent.parent.name
+    assert str(devicekey.device_key({**info, **facts})) == path.parent.parent.name
 
 
 def test_a_served_vllm_ascend_key_names_versions_chip_and_cann(monkeypatch):
@@ -189,7 +189,7 @@ def test_a_served_vllm_ascend_key_names_versions_chip_and_cann(monkeypatch):
         "driver": "25.0.rc1.1",
         "firmware": "7.7.0.1.231",
     }
-    key = baselines.device_key({"device": "endpoint", "target": "npu", "host": "arm-0x48-0xd01-c192", **facts})
+    key = devicekey.device_key({"device": "endpoint", "target": "npu", "host": "arm-0x48-0xd01-c192", **facts})
     assert key.hardware == "endpoint-npu-arm-0x48-0xd01-c192-ascend910b3"
     assert key.software == "vllm0.11-vllmascend0.11-cann8.1"
     # On a CPU target vllm_ascend is not what runs, and there is no chip or CANN to read.
@@ -221,11 +221,11 @@ def test_the_mindie_example_names_mindie_and_its_version(tmp_path: Path, monkeyp
     command = suite_command("examples/serving-mindie.toml").replace("/usr/local/Ascend", str(root))
     facts = serverinfo.served_device(Server(command=command), "npu", root=str(root))
     assert facts["server"] == "mindie" and facts["server_version"] == "2.1.RC1.B152" and facts["cann"] == "8.1.RC1"
-    key = baselines.device_key({"device": "endpoint", "target": "npu", "host": "h", **facts})
+    key = devicekey.device_key({"device": "endpoint", "target": "npu", "host": "h", **facts})
     assert key.software == "mindie2.1-cann8.1"
 
 
 def test_the_in_process_vllm_key_names_vllm_ascend():
     info = {"device": "npu", "chip": "Ascend910B3", "torch": "2.5.1", "torch_npu": "2.5.1", "cann": "8.1.RC1"}
-    key = baselines.device_key({**info, "vllm": "0.9.1", "vllm_ascend": "0.9.1rc1"})
+    key = devicekey.device_key({**info, "vllm": "0.9.1", "vllm_ascend": "0.9.1rc1"})
     assert key.software == "torch2.5-torchnpu2.5-cann8.1-vllm0.9-vllmascend0.9"

@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from harness import baselines, cli, envinfo, run
+from harness import baselines, cli, devicekey, envinfo, run
 from harness.analysis import baseline as baseline_check
 from harness.analysis import latency
 from harness.errors import USAGE, HarnessError
@@ -328,7 +328,7 @@ def _record(pid: str, profile: str = "default") -> Record:
     )
 
 
-KEY = baselines.device_key(fakes.DEVICE)
+KEY = devicekey.device_key(fakes.DEVICE)
 BaselineError = baselines.BaselineError
 
 
@@ -357,7 +357,7 @@ def use_baseline(path: Path, case_hash: str) -> None:
     ours = [_record("a"), _record("b"), _record("zz")]
     baseline_check.evaluate(ours, lambda pid: b.reference(pid) if pid in b.outputs else None, "default", "bitwise")
     envinfo.changes(b.environment.get("device", {}), fakes.DEVICE)
-    theirs = baselines.device_key(b.environment.get("device", {}))
+    theirs = devicekey.device_key(b.environment.get("device", {}))
     baselines.Found(path, b, theirs, "same key").describe()
     latency.gate(
         {**b.latency, **({"load": b.load_s} if b.load_s else {})},
@@ -533,6 +533,7 @@ def os_accepts(env: dict) -> None:
 def strict_runners(mp: pytest.MonkeyPatch) -> None:
     """The fake runners (tests/fakes.py), each first starting a real process with the profile's environment."""
     from harness import runner
+    from harness.serving import runs as served_runs
 
     def run_job(job, env, *a, **kw):
         os_accepts(env)
@@ -550,7 +551,7 @@ def strict_runners(mp: pytest.MonkeyPatch) -> None:
 
     mp.setattr(runner, "run_job", run_job)
     mp.setattr(runner, "run_interleaved", run_interleaved)
-    mp.setattr(runner, "run_served_all", run_served_all)
+    mp.setattr(served_runs, "run_served_all", run_served_all)
 
 
 def model_files(folder: Path, context: int) -> None:

@@ -156,7 +156,8 @@ def test_safe_names_run(tmp_path: Path, fake, name: str):
 def test_paths_built_from_names_stay_inside_their_root(tmp_path: Path, name: str):
     """The second line of defence, for a name that got past the suite's checks: .. and / that climb out of the
     root, an absolute name, a NUL, a name over 255 bytes."""
-    from harness.baselines import DeviceKey, Store
+    from harness.baselines import Store
+    from harness.devicekey import DeviceKey
     from harness.errors import USAGE, HarnessError
     from harness.paths import inside
     from harness.run import RunDir
@@ -183,12 +184,12 @@ def test_look_alikes_are_ordinary_names_inside_the_root(tmp_path: Path, name: st
 
 
 def test_model_names_and_device_key_parts_become_safe_directory_names():
-    from harness import baselines
+    from harness import baselines, devicekey
 
     for ref in ["/m/../..", "/m/ｘ", "/m/..／..／x", "/m/" + "é" * 200, "/m/a b/", "/m/\u2024\u2024"]:
         d = baselines.suite_dir("s", ref, True)
         assert d.startswith("s@") and "/" not in d and len(d.encode()) <= 100 and d[2:] not in ("", ".", "..")
-    key = baselines.device_key(
+    key = devicekey.device_key(
         {
             "device": "cpu",
             "cpu_capability": "../..",
@@ -279,7 +280,7 @@ drop_caches = false
 def test_unwritable_baselines_exit_3_and_keep_the_report(tmp_path: Path, fake, kind: str, blocked: str):
     """Root ignores read-only permissions, so the write is made to fail another way: a regular file where the device
     key's folder must go, or a store under /proc, where nothing can be created."""
-    from harness.baselines import device_key
+    from harness.devicekey import device_key
 
     f = suite(tmp_path) if kind == "determinism" else write_suite(tmp_path / "lt.toml", LOADTIME)
     store = tmp_path / "bl"

@@ -12,10 +12,10 @@ import pytest
 from harness import group, profiles
 from harness.analysis.determinism import tp_invariance
 from harness.errors import OK
-from harness.pipeline import DETERMINISM
 from harness.ports import free_port
 from harness.suite import SuiteError
 from harness.suite_parse import parse
+from harness.suitekind import DETERMINISM
 
 from . import fakes
 from .helpers import TP_TOML, record, refused, write_suite

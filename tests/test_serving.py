@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import site
 import socket
 import subprocess
 import sys
@@ -199,6 +200,29 @@ def test_served_profiles_take_turns_pass_by_pass_each_against_its_own_server(tmp
     # each server kept its own profile's flags
     assert "determinism flags: HCCL_DETERMINISTIC=true" in (run / "logs" / "deterministic.server.log").read_text()
     assert "determinism flags: none" in (run / "logs" / "default.server.log").read_text()
+
+
+def test_a_served_suite_takes_a_reference_stack_whose_server_runs_with_its_python(tmp_path: Path):
+    # the other stack: this venv's base interpreter, with a setup file that puts the venv's packages on its path
+    base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    setup = tmp_path / "set_env.sh"
+    setup.write_text(f'export PYTHONPATH="{os.pathsep.join([str(ROOT), *site.getsitepackages()])}"\n')
+    fake = ROOT / "tests" / "fake_openai.py"
+    suite = _suite(
+        tmp_path,
+        command=f"{{python}} {fake} --port {{port}} --logprobs",
+        profiles='[profiles.default]\nexpect = { cpu = "report" }\n',
+        # plumbing, not speed: two fake servers' microseconds would otherwise be a coin toss at 2%
+        perf="[perf]\nwarmup = 0\nrepeats = 2\nreference_threshold = 5.0",
+    )
+    p = run_cli("run", str(suite), "--out", str(tmp_path / "out"), "--baselines", str(tmp_path / "b"),
+                "--reference-python", base, "--reference-setup", str(setup))  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    run, rep = only_run_dir(tmp_path / "out"), load_report(tmp_path / "out")
+    assert f"python {base}" in (run / "logs" / "reference.server.log").read_text()
+    assert f"python {sys.executable}" in (run / "logs" / "default.server.log").read_text()
+    assert rep["reference"]["profile"] == "reference" and rep["reference"]["rows"]["default"]
+    assert {c["status"] for c in rep["reference"]["rows"]["default"]} <= {"~", "insufficient"}
 
 
 def test_when_one_profiles_server_will_not_start_the_other_profile_still_runs(tmp_path: Path):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import baselines, html
+from harness import baselines, devicekey, html
 from harness.adapters import endpoint
 from harness.analysis import baseline as baseline_analysis
 from harness.analysis.determinism import compare, evaluate
@@ -197,7 +197,7 @@ def _store(tmp_path: Path, refs: list[Record], legacy: bool = False) -> Path:
         suite="s",
         profile="default",
         case_hash="c0ffee",
-        device_key=baselines.device_key(info),
+        device_key=devicekey.device_key(info),
         environment={"device": info},
         reason="test",
         references=refs,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import baselines, runner, timing
+from .. import baselines, devicekey, runner, timing
 from ..analysis import stats
 from ..errors import INFRA, USAGE, HarnessError
 from ..jobs import Job
@@ -159,7 +159,7 @@ def _prepare_synthetic(size: float, tokenizer_dir: Path) -> Path:
 
 def _load_once(suite: LoadSuite, target: Target, setting: str, repeat: int, cold: bool, run_dir: Path) -> lt.LoadSample:
     # The label may be a model directory's own name: as a file name, only its safe part.
-    name = f"{baselines.slug(target.label)}-omp{setting}-r{repeat}-{'cold' if cold else 'warm'}"
+    name = f"{devicekey.slug(target.label)}-omp{setting}-r{repeat}-{'cold' if cold else 'warm'}"
     job = Job(
         name=name,
         profile=setting,
@@ -269,7 +269,7 @@ def analyse(run: LoadRun, baseline_root: Path, update: bool, reason: str, fresh:
     if not run.device_info:
         return
     store = baselines.Store(baseline_root)
-    key = baselines.device_key(run.device_info)
+    key = devicekey.device_key(run.device_info)
     current = {
         st: {
             f"{main} warm": lt.totals(run.samples, main, st, False),

@@ -4,8 +4,9 @@ the first module and operator whose output differs for that row, with msit's met
 - `cases`: which cases, from the run folder's jobs and records (torch-free);
 - `command`: the command itself: picks the cases, starts one replay worker per job with the job's environment
   (harness.runner), writes localize.json and prints one line per case;
-- `replay`: the worker (`python -m harness.localize.replay SPEC.json`): teacher-forced replays through the adapter's
-  own forward path, module hooks, operator capture (TorchDispatchMode);
+- `worker`: the worker (`python -m harness.localize.worker SPEC.json`), its adapter loaded by `load`;
+- `replay`: teacher-forced replays through the adapter's own forward path, module hooks, operator capture
+  (TorchDispatchMode); `tp`: a TP N case against its TP 1 twin (the group's worker and the comparison);
 - `compare`: the comparison of one row's tensors (alignment, metrics; torch, no model);
 - `summary`: the one-line reading of a result; `dump`: --dump's numpy files and manifest.
 

@@ -118,7 +118,7 @@ def _replay(
         **extra,
     }
     atomic.write_json(spec_path, spec)
-    argv = [run.job.python or sys.executable, "-m", "harness.localize.replay", str(spec_path)]  # the job's stack
+    argv = [run.job.python or sys.executable, "-m", "harness.localize.worker", str(spec_path)]  # the job's stack
     try:
         p = runner.run_child(argv, args.timeout, job_env(run_dir, run))
     except subprocess.TimeoutExpired:

@@ -1,4 +1,4 @@
-"""The worker side of `harness localize`: `python -m harness.localize.replay SPEC.json`.
+"""One case replayed and localised in one process (the worker is harness.localize.worker).
 
 Started like a run's worker (harness.runner: the job's own environment, so the same device, dtype, threads and
 flags), it loads the job's adapter once and, per case, replays the reference batch and the compared batch side by
@@ -8,14 +8,11 @@ module's output for the compared row (padding dropped, positions aligned), in ex
 where a module's output bits differ, a second replay runs that module under a TorchDispatchMode that keeps every
 operator's output for the row; the first operator whose output differs is named with both sides' input shapes.
 
-Exit 0 with the result file written, 2 when the adapter cannot be hooked, 3 when the model or device fails.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,10 +23,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from .. import atomic, procgroup
-from ..errors import INFRA, USAGE
 from ..fingerprint import fingerprint, to_hex
-from ..jobs import Job
 from . import dump as dumps
 from .cases import Case, Side
 from .compare import (
@@ -46,8 +40,6 @@ from .compare import (
     take_row,
     tensors,
 )
-
-HOOKABLE = ("encode", "advance", "forward")  # what the replay needs of an adapter (harness.adapters.hf.HFAdapter)
 
 
 class Replay:
@@ -365,76 +357,3 @@ def localize(adapter: Any, prompts: dict[str, dict[str, Any]], case: Case, dump:
         result["dump"] = str(dumps.write(dump, case, result, pairs, raw))
     result["seconds"] = time.perf_counter() - t0
     return result
-
-
-class Refused(Exception):
-    """The worker cannot replay its job: `code` is its exit status (USAGE, INFRA), the message its one line."""
-
-    def __init__(self, message: str, code: int):
-        super().__init__(message)
-        self.code = code
-
-
-def load_adapter(spec: dict[str, Any], group: bool = False) -> tuple[Job, Any, float]:
-    """The spec's job (with --adapter's replacement), its adapter loaded on its device (in a torchrun group's process
-    group when `group`), and the load's seconds. Refused: an adapter the harness cannot hook (USAGE), or a device,
-    group or model that will not come up (INFRA)."""
-    from .. import adapters, devices
-
-    job = Job.from_json(Path(spec["job"]).read_text(encoding="utf-8"))
-    if spec.get("adapter"):
-        job = Job.from_json(json.dumps({**json.loads(job.to_json()), "adapter": spec["adapter"]}))
-    try:
-        cls = adapters.get(job.adapter)
-    except adapters.AdapterError as e:
-        raise Refused(str(e), USAGE) from None
-    if cls.remote or not all(callable(getattr(cls, m, None)) for m in HOOKABLE):
-        raise Refused(spec["unhookable"], USAGE)
-    try:
-        device = devices.prepare(job.device, deterministic=job.torch_deterministic)
-        if group:
-            device = devices.init_group(device, job.collective_timeout_s)
-        adapter = cls(job, device)
-        t0 = time.perf_counter()
-        adapter.load()
-        return job, adapter, time.perf_counter() - t0
-    except Exception as e:  # a device, group or model that will not come up: infrastructure
-        at = f" at TP {job.tp}" if group else ""
-        raise Refused(
-            f"model {job.model_ref!r} would not load on {job.device}{at}: {type(e).__name__}: {e}", INFRA
-        ) from None
-
-
-def run(spec: dict[str, Any]) -> int:
-    try:
-        job, adapter, load_s = load_adapter(spec)
-    except Refused as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.code
-    prompts = {p["id"]: p for p in job.prompts}
-    results = []
-    with torch.inference_mode():
-        for i, c in enumerate(spec["cases"]):
-            case = Case.from_dict(c)
-            where = Path(spec["dump"]) / f"case{spec.get('first', 0) + i + 1}" if spec.get("dump") else None
-            if spec.get("captures"):  # a TP case: this is its TP 1 side, against the worker group's captures
-                from .tp import localize_tp
-
-                results.append(localize_tp(adapter, prompts, case, Path(spec["captures"][i]), where))
-            else:
-                results.append(localize(adapter, prompts, case, where))
-    adapter.close()
-    atomic.write_json(Path(spec["out"]), {"load_s": load_s, "results": results})
-    return 0
-
-
-def main(argv: list[str]) -> int:
-    procgroup.watch_parent()  # a harness that died takes its replay with it
-    if len(argv) != 1:
-        print("usage: python -m harness.localize.replay SPEC.json", file=sys.stderr)
-        return USAGE
-    return run(json.loads(Path(argv[0]).read_text(encoding="utf-8")))
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -5,7 +5,7 @@ Two workers, each with its own job's environment. The TP N side runs as a torchr
 tokens (the collectives need them all), and rank 0 keeps every module's output for the row at every pass up to the
 records' first differing step, plus the input of each module whose output is whole after a collective (a
 row-parallel layer's input gathered from every rank), and saves them (torch.save). The TP 1 side then replays its
-batch in one process (harness.localize.replay, which calls `localize_tp` here), loads those captures and compares
+batch in one process (harness.localize.worker, which calls `localize_tp` here), loads those captures and compares
 pass by pass, module by module, only where rank 0's tensor is whole.
 
 What is whole on rank 0 with transformers' tensor parallel plan: the output of a row-parallel layer (`o_proj`,
@@ -50,7 +50,8 @@ from .compare import (
     metrics,
     take_row,
 )
-from .replay import Refused, Replay, _layers, _module, load_adapter, module_outputs
+from .load import Refused, load_adapter
+from .replay import Replay, _layers, _module, module_outputs
 
 SHARDED_OUTPUT = ("colwise",)  # rank 0's output holds its share of the features
 SHARDED_INPUT = ("rowwise",)  # rank 0's input holds its share of the features; its output is whole (all-reduce)

@@ -59,7 +59,9 @@ def log_tail(path: Path, n: int = 20) -> list[str]:
     return [ln for ln in text.splitlines() if ln.strip()][-n:]
 
 
-def values(spec: Server, *, model: str, port: int, device: str, dtype: str, config: str = "") -> dict[str, str]:
+def values(
+    spec: Server, *, model: str, port: int, device: str, dtype: str, config: str = "", python: str = ""
+) -> dict[str, str]:
     """What the placeholders of the command and of the config template stand for."""
     return {
         "model": model,
@@ -67,18 +69,22 @@ def values(spec: Server, *, model: str, port: int, device: str, dtype: str, conf
         "host": spec.host,
         "device": device,
         "dtype": dtype,
-        "python": sys.executable,  # the harness's own Python: a server installed in its venv (python -m vllm...)
+        # the profile's stack (`python`), else the harness's own: a server installed in its venv (python -m vllm...)
+        "python": python or sys.executable,
         "config": config,
     }
 
 
-def command(spec: Server, *, model: str, port: int, device: str, dtype: str, config: str = "") -> list[str]:
+def command(
+    spec: Server, *, model: str, port: int, device: str, dtype: str, config: str = "", python: str = ""
+) -> list[str]:
+    """`python`: a profile's other stack, whose console scripts (vllm, transformers) are the ones its server means,
+    before any of the same name on PATH; without one, a script beside this Python counts only when PATH has none."""
     # Filled in after splitting, so a model path with spaces stays one argument.
-    vals = values(spec, model=model, port=port, device=device, dtype=dtype, config=config)
+    vals = values(spec, model=model, port=port, device=device, dtype=dtype, config=config, python=python)
     argv = [arg.format(**vals) for arg in shlex.split(spec.command)]
-    # A console script installed beside this Python (a venv not on PATH) is the one meant.
-    beside = Path(sys.executable).parent / argv[0]
-    if os.sep not in argv[0] and shutil.which(argv[0]) is None and beside.is_file():
+    beside = Path(python or sys.executable).parent / argv[0]
+    if os.sep not in argv[0] and (python or shutil.which(argv[0]) is None) and beside.is_file():
         argv[0] = str(beside)
     return argv
 
@@ -101,9 +107,18 @@ def _health(client: httpx.Client, url: str) -> str:
 
 @contextmanager
 def started(
-    spec: Server, endpoint: Endpoint, *, model: str, device: str, dtype: str, env: dict[str, str], log: Path
+    spec: Server,
+    endpoint: Endpoint,
+    *,
+    model: str,
+    device: str,
+    dtype: str,
+    env: dict[str, str],
+    log: Path,
+    python: str = "",
 ) -> Iterator[Running]:
-    """Start the server, wait for its health path, yield it, and stop it whatever happens inside."""
+    """Start the server (with the profile's stack's `python` where it names one), wait for its health path, yield
+    it, and stop it whatever happens inside."""
     port = spec.port or free_port(spec.host)
     if spec.port and port_taken(spec.host, port):
         raise ServerError(
@@ -111,8 +126,9 @@ def started(
             "server.port = 0 to let the harness pick a free port"
         )
     log.parent.mkdir(parents=True, exist_ok=True)
-    with rendered_config(spec, log, values(spec, model=model, port=port, device=device, dtype=dtype)) as config:
-        argv = command(spec, model=model, port=port, device=device, dtype=dtype, config=config)
+    vals = values(spec, model=model, port=port, device=device, dtype=dtype, python=python)
+    with rendered_config(spec, log, vals) as config:
+        argv = command(spec, model=model, port=port, device=device, dtype=dtype, config=config, python=python)
         with _running(spec, endpoint, argv, env, log, port) as run:
             yield run
 
