@@ -9,7 +9,8 @@ perf suite: `python -m tests.bench.gate_rates --calibrate 10 --slow 0.10:10 --sl
 4. Reference mode (`--side-by-side FRACTION:RUNS`, repeatable; `--processes P`, `--repeats R`): the `default` profile
    slowed by FRACTION against a reference stack measured in the same run (`--reference-setup` exporting a fraction
    of 0: today's stack), processes as the units; FRACTION 0 is the A/A case. A run counts when it exits 1 with a
-   regressed TPOT row against the reference. Prints each run's wall time and the detectable change per row.
+   regressed TPOT row against the reference. Prints each run's wall time and the detectable change per row, then
+   a power curve (detection rate against slowdown and processes per profile) from the runs' measured spread.
 Needs the machine to itself: run nothing else beside it.
 """
 
@@ -17,13 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+from scipy import stats as scipy_stats
 
 from harness import baselines
 from harness.analysis import latency, stats
@@ -151,6 +155,7 @@ def side_by_side(args: argparse.Namespace, tmp: Path) -> int:
     fast = tmp / "today.sh"
     fast.write_text("export HARNESS_SLOW_FRACTION=0\n")
     env = install_slow_adapter(tmp, 0.0)
+    spreads: list[float] = []
     for spec in args.side_by_side:
         frac, runs = spec.split(":")
         hits, walls = 0, []
@@ -177,7 +182,49 @@ def side_by_side(args: argparse.Namespace, tmp: Path) -> int:
             )  # fmt: skip
         what = "A/A runs flagged anything" if float(frac) == 0 else f"caught +{float(frac):.0%} per forward pass"
         print(f"side by side: {what}: {hits}/{runs} runs; median wall {float(np.median(walls)):.0f} s", flush=True)
+        spreads += [sd for sd in map(_spread, tpot_rows(tmp.glob(f"side-{frac}-*/*/report.json"))) if sd > 0]
+    if spreads:
+        print(power_table(float(np.sqrt(np.mean(np.square(spreads)))), len(spreads), args.budget), flush=True)
     return 0
+
+
+def tpot_rows(reports: Iterable[Path]) -> list[dict]:
+    """The TPOT rows against the reference, one per run."""
+    out = []
+    for f in reports:
+        rows = json.loads(f.read_text()).get("reference", {}).get("rows", {}).values()
+        out += [c for cs in rows for c in cs if c["metric"].endswith("tpot") and c.get("runs", 0) >= 2]
+    return out
+
+
+def _spread(c: dict) -> float:
+    """The standard deviation of one run's log ratios of process medians, read back from its 95% interval."""
+    n = c["runs"]
+    se = math.log(c["ci_high"] / c["ci_low"]) / (2 * float(scipy_stats.t.ppf(0.975, n - 1)))
+    return se * math.sqrt(n)
+
+
+def power_table(sd: float, runs: int, budget: float, rows: int = 5, threshold: float = 0.02) -> str:
+    """Detection rate of a slowdown against processes per profile, for the paired test of process medians with the
+    measured spread `sd` of their log ratios: significant at the run's first Holm level (budget / rows: TTFT, TPOT,
+    end to end, tokens/s and load against the reference) and above the threshold. Simulated, 20,000 runs a cell."""
+    rng = np.random.default_rng(0)
+    alpha = budget / rows
+    slowdowns = (0.0, 0.02, 0.03, 0.05, 0.10)
+    lines = [
+        f"power curve from the measured spread of process-median log ratios (TPOT, sd {sd:.4f} over {runs} runs; "
+        f"alpha {alpha:g}, threshold {threshold:.0%}):",
+        "P      " + "  ".join(f"{'A/A' if d == 0 else f'+{d:.0%}':>6}" for d in slowdowns),
+    ]
+    for p in (3, 4, 6, 8, 10, 12, 16, 20):
+        cells = []
+        for d in slowdowns:
+            mean = rng.normal(math.log1p(d), sd / math.sqrt(p), 20000)
+            s = sd * np.sqrt(rng.chisquare(p - 1, 20000) / (p - 1))
+            pval = 2 * scipy_stats.t.sf(np.abs(mean / (s / math.sqrt(p))), p - 1)
+            cells.append(float(np.mean((pval < alpha) & (np.abs(np.expm1(mean)) > threshold))))
+        lines.append(f"{p:<7}" + "  ".join(f"{c:>6.2f}" for c in cells))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
