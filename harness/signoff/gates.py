@@ -44,12 +44,15 @@ UNJUDGED = {
     "noisy": "only passes that ran beside other work decide these rows: rerun on a quiet runner",
     "underpowered": "this run could not have seen a change of the threshold's size (detectable > threshold): rerun "
     "on a quieter runner, raise the repeats, or calibrate thresholds for this runner (harness calibrate SUITE)",
+    "inconclusive": "a change beyond the threshold was seen but is not significant under the run's false-alarm "
+    "budget: neither a regression nor a pass; rerun with more repeats or calibrate (harness calibrate SUITE)",
 }
 
 
 def unjudged_rows(rows: list[Change]) -> list[tuple[str, str]]:
     """(metric, why) of the gated timing rows a run could not judge: `insufficient`, `noisy`, or `~` where the
-    smallest change the run could detect is larger than the threshold (a pass that proves nothing). The rows are
+    smallest change the run could detect is larger than the threshold (a pass that proves nothing) or where the change
+    seen is beyond the threshold yet not significant (a pass that would contradict the run). The rows are
     a run's timings against its baselines; the determinism cost and the load-time recommendation compare settings,
     not releases, and are not gates."""
     out: list[tuple[str, str]] = []
@@ -58,6 +61,8 @@ def unjudged_rows(rows: list[Change]) -> list[tuple[str, str]]:
             out.append((r.metric, r.status))
         elif r.status == "~" and r.detectable > r.threshold:  # nan compares false: unknown is not underpowered
             out.append((f"{r.metric} (detectable {r.detectable:.0%} > threshold {r.threshold:.0%})", "underpowered"))
+        elif r.status == "~" and r.worse:  # a pass would claim "nothing beyond the threshold" against what was seen
+            out.append((f"{r.metric} (x{r.ratio:.3f} beyond threshold {r.threshold:.0%}, p={r.p:.2g})", "inconclusive"))
     return out
 
 

@@ -105,4 +105,7 @@ def test_a_15_percent_slower_adapter_is_never_go(recorded):
         assert gates["gate"]["verdict"] == "fail" and any("latency regressed" in r for r in gates["gate"]["reasons"])
     else:
         assert md.startswith("# INCOMPLETE: 1 of 2 gates not judged: gate (incomplete)"), md[:300]
-        assert any("solo tpot" in r and ("underpowered" in r or "noisy" in r) for r in gates["gate"]["reasons"]), gates
+        # the TPOT row is named whichever way the run could not judge it: too weak to see 15%, decided by noisy
+        # passes, or 15% seen and not significant under the run's budget
+        reasons = gates["gate"]["reasons"]
+        assert any("solo tpot" in r and ("underpowered" in r or "noisy" in r or "inconclusive" in r) for r in reasons)
