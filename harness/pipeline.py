@@ -109,7 +109,9 @@ def run_profiles(suite: Suite, model_dir: Path, run_dir: Path, opts: Options) ->
         return {**dict(p.env), **checked[p.name].env}  # the setup file's exports go with the profile's workers
 
     def job_of(p: Profile, tp: int = 1) -> Job:
-        return dataclasses.replace(runner.make_job(suite, p, batches, model_dir, run_dir, tp), python=p.python)
+        # served: the stack is the server's (serving.runs starts it with p.python); both sides' clients are this one
+        python = p.python if suite.endpoint is None else ""
+        return dataclasses.replace(runner.make_job(suite, p, batches, model_dir, run_dir, tp), python=python)
 
     # Interleaving is for timing profiles against each other on one device; worker groups run one after another.
     interleave = (

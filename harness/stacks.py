@@ -89,7 +89,9 @@ def source(setup: str, where: str) -> dict[str, str | None]:
     return out
 
 
-def probe(python: str, env: dict[str, str | None], where: str, needs: tuple[str, ...] = ("torch",)) -> dict[str, str]:
+def probe(
+    python: str, env: dict[str, str | None], where: str, needs: tuple[str, ...] = ("harness", "torch")
+) -> dict[str, str]:
     """The versions `python` reports (with the setup's variables, from the workers' working directory); HarnessError
     (USAGE) when it is not a Python, cannot import this harness, or lacks a package the worker `needs`."""
     full = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
@@ -112,18 +114,19 @@ def probe(python: str, env: dict[str, str | None], where: str, needs: tuple[str,
         said = next((ln for ln in reversed(p.stderr.splitlines()) if ln.strip()), f"exit {p.returncode}")
         raise HarnessError(f"{where} python {python!r}: not a Python that runs a script ({said})", USAGE) from None
     theirs = str(versions.get("harness", ""))
-    if theirs.startswith("not importable"):
+    # a served stack runs the server only (the harness's own Python runs the client): it needs no harness there
+    if "harness" in needs and theirs.startswith("not importable"):
         raise HarnessError(
             f"{where} python {python!r}: the harness is {theirs}; install it there (pip install -e <this checkout>)",
             USAGE,
         )
-    if theirs != __version__:
+    if "harness" in needs and theirs != __version__:
         raise HarnessError(
             f"{where} python {python!r} runs harness {theirs}, this is {__version__}: both sides must run the same "
             "harness worker (install this checkout there)",
             USAGE,
         )
-    missing = [n for n in needs if not versions.get(n)]
+    missing = [n for n in needs if n != "harness" and not versions.get(n)]
     if missing:
         raise HarnessError(
             f"{where} python {python!r} has no {', '.join(missing)}: the worker needs it there (or a setup file that "
@@ -133,7 +136,7 @@ def probe(python: str, env: dict[str, str | None], where: str, needs: tuple[str,
     return {k: str(v) for k, v in versions.items()}
 
 
-def check(python: str, setup: str, where: str, needs: tuple[str, ...] = ("torch",)) -> Stack:
+def check(python: str, setup: str, where: str, needs: tuple[str, ...] = ("harness", "torch")) -> Stack:
     """The stack a profile names, checked; an empty Stack when it names neither."""
     if not python and not setup:
         return Stack()
@@ -191,7 +194,8 @@ def resolved(suite: Suite, base: Path) -> Suite:
 
 
 def needs(adapter: str, served: bool) -> tuple[str, ...]:
-    """What a stack's interpreter must have for the worker the suite runs: the in-process engine, or the client."""
+    """What a stack's interpreter must have: this harness's worker and its in-process engine; for a served suite
+    nothing the harness can name (the stack runs the server, whose command fails at its start if it cannot run)."""
     if served:
-        return ("httpx",)
-    return ("vllm",) if adapter == "vllm" else ("torch", "transformers")
+        return ()
+    return ("harness", "vllm") if adapter == "vllm" else ("harness", "torch", "transformers")

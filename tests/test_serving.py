@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import site
 import socket
 import subprocess
 import sys
@@ -203,10 +202,11 @@ def test_served_profiles_take_turns_pass_by_pass_each_against_its_own_server(tmp
 
 
 def test_a_served_suite_takes_a_reference_stack_whose_server_runs_with_its_python(tmp_path: Path):
-    # the other stack: this venv's base interpreter, with a setup file that puts the venv's packages on its path
+    # the other stack: this venv's base interpreter, which has no harness (a served stack runs the server only),
+    # and a setup file whose exports reach that stack's server alone
     base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
     setup = tmp_path / "set_env.sh"
-    setup.write_text(f'export PYTHONPATH="{os.pathsep.join([str(ROOT), *site.getsitepackages()])}"\n')
+    setup.write_text("export HCCL_DETERMINISTIC=strict\n")
     fake = ROOT / "tests" / "fake_openai.py"
     suite = _suite(
         tmp_path,
@@ -219,8 +219,14 @@ def test_a_served_suite_takes_a_reference_stack_whose_server_runs_with_its_pytho
                 "--reference-python", base, "--reference-setup", str(setup))  # fmt: skip
     assert p.returncode == 0, p.stdout + p.stderr
     run, rep = only_run_dir(tmp_path / "out"), load_report(tmp_path / "out")
-    assert f"python {base}" in (run / "logs" / "reference.server.log").read_text()
-    assert f"python {sys.executable}" in (run / "logs" / "default.server.log").read_text()
+    ref_log, default_log = ((run / "logs" / f"{p}.server.log").read_text() for p in ("reference", "default"))
+    assert f"determinism flags: HCCL_DETERMINISTIC=strict; python {base}" in ref_log
+    assert f"determinism flags: none; python {sys.executable}" in default_log
+    # both sides' clients are this harness's own worker: only the server differs
+    assert [json.loads((run / "jobs" / f"{p}.json").read_text())["python"] for p in ("reference", "default")] == [
+        "",
+        "",
+    ]
     assert rep["reference"]["profile"] == "reference" and rep["reference"]["rows"]["default"]
     assert {c["status"] for c in rep["reference"]["rows"]["default"]} <= {"~", "insufficient"}
 
