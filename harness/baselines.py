@@ -52,6 +52,9 @@ class Baseline:
     runs: list[dict[str, float]] = field(default_factory=list)  # per recorded run: metric -> median
     thresholds: dict[str, float] = field(default_factory=dict)  # calibrated on this runner (harness calibrate)
     calibration: dict[str, Any] = field(default_factory=dict)  # how: runs, date, host, budget, per-row alpha
+    # aligned with runs, where any run was measured by several processes ([perf] processes): metric -> the medians of
+    # that run's processes ({} for a run of one process); absent from files that never held one
+    processes: list[dict[str, list[float]]] = field(default_factory=list)
 
     def run_medians_now(self) -> dict[str, float]:
         """The medians of the one run a file from before run histories holds."""
@@ -99,7 +102,14 @@ def with_history(b: Baseline, prev: Found | Missing | Unusable, device: dict[str
         and not fresh
         else None
     )
+    now = b.processes[-1] if b.processes else {}
+    before: list[dict[str, list[float]]] = []
+    if old:
+        n = len(old.runs) or 1
+        before = ([{}] * n + old.processes)[-n:]  # runs recorded before processes were kept had none
     b.runs = (((old.runs or [old.run_medians_now()]) if old else []) + [b.run_medians_now()])[-MAX_RUNS:]
+    kept = (before + [now])[-MAX_RUNS:]
+    b.processes = kept if any(kept) else []
     if old:
         b.thresholds, b.calibration = old.thresholds, old.calibration
 
@@ -283,7 +293,9 @@ def build(
 
 def write(path: Path, b: Baseline) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(path, json.dumps({"schema_version": SCHEMA_VERSION, **vars(b)}, indent=1, sort_keys=True) + "\n")
+    # a field a run never filled stays out, so files stay readable by the harness versions before it
+    body = {k: v for k, v in vars(b).items() if k != "processes" or v}
+    atomic.write_text(path, json.dumps({"schema_version": SCHEMA_VERSION, **body}, indent=1, sort_keys=True) + "\n")
 
 
 def _listof(ok: Callable[[Any], bool]) -> Callable[[Any], bool]:
@@ -323,6 +335,10 @@ _FIELDS: dict[str, _Check] = {
     ),
     "thresholds": (lambda v: isinstance(v, dict) and all(_num(x) for x in v.values()), "an object of numbers"),
     "calibration": _TABLE,
+    "processes": (
+        _listof(lambda r: isinstance(r, dict) and all(_listof(_num)(x) for x in r.values())),
+        "a list of objects of lists of numbers (each run's process medians)",
+    ),
 }
 _OUTPUT_FIELDS: dict[str, _Check] = {
     "prompt_id": _TEXT,

@@ -169,6 +169,26 @@ def test_round_trip_keeps_references_samples_and_provenance(tmp_path: Path):
     assert json.loads(p.read_text())["schema_version"] == baselines.SCHEMA_VERSION
 
 
+def test_a_run_history_keeps_process_medians_aligned_with_its_runs(tmp_path: Path):
+    store = baselines.Store(tmp_path)
+    key = devicekey.device_key(CPU)
+    old = _baseline()
+    old.runs = [{"solo tpot": 0.05}, {"solo tpot": 0.051}]  # recorded before process medians were kept
+    f = store.save(key, "s", "default", old)
+    assert "processes" not in json.loads(Path(f).read_text())  # a field never filled stays out of the file
+    new = _baseline()
+    new.processes = [{"solo tpot": [0.049, 0.052]}]
+    baselines.with_history(new, store.check(key, "s", "default", "c0ffee"), CPU, fresh=False)
+    assert len(new.runs) == 3 and new.processes == [{}, {}, {"solo tpot": [0.049, 0.052]}]
+    baselines.write(Path(f), new)
+    assert baselines.load(Path(f), "c0ffee").processes == new.processes
+    again = _baseline()  # a run of one process after it: its entry is empty, the earlier one kept
+    baselines.with_history(again, store.check(key, "s", "default", "c0ffee"), CPU, fresh=False)
+    assert again.processes == [{}, {}, {"solo tpot": [0.049, 0.052]}, {}]
+    Path(f).write_text(Path(f).read_text().replace("0.049", '"x"'))
+    assert isinstance(store.check(key, "s", "default", "c0ffee"), baselines.Unusable)
+
+
 @pytest.mark.parametrize(
     "content, words",
     [

@@ -75,6 +75,26 @@ def test_a_slower_candidate_fails_against_the_reference_stack(tiny_model: Path, 
     )
 
 
+def test_a_recorded_run_keeps_each_process_median_in_the_baselines_history(tiny_model: Path, tmp_path: Path):
+    env = install_slow_adapter(tmp_path, 0.0)
+    suite = write_suite(tmp_path / "ref.toml", SUITE.format(model=tiny_model, processes=2))
+    store = tmp_path / "b"
+    for k in range(2):
+        p = run_cli(
+            "run", str(suite), "--adapter", "slow", "--reference-setup", str(_setup(tmp_path, "0")),
+            "--out", str(tmp_path / f"out{k}"), "--baselines", str(store), "--update-baselines", "--reason", f"r{k}",
+            env=env,
+        )  # fmt: skip
+        assert p.returncode in (0, 1), p.stdout + p.stderr  # two tiny processes may differ: this is about storage
+    (f,) = store.glob("*/ref/default.json")
+    b = json.loads(f.read_text())
+    assert len(b["runs"]) == 2 and len(b["processes"]) == 2  # one entry per recorded run, aligned
+    for run_medians, per_process in zip(b["runs"], b["processes"]):
+        assert set(per_process) >= {"solo tpot", "solo ttft"} and all(len(v) == 2 for v in per_process.values())
+        lo, hi = min(per_process["solo tpot"]), max(per_process["solo tpot"])
+        assert lo > 0 and hi / lo < 10 and run_medians["solo tpot"] > 0
+
+
 def test_a_reference_worker_that_crashes_is_infrastructure(tiny_model: Path, tmp_path: Path):
     env = install_slow_adapter(tmp_path, 0.0)
     suite = write_suite(tmp_path / "ref.toml", SUITE.format(model=tiny_model, processes=2))
