@@ -293,6 +293,11 @@ def _localize(t: Table) -> Localize:
     return loc
 
 
+# The statistics keys of every timed section ([perf], [loadtime]).
+ALPHA = Rule(check=lambda v: 0 < v < 0.5, expect="a significance level such as 0.05")
+BUDGET = Rule(check=lambda v: 0 < v < 0.5, expect="the family-wise false-alarm rate per run, such as 0.01")
+
+
 def _perf(t: Table) -> Perf:
     frac = Rule(check=lambda v: 0 < v < 10, expect="a relative change such as 0.05 (5%)")
     th = t.sub("thresholds", {})
@@ -304,18 +309,8 @@ def _perf(t: Table) -> Perf:
         repeats=t.get("repeats", int, 1, check=lambda v: v >= 1, expect="a positive integer"),
         threshold=float(t.get("threshold", (int, float), 0.05, **frac)),
         thresholds=per,
-        alpha=float(
-            t.get("alpha", float, 0.05, check=lambda v: 0 < v < 0.5, expect="a significance level such as 0.05")
-        ),
-        budget=float(
-            t.get(
-                "false_alarm_budget",
-                float,
-                0.01,
-                check=lambda v: 0 < v < 0.5,
-                expect="the family-wise false-alarm rate per run, such as 0.01",
-            )
-        ),
+        alpha=float(t.get("alpha", float, 0.05, **ALPHA)),
+        budget=float(t.get("false_alarm_budget", float, 0.01, **BUDGET)),
         interleave=t.get("interleave", bool, True),
         noise_share=float(
             t.get(

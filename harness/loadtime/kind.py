@@ -24,7 +24,7 @@ from ..jobs import Job
 from ..options import Options
 from ..run import Check, Outcome, Progress, RunDir, exit_code
 from ..suite import SuiteError, Table
-from ..suite_parse import parse_head, parse_model
+from ..suite_parse import ALPHA, BUDGET, parse_head, parse_model
 from . import analysis as lt
 from . import report
 from .data import AgainstBaseline, LoadRun, LoadSuite, Target
@@ -95,18 +95,8 @@ def load_suite(
         threshold=float(
             t.get("threshold", (int, float), 0.10, check=lambda v: 0 < v < 10, expect="a relative change such as 0.1")
         ),
-        alpha=float(
-            t.get("alpha", float, 0.05, check=lambda v: 0 < v < 0.5, expect="a significance level such as 0.05")
-        ),
-        budget=float(
-            t.get(
-                "false_alarm_budget",
-                float,
-                0.01,
-                check=lambda v: 0 < v < 0.5,
-                expect="the family-wise false-alarm rate per run, such as 0.01",
-            )
-        ),
+        alpha=float(t.get("alpha", float, 0.05, **ALPHA)),
+        budget=float(t.get("false_alarm_budget", float, 0.01, **BUDGET)),
         timeout_s=float(t.get("timeout_s", (int, float), 600, check=lambda v: v > 0, expect="seconds")),
         seed=seed,
     )
